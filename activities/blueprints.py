@@ -1,0 +1,48 @@
+"""Source environments from blueprint files (`preview.yaml`), for setups without a store.
+
+The store (activities/store.py) is the normal source; a folder of blueprint files lets
+a repository keep its preview definition next to its code, and runs the local stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from domain.blueprint import Blueprint
+from domain.source import LoadSourceRequest, SourceEnvironment
+
+
+class BlueprintFileActivities:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _find(self, repository: str) -> Blueprint | None:
+        for path in sorted(self.directory.glob("*.yaml")):
+            data = yaml.safe_load(path.read_text())
+            if not isinstance(data, dict):
+                continue
+            repo = str((data.get("project") or {}).get("repository", ""))
+            if repo.lower() == repository.lower():
+                try:
+                    return Blueprint.model_validate(data)
+                except ValueError as error:
+                    raise ApplicationError(
+                        f"{path}: invalid blueprint: {error}", type="InvalidInput",
+                        non_retryable=True,
+                    ) from None
+        return None
+
+    @activity.defn(name="load_source_environment")
+    async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:
+        blueprint = self._find(request.repository)
+        if blueprint is None:
+            raise ApplicationError(
+                f"no blueprint for repository {request.repository} in {self.directory}; "
+                "add a preview.yaml with project.repository set to it",
+                type="UnknownRepository", non_retryable=True,
+            )
+        return SourceEnvironment(blueprint=blueprint)

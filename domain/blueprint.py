@@ -1,0 +1,296 @@
+"""What a source environment is: the blueprint a preview is copied from."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from domain.naming import DNS_LABEL, HOSTNAME
+
+
+def _dns_label(value: str) -> str:
+    if len(value) > 40 or not DNS_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-safe name: use lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 40 characters"
+        )
+    return value
+
+
+def _hostname(value: str) -> str:
+    if not HOSTNAME.match(value.lower()):
+        raise ValueError(f"{value!r} is not a valid DNS host name")
+    return value.lower()
+
+
+DnsName = Annotated[str, AfterValidator(_dns_label)]
+HostName = Annotated[str, AfterValidator(_hostname)]
+VariableKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvironmentKind(StrEnum):
+    production = "production"
+    staging = "staging"
+    preview = "preview"
+
+
+class Isolation(StrEnum):
+    namespace = "namespace"  # a namespace of the shared cluster
+    vpc = "vpc"  # plus a dedicated VPC for its cloud resources
+    cluster = "cluster"  # a dedicated Kubernetes cluster
+    account = "account"  # a dedicated cloud account
+
+
+class Project(Model):
+    name: DnsName
+    repository: str = Field(description="owner/name on the Git host")
+
+
+class ClusterRef(Model):
+    name: str = Field("default", description="Cluster name from settings.kube_contexts")
+
+
+class CloudAccount(Model):
+    account_id: str = Field(pattern=r"^\d{12}$")
+    role_arn: str | None = None
+    external_id: str | None = None
+
+
+class Resources(Model):
+    cpu: str = "100m"
+    memory: str = "128Mi"
+
+
+class HealthCheck(Model):
+    path: str = "/healthz"
+    port: int | None = None
+    initial_delay_seconds: int = Field(0, ge=0)
+
+
+class Application(Model):
+    name: DnsName
+    image: str = Field(description="Image repository; previews run the PR's commit as tag")
+    ports: list[int] = Field(default_factory=lambda: [8080])
+    replicas: int = Field(1, ge=0, le=20)
+    resources: Resources = Resources()
+    health_check: HealthCheck | None = None
+    command: list[str] | None = None
+    public: bool = True
+    custom_domains: list[HostName] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ports(self) -> Application:
+        for port in self.ports:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} of application {self.name!r} is out of range")
+        return self
+
+
+class DatabaseMode(StrEnum):
+    container = "container"  # a StatefulSet in the preview's namespace
+    shared = "shared"  # a database on the shared preview PostgreSQL server
+    rds = "rds"  # an RDS instance restored from a snapshot
+    aurora = "aurora"  # an Aurora copy-on-write clone
+
+
+class DataPolicy(StrEnum):
+    empty = "empty"
+    seed = "seed"
+    clone = "clone"
+    masked_clone = "masked_clone"
+
+
+class MaskingMethod(StrEnum):
+    fake = "fake"
+    hash = "hash"  # keyed hash: equal inputs give equal outputs, so joins still work
+    null = "null"
+    keep_first = "keep_first"
+    keep_last = "keep_last"
+    constant = "constant"
+
+
+class MaskingRule(Model):
+    table: str
+    column: str
+    method: MaskingMethod
+    keep: int = Field(0, ge=0, description="Characters kept for keep_first/keep_last")
+    value: str | None = Field(None, description="The constant for method=constant")
+
+
+class Database(Model):
+    name: DnsName
+    engine: Literal["postgres"] = "postgres"
+    mode: DatabaseMode = DatabaseMode.shared
+    source: str = Field("", description="Source database name, RDS instance or Aurora cluster")
+    data_policy: DataPolicy = DataPolicy.empty
+    seed_sql: str | None = None
+    masking: list[MaskingRule] = Field(default_factory=list)
+    snapshot_max_age_hours: int = Field(24, ge=0)
+    instance_class: str = "db.t4g.micro"
+
+    @model_validator(mode="after")
+    def _policy(self) -> Database:
+        if self.data_policy == DataPolicy.seed and not self.seed_sql:
+            raise ValueError(f"database {self.name!r}: data_policy seed needs seed_sql")
+        if self.data_policy in (DataPolicy.clone, DataPolicy.masked_clone) and not self.source:
+            raise ValueError(f"database {self.name!r}: data_policy {self.data_policy} needs source")
+        return self
+
+
+class TlsMode(StrEnum):
+    none = "none"
+    wildcard = "wildcard"
+    per_host = "per_host"
+
+
+class Network(Model):
+    base_domain: HostName = "preview.localhost"
+    tls: TlsMode = TlsMode.none
+    wildcard_certificate_arn: str | None = None
+    hosted_zone_id: str | None = Field(None, description="Route53 zone; no DNS records if unset")
+    basic_auth: bool = Field(False, description="Protect preview URLs with basic auth")
+    cluster_vpc_id: str | None = Field(None, description="VPC of the cluster, for peering")
+    vpc_cidr: str = "10.100.0.0/16"
+
+
+class VariableScope(StrEnum):
+    project = "project"
+    environment = "environment"
+    application = "application"
+
+
+class VariableKind(StrEnum):
+    value = "value"
+    alias = "alias"  # value is the key of another variable
+    override = "override"  # wins over every other value in its target
+    secret = "secret"  # value lives sealed in the store, never here
+
+
+class AppliesTo(StrEnum):
+    production = "production"
+    previews = "previews"
+    both = "both"
+
+
+class Variable(Model):
+    key: VariableKey
+    value: str = ""
+    scope: VariableScope = VariableScope.project
+    application: str | None = None
+    kind: VariableKind = VariableKind.value
+    applies_to: AppliesTo = AppliesTo.both
+
+    @model_validator(mode="after")
+    def _scope(self) -> Variable:
+        if (self.scope == VariableScope.application) != (self.application is not None):
+            raise ValueError(
+                f"variable {self.key}: scope application needs `application`, other scopes must not"
+            )
+        if self.kind == VariableKind.secret and self.value:
+            raise ValueError(
+                f"variable {self.key}: secrets are write-only; set them through the API, "
+                "not in the blueprint"
+            )
+        return self
+
+
+class DraftBehaviour(StrEnum):
+    skip = "skip"
+    build = "build"
+
+
+class ForkBehaviour(StrEnum):
+    skip = "skip"
+    build_without_secrets = "build_without_secrets"
+    allow_secrets = "allow_secrets"
+
+
+class PreviewPolicy(Model):
+    ttl_hours: int = Field(72, ge=1)
+    inactivity_hours: int = Field(24, ge=1)
+    sleep_after_idle_hours: int | None = Field(None, ge=1)
+    max_live_previews: int = Field(20, ge=1)
+    opt_in_label: str | None = None
+    opt_out_label: str | None = "no-preview"
+    draft: DraftBehaviour = DraftBehaviour.skip
+    forks: ForkBehaviour = ForkBehaviour.build_without_secrets
+    cpu_quota: str = "4"
+    memory_quota: str = "8Gi"
+
+
+class Environment(Model):
+    name: DnsName = "production"
+    kind: EnvironmentKind = EnvironmentKind.production
+    cluster: ClusterRef = ClusterRef()
+    cloud_account: CloudAccount | None = None
+    region: str = "eu-west-1"
+    isolation: Isolation = Isolation.namespace
+
+
+class Blueprint(Model):
+    """One source environment and how its previews are made."""
+
+    project: Project
+    environment: Environment = Environment()
+    applications: list[Application] = Field(min_length=1)
+    databases: list[Database] = Field(default_factory=list)
+    network: Network = Network()
+    variables: list[Variable] = Field(default_factory=list)
+    policy: PreviewPolicy = PreviewPolicy()
+
+    @model_validator(mode="after")
+    def _references(self) -> Blueprint:
+        apps = {a.name for a in self.applications}
+        dbs = {d.name for d in self.databases}
+        for kind, names in (("application", [a.name for a in self.applications]),
+                            ("database", [d.name for d in self.databases])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} names: {', '.join(dupes)}")
+        for app in self.applications:
+            for dep in app.depends_on:
+                if dep not in apps and dep not in dbs:
+                    raise ValueError(
+                        f"application {app.name!r} depends on {dep!r}, "
+                        "which is neither an application nor a database"
+                    )
+        cycle = _find_cycle({a.name: [d for d in a.depends_on if d in apps]
+                             for a in self.applications})
+        if cycle:
+            raise ValueError(f"applications depend on each other in a cycle: {' -> '.join(cycle)}")
+        for var in self.variables:
+            if var.application is not None and var.application not in apps:
+                raise ValueError(f"variable {var.key} names unknown application {var.application!r}")
+        if self.environment.isolation == Isolation.account and self.environment.cloud_account is None:
+            raise ValueError("isolation account needs environment.cloud_account")
+        return self
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """Return one cycle of a dependency graph as a path, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None

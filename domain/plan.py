@@ -1,0 +1,385 @@
+"""The planner: a blueprint plus a pull request becomes a DAG of steps.
+
+Each step is one resource: its spec says which activity makes it present and which
+makes it absent. The planner is a list of rules; a new kind of resource adds a rule
+here and an activity pair in activities/, and the workflow does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain.blueprint import (
+    Application,
+    Blueprint,
+    Database,
+    DatabaseMode,
+    ForkBehaviour,
+    Isolation,
+    TlsMode,
+)
+from domain.naming import (
+    Ownership,
+    environment_id,
+    hostname,
+    object_name,
+    pg_identifier,
+    rds_identifier,
+)
+from domain.pull_request import PullRequest
+from domain.resources import (
+    ApplicationSpec,
+    AuroraCloneSpec,
+    AwsTarget,
+    CertificateSpec,
+    ConfigMapSpec,
+    ContainerDatabaseSpec,
+    DnsRecordsSpec,
+    IngressHost,
+    IngressSpec,
+    NamespaceSpec,
+    PostgresCloneSpec,
+    RdsCloneSpec,
+    ResourceSpec,
+    SecretSpec,
+    UpstreamRef,
+    VpcSpec,
+)
+from domain.secrets import SealedValue
+from domain.variables import SecretVariable, Target, resolve_variables
+
+
+class PlanError(ValueError):
+    pass
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    spec: ResourceSpec
+    depends_on: tuple[str, ...] = ()
+    task_queue: str | None = Field(None, description="None: the workflow's own task queue")
+    summary: str = ""
+
+    @property
+    def present(self) -> str:
+        return type(self.spec).present
+
+    @property
+    def absent(self) -> str | None:
+        return type(self.spec).absent
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    environment_id: str
+    steps: tuple[Step, ...]
+    urls: dict[str, str] = Field(default_factory=dict)
+
+    def step(self, key: str) -> Step:
+        for step in self.steps:
+            if step.key == key:
+                return step
+        raise KeyError(key)
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.steps]
+
+
+class PlanOptions(BaseModel):
+    """Deployment facts the planner needs but a blueprint does not hold."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_queue: str = "previews"
+    ingress_namespace: str = "ingress-nginx"
+    storage_class: str = "standard"
+    ingress_hostname: str = Field(
+        "ingress.preview.localhost", description="Load balancer host that DNS records point to"
+    )
+    url_scheme: str = "http"
+
+
+class _Context(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    blueprint: Blueprint
+    secrets: tuple[SecretVariable, ...]
+    pr: PullRequest
+    options: PlanOptions
+    env_id: str
+    owner: Ownership
+    namespace: str
+    urls: dict[str, str]
+
+    @property
+    def aws(self) -> AwsTarget:
+        env = self.blueprint.environment
+        account = env.cloud_account
+        if env.isolation == Isolation.account and account is not None:
+            return AwsTarget(
+                region=env.region, account_id=account.account_id,
+                role_arn=account.role_arn, external_id=account.external_id,
+            )
+        return AwsTarget(region=env.region)
+
+    def queue_for(self, system: str) -> str | None:
+        """Tenant routing: isolated targets get a task queue of their own."""
+        env = self.blueprint.environment
+        if system == "kubernetes" and env.isolation == Isolation.cluster:
+            return f"{self.options.task_queue}-cluster-{env.cluster.name}"
+        if system == "aws" and env.isolation == Isolation.account and env.cloud_account:
+            return f"{self.options.task_queue}-account-{env.cloud_account.account_id}"
+        return None
+
+
+Rule = Callable[[_Context], list[Step]]
+
+
+def _namespace(ctx: _Context) -> list[Step]:
+    policy = ctx.blueprint.policy
+    spec = NamespaceSpec(
+        owner=ctx.owner, cluster=ctx.blueprint.environment.cluster.name, name=ctx.namespace,
+        cpu_quota=policy.cpu_quota, memory_quota=policy.memory_quota,
+        ingress_namespace=ctx.options.ingress_namespace,
+    )
+    return [Step(key="namespace", spec=spec, task_queue=ctx.queue_for("kubernetes"),
+                 summary=f"namespace {ctx.namespace}")]
+
+
+def _needs_vpc(bp: Blueprint) -> bool:
+    return bp.environment.isolation in (Isolation.vpc, Isolation.account) and any(
+        d.mode in (DatabaseMode.rds, DatabaseMode.aurora) for d in bp.databases
+    )
+
+
+def _network(ctx: _Context) -> list[Step]:
+    if not _needs_vpc(ctx.blueprint):
+        return []
+    net = ctx.blueprint.network
+    spec = VpcSpec(owner=ctx.owner, target=ctx.aws, name=ctx.env_id, cidr=net.vpc_cidr,
+                   peer_vpc_id=net.cluster_vpc_id)
+    return [Step(key="vpc", spec=spec, task_queue=ctx.queue_for("aws"),
+                 summary=f"dedicated VPC {net.vpc_cidr}")]
+
+
+def _database_key(db: Database) -> str:
+    return f"database/{db.name}"
+
+
+def _database(ctx: _Context, db: Database) -> Step:
+    key = _database_key(db)
+    vpc_step = "vpc" if _needs_vpc(ctx.blueprint) else None
+    deps: tuple[str, ...] = (vpc_step,) if vpc_step else ()
+    spec: ResourceSpec
+    queue = None
+    if db.mode == DatabaseMode.shared:
+        spec = PostgresCloneSpec(
+            owner=ctx.owner, database=pg_identifier(ctx.env_id, db.name),
+            role=pg_identifier(ctx.env_id, db.name, "app"), source=db.source,
+            data_policy=db.data_policy, seed_sql=db.seed_sql, masking=db.masking,
+        )
+        summary = f"PostgreSQL clone of {db.source or 'an empty database'}"
+    elif db.mode == DatabaseMode.rds:
+        spec = RdsCloneSpec(
+            owner=ctx.owner, target=ctx.aws, identifier=rds_identifier(ctx.env_id, db.name),
+            source_instance=db.source, snapshot_max_age_hours=db.snapshot_max_age_hours,
+            instance_class=db.instance_class, vpc_step=vpc_step,
+        )
+        queue, summary = ctx.queue_for("aws"), f"RDS restore of {db.source}"
+    elif db.mode == DatabaseMode.aurora:
+        spec = AuroraCloneSpec(
+            owner=ctx.owner, target=ctx.aws, identifier=rds_identifier(ctx.env_id, db.name),
+            source_cluster=db.source, instance_class=db.instance_class, vpc_step=vpc_step,
+        )
+        queue, summary = ctx.queue_for("aws"), f"Aurora copy-on-write clone of {db.source}"
+    else:
+        spec = ContainerDatabaseSpec(
+            owner=ctx.owner, cluster=ctx.blueprint.environment.cluster.name,
+            namespace=ctx.namespace, name=object_name(f"db-{db.name}"),
+            database=pg_identifier(db.name), storage_class=ctx.options.storage_class,
+            data_policy=db.data_policy, seed_sql=db.seed_sql,
+        )
+        deps, queue = ("namespace",), ctx.queue_for("kubernetes")
+        summary = f"container PostgreSQL {db.name}"
+    return Step(key=key, spec=spec, depends_on=deps, task_queue=queue, summary=summary)
+
+
+def _databases(ctx: _Context) -> list[Step]:
+    return [_database(ctx, db) for db in ctx.blueprint.databases]
+
+
+def _databases_of(ctx: _Context, app: Application) -> list[Database]:
+    """The databases an application uses: those it depends on, else all of them."""
+    named = [d for d in ctx.blueprint.databases if d.name in app.depends_on]
+    return named or list(ctx.blueprint.databases)
+
+
+def _builtins(ctx: _Context, app: Application) -> dict[str, str]:
+    builtins = {
+        "PREVIEW": "true",
+        "PR_NUMBER": str(ctx.pr.number),
+        "HEAD_SHA": ctx.pr.head_sha,
+        "BRANCH": ctx.pr.branch,
+        "ENVIRONMENT_ID": ctx.env_id,
+    }
+    for name, url in ctx.urls.items():
+        builtins[f"PREVIEW_URL_{name.upper().replace('-', '_')}"] = url
+    if app.name in ctx.urls:
+        builtins["PREVIEW_URL"] = ctx.urls[app.name]
+    return builtins
+
+
+def _application(ctx: _Context, app: Application) -> list[Step]:
+    bp = ctx.blueprint
+    kube_queue = ctx.queue_for("kubernetes")
+    cluster = bp.environment.cluster.name
+    resolved = resolve_variables(
+        bp.variables,
+        ctx.secrets,
+        target=Target.preview,
+        application=app.name,
+        builtins=_builtins(ctx, app),
+    )
+    plain = {k: v for k, v in resolved.items() if isinstance(v, str)}
+    sealed: dict[str, SealedValue] = {
+        k: v for k, v in resolved.items() if isinstance(v, SealedValue)
+    }
+    if ctx.pr.is_fork and bp.policy.forks != ForkBehaviour.allow_secrets:
+        sealed = {}  # forks get no secrets unless the project allows it
+
+    upstream: dict[str, UpstreamRef] = {}
+    databases = _databases_of(ctx, app)
+    for i, db in enumerate(databases):
+        ref = UpstreamRef(step=_database_key(db), output="url")
+        upstream[f"DATABASE_URL_{db.name.upper().replace('-', '_')}"] = ref
+        if i == 0:
+            upstream["DATABASE_URL"] = ref
+    db_steps = tuple(_database_key(d) for d in databases)
+
+    config = object_name(f"{app.name}-config")
+    secret = object_name(f"{app.name}-secrets")
+    steps = [
+        Step(key=f"config/{app.name}", depends_on=("namespace",), task_queue=kube_queue,
+             spec=ConfigMapSpec(owner=ctx.owner, cluster=cluster, namespace=ctx.namespace,
+                                name=config, data=plain),
+             summary=f"variables of {app.name}"),
+        Step(key=f"secret/{app.name}", depends_on=("namespace", *db_steps), task_queue=kube_queue,
+             spec=SecretSpec(owner=ctx.owner, cluster=cluster, namespace=ctx.namespace,
+                             name=secret, data=sealed, upstream=upstream),
+             summary=f"secrets of {app.name}"),
+    ]
+    app_deps = [f"app/{d}" for d in app.depends_on if d in {a.name for a in bp.applications}]
+    steps.append(Step(
+        key=f"app/{app.name}",
+        depends_on=(f"config/{app.name}", f"secret/{app.name}", *app_deps),
+        task_queue=kube_queue,
+        spec=ApplicationSpec(
+            owner=ctx.owner, cluster=cluster, namespace=ctx.namespace, name=app.name,
+            image=f"{app.image}:{ctx.pr.head_sha}", ports=app.ports, replicas=app.replicas,
+            resources=app.resources, health_check=app.health_check, command=app.command,
+            config_map=config, secret=secret,
+        ),
+        summary=f"deploy {app.name} at {ctx.pr.head_sha[:7]}",
+    ))
+    if app.public:
+        hosts = [hostname(app.name, ctx.pr.number, bp.network.base_domain)]
+        tls = None if bp.network.tls == TlsMode.none else object_name("tls")
+        steps.append(Step(
+            key=f"ingress/{app.name}", depends_on=(f"app/{app.name}",), task_queue=kube_queue,
+            spec=IngressSpec(
+                owner=ctx.owner, cluster=cluster, namespace=ctx.namespace,
+                name=app.name, tls_secret=tls,
+                basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
+                hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
+            ),
+            summary=f"route {hosts[0]}",
+        ))
+    return steps
+
+
+def _applications(ctx: _Context) -> list[Step]:
+    return [step for app in ctx.blueprint.applications for step in _application(ctx, app)]
+
+
+def _public_hosts(ctx: _Context) -> list[str]:
+    bp = ctx.blueprint
+    return [hostname(a.name, ctx.pr.number, bp.network.base_domain)
+            for a in bp.applications if a.public]
+
+
+def _tls(ctx: _Context) -> list[Step]:
+    net = ctx.blueprint.network
+    if net.tls == TlsMode.none or not _public_hosts(ctx):
+        return []
+    spec = CertificateSpec(
+        owner=ctx.owner, target=ctx.aws, hosts=_public_hosts(ctx), zone_id=net.hosted_zone_id,
+        wildcard_certificate_arn=net.wildcard_certificate_arn if net.tls == TlsMode.wildcard
+        else None,
+    )
+    return [Step(key="certificate", spec=spec, task_queue=ctx.queue_for("aws"),
+                 summary="TLS certificate")]
+
+
+def _dns(ctx: _Context) -> list[Step]:
+    net = ctx.blueprint.network
+    if not net.hosted_zone_id or not _public_hosts(ctx):
+        return []
+    spec = DnsRecordsSpec(owner=ctx.owner, target=ctx.aws, zone_id=net.hosted_zone_id,
+                          hosts=_public_hosts(ctx), points_to=ctx.options.ingress_hostname)
+    return [Step(key="dns", spec=spec, task_queue=ctx.queue_for("aws"),
+                 summary="DNS records")]
+
+
+RULES: Sequence[Rule] = (_namespace, _network, _databases, _applications, _tls, _dns)
+
+
+def plan_preview(
+    blueprint: Blueprint,
+    pr: PullRequest,
+    secrets: Sequence[SecretVariable] = (),
+    options: PlanOptions | None = None,
+) -> Plan:
+    """The steps that make a preview of `blueprint` for `pr`, in a valid order."""
+    options = options or PlanOptions()
+    env_id = environment_id(pr.repository, pr.number)
+    urls = {
+        a.name: f"{options.url_scheme}://{hostname(a.name, pr.number, blueprint.network.base_domain)}"
+        for a in blueprint.applications if a.public
+    }
+    ctx = _Context(
+        blueprint=blueprint, secrets=tuple(secrets), pr=pr, options=options, env_id=env_id,
+        owner=Ownership(environment=env_id, repository=pr.repository, pr_number=pr.number),
+        namespace=env_id, urls=urls,
+    )
+    steps = [step for rule in RULES for step in rule(ctx)]
+    return Plan(environment_id=env_id, steps=tuple(topological(steps)), urls=urls)
+
+
+def topological(steps: Sequence[Step]) -> list[Step]:
+    """Steps ordered so each comes after its dependencies; stable for equal inputs."""
+    by_key: dict[str, Step] = {}
+    for step in steps:
+        if step.key in by_key:
+            raise PlanError(f"two steps share the key {step.key!r}")
+        by_key[step.key] = step
+    for step in steps:
+        for dep in step.depends_on:
+            if dep not in by_key:
+                raise PlanError(f"step {step.key!r} depends on unknown step {dep!r}")
+    ordered: list[Step] = []
+    placed: set[str] = set()
+    remaining = list(steps)
+    while remaining:
+        ready = [s for s in remaining if all(d in placed for d in s.depends_on)]
+        if not ready:
+            raise PlanError("steps depend on each other in a cycle: "
+                            + ", ".join(s.key for s in remaining))
+        for step in ready:
+            ordered.append(step)
+            placed.add(step.key)
+        remaining = [s for s in remaining if s.key not in placed]
+    return ordered

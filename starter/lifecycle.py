@@ -1,0 +1,61 @@
+"""Temporal operations on preview workflows, shared by the webhook service and the CLI."""
+
+from __future__ import annotations
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from domain.naming import workflow_id
+from domain.plan import PlanOptions
+from domain.pull_request import PullRequest
+from workflows.preview import (
+    PR_NUMBER,
+    REPOSITORY,
+    DestroyRequest,
+    PreviewEnvironmentWorkflow,
+    PreviewInput,
+)
+from workflows.saga import ActivityTimeouts
+
+
+async def deploy(
+    client: Client,
+    pr: PullRequest,
+    *,
+    task_queue: str,
+    options: PlanOptions | None = None,
+    timeouts: ActivityTimeouts | None = None,
+) -> WorkflowHandle[PreviewEnvironmentWorkflow, object]:
+    """Signal-with-start: the PR's one workflow gets `deploy`, started if it is not running."""
+    return await client.start_workflow(
+        PreviewEnvironmentWorkflow.run,
+        PreviewInput(pull_request=pr, options=options or PlanOptions(),
+                     timeouts=timeouts or ActivityTimeouts()),
+        id=workflow_id(pr.repository, pr.number),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal="deploy",
+        start_signal_args=[pr],
+        search_attributes=TypedSearchAttributes([
+            SearchAttributePair(REPOSITORY, pr.repository.lower()),
+            SearchAttributePair(PR_NUMBER, pr.number),
+        ]),
+        static_summary=f"Preview of {pr.repository}#{pr.number}",
+    )
+
+
+async def destroy(client: Client, repository: str, number: int, reason: str) -> bool:
+    """Ask the PR's workflow to tear down; False when no preview is running."""
+    handle = client.get_workflow_handle(workflow_id(repository, number))
+    try:
+        await handle.signal(PreviewEnvironmentWorkflow.destroy, DestroyRequest(reason=reason))
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True

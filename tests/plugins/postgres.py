@@ -1,0 +1,26 @@
+"""A real PostgreSQL server for the test session, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stack.postgres import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    # Not under pytest's tmp_path: that is private to root, and the server runs as postgres.
+    data_dir = Path(tempfile.mkdtemp(prefix="preview-test-pg-"))
+    os.chmod(data_dir, 0o755)
+    server = PostgresServer(data_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

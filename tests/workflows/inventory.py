@@ -1,0 +1,88 @@
+"""A recording stand-in for every resource activity, for tests of the saga's logic.
+
+The saga runner is generic over activities; these record what exists so a test can
+assert, after any failure or teardown, that nothing is left. End-to-end tests use the
+real activities against the real servers instead.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from domain.feedback import Feedback
+from domain.resources import ApplicationSpec, ResourceSpec, Spec, StepInput, StepOutput
+from domain.secrets import SealedValue
+
+SPEC_CLASSES: list[type[Spec]] = list(typing.get_args(typing.get_args(ResourceSpec)[0]))
+
+
+def spec_key(spec: Spec) -> str:
+    name = getattr(spec, "name", None) or getattr(spec, "database", None) or getattr(
+        spec, "identifier", None) or ",".join(getattr(spec, "hosts", []))
+    return f"{getattr(spec, 'kind', '?')}:{name}"
+
+
+class Inventory:
+    def __init__(self) -> None:
+        self.present: dict[str, Spec] = {}
+        self.calls: list[str] = []
+        self.fail_on: set[str] = set()  # "ensure_application:web" style
+        self.fail_if: list[Callable[[str, Spec], bool]] = []
+        self.feedback: list[Feedback] = []
+        self.scaled: dict[str, int] = {}
+
+    def _maybe_fail(self, activity_name: str, spec: Spec) -> None:
+        if f"{activity_name}:{getattr(spec, 'name', '')}" in self.fail_on or \
+                activity_name in self.fail_on or any(f(activity_name, spec) for f in self.fail_if):
+            raise ApplicationError(f"injected failure in {activity_name}", type="Injected",
+                                   non_retryable=True)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        made: list[Callable[..., Any]] = []
+        for cls in SPEC_CLASSES:
+            made.append(self._present(cls.present))
+            if cls.absent:
+                made.append(self._absent(cls.absent))
+        made += [self._scale(ApplicationSpec.sleep or "", 0),
+                 self._scale(ApplicationSpec.wake or "", None), self._feedback()]
+        return made
+
+    def _present(self, name: str) -> Callable[..., Any]:
+        @activity.defn(name=name)
+        async def present(input: StepInput) -> StepOutput:
+            self.calls.append(f"{name}:{spec_key(input.spec)}")
+            # Created before the failure: a half-done step the saga must still undo.
+            self.present[spec_key(input.spec)] = input.spec
+            self._maybe_fail(name, input.spec)
+            output = StepOutput(values={"made": spec_key(input.spec)})
+            if input.spec.kind == "postgres_clone":
+                output.secrets["url"] = SealedValue(
+                    key_id="test", wrapped_key="", nonce="", ciphertext="")
+            return output
+        return present
+
+    def _absent(self, name: str) -> Callable[..., Any]:
+        @activity.defn(name=name)
+        async def absent(input: StepInput) -> None:
+            self.calls.append(f"{name}:{spec_key(input.spec)}")
+            self._maybe_fail(name, input.spec)
+            self.present.pop(spec_key(input.spec), None)
+        return absent
+
+    def _scale(self, name: str, replicas: int | None) -> Callable[..., Any]:
+        @activity.defn(name=name)
+        async def scale(spec: ApplicationSpec) -> None:
+            self.calls.append(f"{name}:{spec.name}")
+            self.scaled[spec.name] = spec.replicas if replicas is None else replicas
+        return scale
+
+    def _feedback(self) -> Callable[..., Any]:
+        @activity.defn(name="publish_feedback")
+        async def publish(feedback: Feedback) -> None:
+            self.feedback.append(feedback)
+        return publish

@@ -1,0 +1,206 @@
+"""The lifecycle workflow's saga logic on a real Temporal dev server.
+
+Resource activities are the recording Inventory; the source environment comes from a
+real blueprint file through the real BlueprintFileActivities.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.worker import Worker
+
+from activities.blueprints import BlueprintFileActivities
+from domain.blueprint import Blueprint
+from domain.naming import workflow_id
+from domain.plan import plan_preview
+from domain.pull_request import PullRequest
+from starter import lifecycle
+from tests.workflows.inventory import Inventory, spec_key
+from workflows.preview import PreviewEnvironmentWorkflow, PreviewState, PreviewStatus
+from workflows.saga import ActivityTimeouts
+
+FAST = ActivityTimeouts(heartbeat_seconds=10, max_attempts=2, max_interval_seconds=1)
+
+BLUEPRINT: dict[str, Any] = {
+    "project": {"name": "shop", "repository": "acme/shop"},
+    "applications": [
+        {"name": "web", "image": "registry.local/shop/web", "depends_on": ["api"]},
+        {"name": "api", "image": "registry.local/shop/api", "depends_on": ["main"]},
+        {"name": "worker", "image": "registry.local/shop/worker", "public": False},
+    ],
+    "databases": [{"name": "main", "mode": "shared"}],
+    "variables": [{"key": "NODE_ENV", "value": "production"}],
+    "policy": {"ttl_hours": 2, "inactivity_hours": 1},
+}
+
+
+def pull_request(number: int, sha: str = "a" * 40, **extra: Any) -> PullRequest:
+    return PullRequest(repository="acme/shop", number=number, head_sha=sha, **extra)
+
+
+@pytest.fixture
+def blueprint_dir(tmp_path: Path) -> Path:
+    (tmp_path / "shop.yaml").write_text(yaml.safe_dump(BLUEPRINT))
+    return tmp_path
+
+
+class Harness:
+    def __init__(self, client: Client, blueprint_dir: Path) -> None:
+        self.client = client
+        self.inventory = Inventory()
+        self.task_queue = f"saga-{uuid.uuid4().hex[:8]}"
+        self.files = BlueprintFileActivities(blueprint_dir)
+
+    def worker(self) -> Worker:
+        return Worker(
+            self.client, task_queue=self.task_queue,
+            workflows=[PreviewEnvironmentWorkflow],
+            activities=[*self.inventory.activities(), self.files.load_source_environment],
+        )
+
+    async def deploy(self, pr: PullRequest) -> WorkflowHandle[Any, Any]:
+        return await lifecycle.deploy(self.client, pr, task_queue=self.task_queue, timeouts=FAST)
+
+    async def wait_state(self, handle: WorkflowHandle[Any, Any],
+                         predicate: Callable[[PreviewStatus], bool]) -> PreviewStatus:
+        # Poll the query until the condition holds; the deadline bounds the test.
+        import asyncio
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:
+            status = await handle.query(PreviewEnvironmentWorkflow.status)
+            if predicate(status):
+                return status
+            if loop.time() > deadline:
+                raise AssertionError(f"condition not reached; last status {status}")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def harness(temporal_client: Client, blueprint_dir: Path) -> AsyncIterator[Harness]:
+    yield Harness(temporal_client, blueprint_dir)
+
+
+def expected_resources(pr: PullRequest) -> set[str]:
+    bp = Blueprint.model_validate(BLUEPRINT)
+    return {spec_key(step.spec) for step in plan_preview(bp, pr).steps}
+
+
+async def test_create_then_destroy_leaves_nothing(harness: Harness) -> None:
+    pr = pull_request(101)
+    async with harness.worker():
+        handle = await harness.deploy(pr)
+        status = await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        assert set(harness.inventory.present) == expected_resources(pr)
+        assert status.steps_done == status.steps_total == len(expected_resources(pr))
+        assert set(status.urls) == {"web", "api"}
+        assert status.urls["web"] == "http://web-pr-101.preview.localhost"
+
+        await lifecycle.destroy(harness.client, pr.repository, pr.number, "test")
+        result = await handle.result()
+    assert result.state == PreviewState.destroyed
+    assert harness.inventory.present == {}
+    assert [f.state for f in harness.inventory.feedback][-1] == "destroyed"
+
+
+STEP_KEYS = [s.key for s in plan_preview(Blueprint.model_validate(BLUEPRINT),
+                                          pull_request(1)).steps]
+
+
+@pytest.mark.parametrize("failing_key", STEP_KEYS)
+async def test_failure_at_any_create_step_undoes_everything(
+    harness: Harness, failing_key: str
+) -> None:
+    pr = pull_request(200 + STEP_KEYS.index(failing_key))
+    step = plan_preview(Blueprint.model_validate(BLUEPRINT), pr).step(failing_key)
+    harness.inventory.fail_on.add(f"{step.present}:{getattr(step.spec, 'name', '')}")
+    async with harness.worker():
+        handle = await harness.deploy(pr)
+        status = await harness.wait_state(handle, lambda s: s.state == PreviewState.failed)
+    assert harness.inventory.present == {}, "a failed create must leave nothing behind"
+    assert status.last_error is not None
+    assert failing_key in status.last_error and "injected failure" in status.last_error
+    assert harness.inventory.feedback[-1].state == "failed"
+    # The failing step itself was undone too (undo registered before do).
+    assert f"{step.absent}:{spec_key(step.spec)}" in harness.inventory.calls
+
+
+async def test_redeploy_rolls_new_commit_and_failed_redeploy_restores(harness: Harness) -> None:
+    first, second, third = pull_request(300, "1" * 40), pull_request(300, "2" * 40), \
+        pull_request(300, "3" * 40)
+    async with harness.worker():
+        handle = await harness.deploy(first)
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await harness.deploy(second)
+        await harness.wait_state(handle, lambda s: s.head_sha == second.head_sha)
+        images = {k: getattr(v, "image", None) for k, v in harness.inventory.present.items()}
+        assert images["application:web"] == f"registry.local/shop/web:{'2' * 40}"
+
+        harness.inventory.fail_if.append(
+            lambda name, spec: name == "ensure_application"
+            and getattr(spec, "image", "").endswith("3" * 40) and spec.name == "web")
+        await harness.deploy(third)
+        status = await harness.wait_state(handle, lambda s: s.last_error is not None)
+        assert status.state == PreviewState.ready and status.head_sha == second.head_sha
+        images = {k: getattr(v, "image", None) for k, v in harness.inventory.present.items()}
+        # The failed step and every step changed with it are back at the old commit.
+        assert images["application:web"] == f"registry.local/shop/web:{'2' * 40}"
+        assert images["application:api"] == f"registry.local/shop/api:{'2' * 40}"
+        assert set(harness.inventory.present) == expected_resources(first)
+        await lifecycle.destroy(harness.client, first.repository, first.number, "done")
+        await handle.result()
+    assert harness.inventory.present == {}
+
+
+async def test_burst_of_commits_deploys_only_the_newest(harness: Harness) -> None:
+    shas = [str(i) * 40 for i in range(1, 6)]
+    # Signals arrive while no worker runs, as in a burst: one workflow task sees them all.
+    handle = await harness.deploy(pull_request(400, shas[0]))
+    for sha in shas[1:]:
+        await harness.deploy(pull_request(400, sha))
+    async with harness.worker():
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        app_images = [s.image for s in harness.inventory.present.values()
+                      if getattr(s, "kind", "") == "application"]
+        assert app_images and all(img.endswith(shas[-1]) for img in app_images)
+        web_deploys = [c for c in harness.inventory.calls if c == "ensure_application:application:web"]
+        assert len(web_deploys) == 1, "intermediate commits must not deploy"
+        await lifecycle.destroy(harness.client, "acme/shop", 400, "done")
+        await handle.result()
+
+
+async def test_duplicate_and_reordered_deliveries(harness: Harness, temporal_client: Client) -> None:
+    from datetime import UTC, datetime
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    opened = pull_request(500, "1" * 40, updated_at=t0)
+    newer = pull_request(500, "2" * 40, updated_at=t0 + timedelta(minutes=5))
+    async with harness.worker():
+        handle = await harness.deploy(newer)  # synchronize delivered before opened
+        await harness.deploy(opened)  # the older, reordered delivery
+        await harness.deploy(newer)  # and a duplicate
+        status = await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        assert status.head_sha == newer.head_sha
+        assert len([c for c in harness.inventory.calls
+                    if c == "ensure_application:application:web"]) == 1
+
+        # closed, then reopened: one live run at a time, and the reopened one is ready.
+        await lifecycle.destroy(temporal_client, "acme/shop", 500, "closed")
+        await handle.result()
+        reopened = await harness.deploy(pull_request(500, "3" * 40))
+        assert reopened.result_run_id != handle.result_run_id
+        await harness.wait_state(reopened, lambda s: s.state == PreviewState.ready)
+        running = [w async for w in temporal_client.list_workflows(
+            f"WorkflowId = '{workflow_id('acme/shop', 500)}' AND ExecutionStatus = 'Running'")]
+        assert len(running) <= 1
+        await lifecycle.destroy(temporal_client, "acme/shop", 500, "done")
+        await reopened.result()
+        desc = await reopened.describe()
+        assert desc.status == WorkflowExecutionStatus.COMPLETED

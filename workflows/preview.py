@@ -1,0 +1,382 @@
+"""One preview environment, from the first commit of a pull request to its teardown.
+
+    deploy(pr) ─► load the source environment ─► plan ─► apply the plan as a saga
+                                                     │ failure: undo, report
+    wait for: deploy · destroy · extend_ttl · sleep · wake · TTL and inactivity timers
+    destroy    ─► undo every step, newest first ─► report ─► done
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from domain.blueprint import PreviewPolicy
+    from domain.feedback import Feedback
+    from domain.naming import environment_id
+    from domain.policy import skip_reason
+    from domain.plan import PlanError, PlanOptions, plan_preview
+    from domain.pull_request import PullRequest
+    from domain.source import LoadSourceRequest, SourceEnvironment
+    from domain.variables import VariableError
+    from workflows.saga import ActivityTimeouts, Ledger, SagaRunner, StepFailed, failure_message
+
+REPOSITORY = SearchAttributeKey.for_keyword("PreviewRepository")
+PR_NUMBER = SearchAttributeKey.for_int("PreviewPullRequest")
+STATE = SearchAttributeKey.for_keyword("PreviewState")
+HEAD_SHA = SearchAttributeKey.for_keyword("PreviewHeadSha")
+SEARCH_ATTRIBUTES = (REPOSITORY, PR_NUMBER, STATE, HEAD_SHA)
+
+
+class PreviewState(StrEnum):
+    creating = "creating"
+    ready = "ready"
+    updating = "updating"
+    sleeping = "sleeping"
+    failed = "failed"
+    destroying = "destroying"
+    destroyed = "destroyed"
+
+
+class DestroyRequest(BaseModel):
+    reason: str = "requested"
+
+
+class CarriedState(BaseModel):
+    """Everything the workflow knows, carried across continue-as-new."""
+
+    state: PreviewState = PreviewState.creating
+    pull_request: PullRequest
+    deployed_sha: str | None = None
+    ledger: Ledger = Field(default_factory=Ledger)
+    policy: PreviewPolicy | None = None
+    expires_at: datetime | None = None
+    last_activity: datetime | None = None
+    urls: dict[str, str] = Field(default_factory=dict)
+    last_error: str | None = None
+    pending: PullRequest | None = None
+    destroy_reason: str | None = None
+
+
+class PreviewInput(BaseModel):
+    pull_request: PullRequest
+    options: PlanOptions = PlanOptions()
+    timeouts: ActivityTimeouts = ActivityTimeouts()
+    carried: CarriedState | None = None
+
+
+class PreviewStatus(BaseModel):
+    environment_id: str
+    state: PreviewState
+    head_sha: str | None
+    steps_done: int
+    steps_total: int
+    urls: dict[str, str]
+    last_error: str | None
+    expires_at: datetime | None
+    asleep: bool
+
+
+_FEEDBACK_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
+
+
+@workflow.defn
+class PreviewEnvironmentWorkflow:
+    @workflow.init
+    def __init__(self, input: PreviewInput) -> None:
+        self._input = input
+        self._s = input.carried or CarriedState(pull_request=input.pull_request)
+        self._env_id = environment_id(input.pull_request.repository, input.pull_request.number)
+        self._saga = SagaRunner(self._s.ledger, input.timeouts)
+        self._wake_requested = False
+        self._sleep_requested = False
+
+    # -- messages -----------------------------------------------------------------
+
+    @workflow.signal
+    def deploy(self, pr: PullRequest) -> None:
+        """Deploy this commit; a burst coalesces into its newest commit."""
+        newest = self._s.pending or self._s.pull_request
+        if pr.updated_at and newest.updated_at and pr.updated_at < newest.updated_at:
+            return  # a reordered, older delivery
+        if self._s.deployed_sha == pr.head_sha and self._s.state == PreviewState.ready:
+            self._s.pull_request = pr
+            return
+        self._s.pending = pr
+        self._s.last_activity = workflow.now()
+
+    @workflow.update
+    async def deploy_and_wait(self, pr: PullRequest) -> PreviewStatus:
+        """Like the deploy signal, but answers once that commit is live (or failed)."""
+        self.deploy(pr)
+        await workflow.wait_condition(
+            lambda: self._s.pending is None
+            and self._s.state not in (PreviewState.creating, PreviewState.updating)
+        )
+        return self.status()
+
+    @deploy_and_wait.validator
+    def _validate_deploy(self, pr: PullRequest) -> None:
+        if (pr.repository.lower(), pr.number) != (
+            self._input.pull_request.repository.lower(), self._input.pull_request.number
+        ):
+            raise ValueError(f"this workflow serves {self._input.pull_request.repository}"
+                             f"#{self._input.pull_request.number}, not {pr.repository}#{pr.number}")
+        if self._s.destroy_reason is not None:
+            raise ValueError("the environment is being destroyed")
+
+    @workflow.signal
+    def destroy(self, request: DestroyRequest) -> None:
+        self._s.destroy_reason = self._s.destroy_reason or request.reason
+        self._s.pending = None
+
+    @workflow.signal
+    def extend_ttl(self, hours: int) -> None:
+        if self._s.expires_at is not None and hours > 0:
+            self._s.expires_at += timedelta(hours=hours)
+
+    @workflow.update
+    async def extend(self, hours: int) -> PreviewStatus:
+        self.extend_ttl(hours)
+        return self.status()
+
+    @extend.validator
+    def _validate_extend(self, hours: int) -> None:
+        if not 1 <= hours <= 24 * 30:
+            raise ValueError(f"hours must be between 1 and 720, got {hours}")
+
+    @workflow.signal
+    def sleep(self) -> None:
+        self._sleep_requested = True
+
+    @workflow.signal
+    def wake(self) -> None:
+        self._wake_requested = True
+        self._s.last_activity = workflow.now()
+
+    @workflow.query
+    def status(self) -> PreviewStatus:
+        done, total = self._s.ledger.counts()
+        return PreviewStatus(
+            environment_id=self._env_id, state=self._s.state, head_sha=self._s.deployed_sha,
+            steps_done=done, steps_total=total, urls=self._s.urls,
+            last_error=self._s.last_error, expires_at=self._s.expires_at,
+            asleep=self._s.state == PreviewState.sleeping,
+        )
+
+    # -- the process --------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: PreviewInput) -> PreviewStatus:
+        self._publish_attributes()
+        try:
+            while True:
+                await self._wait_for_work()
+                if self._s.destroy_reason is not None:
+                    await self._destroy(self._s.destroy_reason)
+                    if self._s.pending is None:
+                        break
+                    self._s = self._restart_after_destroy()
+                elif self._s.pending is not None:
+                    await self._deploy(self._s.pending)
+                elif self._sleep_requested or self._wake_requested:
+                    await self._sleep_or_wake()
+                else:
+                    self._check_timers()
+                if workflow.info().is_continue_as_new_suggested():
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    workflow.continue_as_new(
+                        PreviewInput(pull_request=self._s.pull_request,
+                                     options=input.options, timeouts=input.timeouts,
+                                     carried=self._s)
+                    )
+        except asyncio.CancelledError:
+            # Cancelled from outside: nothing may be left behind. Shield the teardown
+            # so a second cancellation cannot interrupt it.
+            await asyncio.shield(asyncio.ensure_future(self._destroy("workflow cancelled")))
+            raise
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.status()
+
+    def _restart_after_destroy(self) -> CarriedState:
+        """A reopen that arrived while we were tearing down: build again from scratch."""
+        pending = self._s.pending
+        assert pending is not None
+        return CarriedState(pull_request=pending, pending=pending, ledger=self._s.ledger)
+
+    async def _wait_for_work(self) -> None:
+        def has_work() -> bool:
+            return (self._s.destroy_reason is not None or self._s.pending is not None
+                    or self._sleep_requested or self._wake_requested)
+
+        timeout = self._seconds_to_next_timer()
+        try:
+            await workflow.wait_condition(
+                has_work, timeout=timedelta(seconds=timeout) if timeout is not None else None
+            )
+        except TimeoutError:
+            pass  # a timer is due: _check_timers handles it
+
+    def _deadlines(self) -> dict[str, datetime]:
+        s, policy = self._s, self._s.policy
+        if policy is None or s.state in (PreviewState.creating, PreviewState.destroyed):
+            return {}
+        deadlines: dict[str, datetime] = {}
+        if s.expires_at:
+            deadlines["time-to-live expired"] = s.expires_at
+        if s.last_activity:
+            deadlines[f"no activity for {policy.inactivity_hours} h"] = (
+                s.last_activity + timedelta(hours=policy.inactivity_hours))
+            if policy.sleep_after_idle_hours and s.state == PreviewState.ready:
+                deadlines["idle"] = s.last_activity + timedelta(
+                    hours=policy.sleep_after_idle_hours)
+        return deadlines
+
+    def _seconds_to_next_timer(self) -> float | None:
+        deadlines = self._deadlines()
+        if not deadlines:
+            return None
+        return max(0.0, (min(deadlines.values()) - workflow.now()).total_seconds())
+
+    def _check_timers(self) -> None:
+        now = workflow.now()
+        for reason, at in sorted(self._deadlines().items(), key=lambda kv: kv[1]):
+            if at > now:
+                continue
+            if reason == "idle":
+                self._sleep_requested = True
+            else:
+                self._s.destroy_reason = reason
+            return
+
+    # -- deploy -------------------------------------------------------------------
+
+    async def _deploy(self, pr: PullRequest) -> None:
+        self._s.pending = None
+        first = not self._s.ledger.entries
+        self._set_state(PreviewState.creating if first else PreviewState.updating)
+        self._s.pull_request = pr
+        self._s.last_error = None
+        await self._feedback()
+        try:
+            source = await workflow.execute_activity(
+                "load_source_environment",
+                LoadSourceRequest(repository=pr.repository),
+                result_type=SourceEnvironment,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=RetryPolicy(maximum_attempts=5,
+                                         non_retryable_error_types=["UnknownRepository"]),
+                summary=f"load the source environment of {pr.repository}",
+            )
+            policy = source.blueprint.policy
+            if (reason := skip_reason(policy, pr)) is not None:
+                self._s.destroy_reason = f"no preview: {reason}"
+                return
+            if self._s.policy is None or self._s.expires_at is None:
+                self._s.expires_at = workflow.now() + timedelta(hours=policy.ttl_hours)
+            self._s.policy = policy
+            plan = plan_preview(source.blueprint, pr, source.secrets, self._input.options)
+            await self._saga.apply(plan)
+        except (StepFailed, ActivityError, PlanError, VariableError) as error:
+            message = error.args[0] if isinstance(error, StepFailed) else failure_message(error)
+            self._s.last_error = str(message)
+            workflow.logger.warning("deploy of %s failed: %s", pr.head_sha, self._s.last_error)
+            self._set_state(PreviewState.failed if first else PreviewState.ready)
+            await self._feedback(failed=True)
+            return
+        self._s.deployed_sha = pr.head_sha
+        self._s.urls = dict(plan.urls)
+        workflow.upsert_memo({"urls": self._s.urls})
+        self._set_state(PreviewState.ready)
+        await self._feedback()
+
+    # -- sleep / wake -------------------------------------------------------------
+
+    async def _sleep_or_wake(self) -> None:
+        wake, self._wake_requested, self._sleep_requested = (
+            self._wake_requested, False, False)
+        if wake and self._s.state == PreviewState.sleeping:
+            await self._scale("wake")
+            self._set_state(PreviewState.ready)
+        elif not wake and self._s.state == PreviewState.ready:
+            await self._scale("sleep")
+            self._set_state(PreviewState.sleeping)
+        else:
+            return
+        await self._feedback()
+
+    async def _scale(self, direction: str) -> None:
+        for entry in self._s.ledger.entries:
+            activity = getattr(type(entry.step.spec), direction, None)
+            if activity is None:
+                continue
+            await workflow.execute_activity(
+                activity, entry.step.spec,
+                task_queue=entry.step.task_queue or workflow.info().task_queue,
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat_seconds),
+                summary=f"{direction} {entry.step.summary}",
+            )
+
+    # -- destroy ------------------------------------------------------------------
+
+    async def _destroy(self, reason: str) -> None:
+        self._set_state(PreviewState.destroying)
+        await self._feedback(message=f"destroying: {reason}")
+        try:
+            await self._saga.teardown()
+        except StepFailed as error:
+            # Keep what could not be removed in the ledger and wait for another destroy.
+            self._s.last_error = str(error)
+            self._s.destroy_reason = None
+            self._set_state(PreviewState.failed)
+            await self._feedback(failed=True)
+            await workflow.wait_condition(lambda: self._s.destroy_reason is not None)
+            return await self._destroy(self._s.destroy_reason or reason)
+        self._s.destroy_reason = None
+        self._s.urls = {}
+        self._set_state(PreviewState.destroyed)
+        await self._feedback(message=f"destroyed: {reason}")
+
+    # -- reporting ----------------------------------------------------------------
+
+    def _set_state(self, state: PreviewState) -> None:
+        self._s.state = state
+        self._publish_attributes()
+
+    def _publish_attributes(self) -> None:
+        pr = self._s.pull_request
+        workflow.upsert_search_attributes([
+            SearchAttributePair(REPOSITORY, pr.repository.lower()),
+            SearchAttributePair(PR_NUMBER, pr.number),
+            SearchAttributePair(STATE, self._s.state.value),
+            SearchAttributePair(HEAD_SHA, self._s.deployed_sha or pr.head_sha),
+        ])
+        workflow.set_current_details(
+            f"**{self._s.state.value}** {pr.repository}#{pr.number} at {pr.head_sha[:7]}"
+        )
+
+    async def _feedback(self, *, failed: bool = False, message: str = "") -> None:
+        """Tell the pull request; feedback that cannot be delivered never fails the preview."""
+        pr = self._s.pull_request
+        feedback = Feedback(
+            provider=pr.provider, repository=pr.repository, pr_number=pr.number,
+            head_sha=pr.head_sha, state="failed" if failed else self._s.state.value,
+            urls=self._s.urls, message=message or (self._s.last_error or ""),
+            environment_id=self._env_id,
+        )
+        try:
+            await workflow.execute_activity(
+                "publish_feedback", feedback,
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=_FEEDBACK_RETRY,
+                summary=f"tell {pr.repository}#{pr.number}: {feedback.state}",
+            )
+        except ActivityError as error:
+            workflow.logger.warning("feedback not delivered: %s", failure_message(error))

@@ -1,0 +1,232 @@
+"""A generic saga over a plan: converge to it, undo on failure, tear it all down.
+
+The runner knows nothing about namespaces or databases: every step names the activity
+that makes it present and the one that makes it absent. The ledger records each step
+*before* its activity starts (undo registered before do), so a step that fails half
+way, or a worker killed mid-step, is still undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.errors import NON_RETRYABLE
+    from domain.plan import Plan, Step
+    from domain.resources import StepInput, StepOutput
+
+
+class AppliedStep(BaseModel):
+    step: Step
+    output: StepOutput | None = None
+    complete: bool = False
+
+
+class Ledger(BaseModel):
+    """What exists (or may exist) because of this environment, oldest first."""
+
+    entries: list[AppliedStep] = Field(default_factory=list)
+
+    def find(self, key: str) -> AppliedStep | None:
+        return next((e for e in self.entries if e.step.key == key), None)
+
+    def put(self, entry: AppliedStep) -> None:
+        for i, existing in enumerate(self.entries):
+            if existing.step.key == entry.step.key:
+                self.entries[i] = entry
+                return
+        self.entries.append(entry)
+
+    def drop(self, key: str) -> None:
+        self.entries = [e for e in self.entries if e.step.key != key]
+
+    def counts(self) -> tuple[int, int]:
+        return sum(e.complete for e in self.entries), len(self.entries)
+
+
+class ActivityTimeouts(BaseModel):
+    """How long a step may take; tests shorten heartbeats so a killed worker is noticed fast."""
+
+    start_to_close_seconds: float = 1800
+    heartbeat_seconds: float = 60
+    max_attempts: int = 8
+    max_interval_seconds: float = 30
+
+
+class StepFailed(Exception):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"step {key} failed: {message}")
+        self.key = key
+        self.message = message
+
+
+class _Undo(BaseModel):
+    action: Literal["remove", "restore"]
+    key: str
+    previous: AppliedStep | None = None
+
+
+def failure_message(error: BaseException) -> str:
+    """The root cause an operator can act on, not the wrapper chain."""
+    while isinstance(error, ActivityError | FailureError) and error.cause is not None:
+        error = error.cause
+    return getattr(error, "message", None) or str(error)
+
+
+class SagaRunner:
+    def __init__(
+        self,
+        ledger: Ledger,
+        timeouts: ActivityTimeouts,
+        on_progress: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.ledger = ledger
+        self.timeouts = timeouts
+        self._on_progress = on_progress
+
+    # -- activities ---------------------------------------------------------------
+
+    async def _execute(self, activity: str, step: Step, verb: str) -> StepOutput | None:
+        upstream = {
+            dep: entry.output
+            for dep in step.depends_on
+            if (entry := self.ledger.find(dep)) is not None and entry.output is not None
+        }
+        t = self.timeouts
+        return await workflow.execute_activity(
+            activity,
+            StepInput(spec=step.spec, upstream=upstream),
+            result_type=StepOutput,
+            task_queue=step.task_queue or workflow.info().task_queue,
+            start_to_close_timeout=timedelta(seconds=t.start_to_close_seconds),
+            heartbeat_timeout=timedelta(seconds=t.heartbeat_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=t.max_interval_seconds),
+                maximum_attempts=t.max_attempts,
+                non_retryable_error_types=NON_RETRYABLE,
+            ),
+            summary=f"{verb} {step.summary or step.key}",
+        )
+
+    async def _make_present(self, step: Step) -> None:
+        output = await self._execute(step.present, step, "create")
+        self.ledger.put(AppliedStep(step=step, output=output, complete=True))
+        self._on_progress()
+
+    async def _make_absent(self, key: str) -> None:
+        entry = self.ledger.find(key)
+        if entry is None:
+            return
+        if entry.step.absent:
+            await self._execute(entry.step.absent, entry.step, "remove")
+        self.ledger.drop(key)
+        self._on_progress()
+
+    # -- converge -----------------------------------------------------------------
+
+    async def apply(self, plan: Plan) -> None:
+        """Make the environment match `plan`; on failure undo this call's work and raise.
+
+        New steps are created, changed steps re-applied (and any step whose dependency
+        re-ran), unchanged ones skipped, and steps the plan no longer has removed.
+        Undo of a new step removes it; undo of a changed step restores its old spec.
+        """
+        undo: list[_Undo] = []
+        rerun: set[str] = set()
+
+        async def converge(step: Step) -> None:
+            old = self.ledger.find(step.key)
+            if (old and old.complete and old.step == step
+                    and not rerun.intersection(step.depends_on)):
+                return
+            rerun.add(step.key)
+            if old is None:
+                undo.append(_Undo(action="remove", key=step.key))
+                self.ledger.put(AppliedStep(step=step))  # registered before the do
+            elif old.complete:
+                undo.append(_Undo(action="restore", key=step.key, previous=old))
+            await self._make_present(step)
+
+        deps = {s.key: set(s.depends_on) for s in plan.steps}
+        try:
+            await run_dag([s.key for s in plan.steps], deps,
+                          lambda key: converge(plan.step(key)))
+        except StepFailed:
+            await self._compensate(undo)
+            raise
+        obsolete = [e.step.key for e in self.ledger.entries if e.step.key not in deps]
+        await self.remove(obsolete)
+
+    async def _compensate(self, undo: list[_Undo]) -> None:
+        """Undo newest first. An undo that fails does not stop the others: its entry
+        stays in the ledger, so the environment's teardown tries it again."""
+        for item in reversed(undo):
+            try:
+                if item.action == "remove":
+                    await self._make_absent(item.key)
+                elif item.previous is not None:
+                    await self._make_present(item.previous.step)
+            except (ActivityError, ApplicationError) as error:
+                workflow.logger.warning("undo of %s failed: %s", item.key,
+                                        failure_message(error))
+
+    async def remove(self, keys: Iterable[str]) -> None:
+        """Remove entries, dependents before what they depend on, in parallel where free."""
+        wanted = set(keys)
+        deps: dict[str, set[str]] = {k: set() for k in wanted}
+        for entry in self.ledger.entries:
+            for dep in entry.step.depends_on:
+                if dep in wanted and entry.step.key in wanted:
+                    deps[dep].add(entry.step.key)
+        ordered = [e.step.key for e in reversed(self.ledger.entries) if e.step.key in wanted]
+        await run_dag(ordered, deps, self._make_absent)
+
+    async def teardown(self) -> None:
+        await self.remove([e.step.key for e in self.ledger.entries])
+
+
+async def run_dag(
+    keys: list[str],
+    deps: dict[str, set[str]],
+    action: Callable[[str], Awaitable[None]],
+) -> None:
+    """Run `action` for every key once its dependencies are done; parallel where free.
+
+    On the first failure no new work starts; running work finishes (so its ledger
+    entry is accurate), then StepFailed names the first step that failed.
+    """
+    done: set[str] = set()
+    running: dict[asyncio.Task[None], str] = {}
+    pending = list(keys)
+    failure: StepFailed | None = None
+    inside = set(keys)  # dependencies outside this run count as met
+    while pending or running:
+        if failure is None:
+            for key in [k for k in pending if deps.get(k, set()) & inside <= done]:
+                pending.remove(key)
+                running[asyncio.ensure_future(action(key))] = key
+        if not running:
+            break
+        finished, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
+        for task in finished:
+            key = running.pop(task)
+            error = task.exception()
+            if error is None:
+                done.add(key)
+            elif failure is None:
+                if not isinstance(error, ActivityError | ApplicationError | FailureError):
+                    raise error
+                failure = StepFailed(key, failure_message(error))
+        if failure is not None and not running:
+            break
+    if failure is not None:
+        raise failure
