@@ -76,7 +76,9 @@ class Settings(BaseSettings):
     )
     github_api_url: str = Field("https://api.github.com", description="GitHub API base URL")
     github_token: SecretStr | None = Field(None, description="Token for PR comments/statuses")
-    gitlab_api_url: str = Field("https://gitlab.com", description="GitLab base URL")
+    gitlab_api_url: str = Field(
+        "https://gitlab.com/api/v4", description="GitLab API root (with /api/v4)"
+    )
     gitlab_token: SecretStr | None = Field(None, description="Token for MR notes/statuses")
     admin_token: SecretStr = Field(
         SecretStr("local-admin-token"), description="API token that may create project tokens"

@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: run test test-fast lint kube bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+kube: $(VENV)/.installed  ## build the Kubernetes control plane once (cached outside the repo)
+	$(PY) -m stack.kube build
+
+run: kube  ## the whole system on the embedded local stack, following one preview to Ready
+	$(PY) -m stack.run
+
+test: kube  ## every test, on real servers the fixtures start on loopback
+	$(VENV)/bin/pytest -p no:cacheprovider
+
+test-fast: $(VENV)/.installed  ## tests that need no Kubernetes control plane
+	$(VENV)/bin/pytest -p no:cacheprovider -m "not kube and not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+clean:
+	rm -rf .state
