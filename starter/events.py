@@ -71,9 +71,9 @@ def github_pull_request(payload: dict[str, Any]) -> PullRequest:
     return _pull_request(lambda: PullRequest(
         provider="github",
         repository=base_repo,
-        number=_field(pr, "number"),
-        head_sha=_field(pr, "head", "sha"),
-        branch=_field(pr, "head", "ref"),
+        number=_field(payload, "pull_request", "number"),
+        head_sha=_field(payload, "pull_request", "head", "sha"),
+        branch=_field(payload, "pull_request", "head", "ref"),
         base_branch=pr.get("base", {}).get("ref", ""),
         title=pr.get("title") or "",
         author=(pr.get("user") or {}).get("login", ""),
@@ -99,6 +99,11 @@ def github_operation(event: str, payload: dict[str, Any]) -> Operation:
     return Ignore(f"pull_request action {action!r} does not affect previews")
 
 
+def _gitlab_time(value: str | None) -> str | None:
+    """GitLab writes `2026-01-01 10:00:00 UTC`; pydantic wants ISO 8601."""
+    return value.replace(" UTC", "+00:00") if value else None
+
+
 def gitlab_operation(event: str, payload: dict[str, Any]) -> Operation:
     """GitLab merge request hooks: same lifecycle, GitLab's field names."""
     if event != "Merge Request Hook" or payload.get("object_kind") != "merge_request":
@@ -110,8 +115,8 @@ def gitlab_operation(event: str, payload: dict[str, Any]) -> Operation:
     pr = _pull_request(lambda: PullRequest(
         provider="gitlab",
         repository=_field(payload, "project", "path_with_namespace"),
-        number=_field(attrs, "iid"),
-        head_sha=_field(attrs, "last_commit", "id"),
+        number=_field(payload, "object_attributes", "iid"),
+        head_sha=_field(payload, "object_attributes", "last_commit", "id"),
         branch=attrs.get("source_branch", ""),
         base_branch=attrs.get("target_branch", ""),
         title=attrs.get("title") or "",
@@ -120,7 +125,7 @@ def gitlab_operation(event: str, payload: dict[str, Any]) -> Operation:
         is_fork=source != target,
         is_draft=bool(attrs.get("draft") or attrs.get("work_in_progress")),
         labels=tuple(label["title"] for label in payload.get("labels") or [] if "title" in label),
-        updated_at=attrs.get("updated_at"),
+        updated_at=_gitlab_time(attrs.get("updated_at")),
     ), "object_attributes")
     if action in ("close", "merge"):
         return Destroy(pr, f"merge request {action}d" if action == "close" else "merge request merged")

@@ -1,0 +1,158 @@
+"""The planner over blueprints of several shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from domain.blueprint import Blueprint
+from domain.plan import Plan, PlanError, Step, plan_preview, topological
+from domain.pull_request import PullRequest
+from domain.resources import (
+    ApplicationSpec,
+    ConfigMapSpec,
+    NamespaceSpec,
+    PostgresCloneSpec,
+    RdsCloneSpec,
+    SecretSpec,
+    VpcSpec,
+)
+from domain.secrets import SealedValue
+from domain.variables import SecretVariable
+
+PR = PullRequest(repository="acme/shop", number=7, head_sha="abcdef1234567", branch="feat/x")
+
+
+def blueprint(**extra: Any) -> Blueprint:
+    data: dict[str, Any] = {
+        "project": {"name": "shop", "repository": "acme/shop"},
+        "applications": [{"name": "web", "image": "r/web"}],
+    }
+    data.update(extra)
+    return Blueprint.model_validate(data)
+
+
+def kinds(plan: Plan) -> list[str]:
+    return [s.spec.kind for s in plan.steps]
+
+
+def assert_valid_order(plan: Plan) -> None:
+    seen: set[str] = set()
+    for step in plan.steps:
+        assert set(step.depends_on) <= seen, f"{step.key} before its dependencies"
+        seen.add(step.key)
+
+
+def test_apps_only() -> None:
+    plan = plan_preview(blueprint(), PR)
+    assert_valid_order(plan)
+    assert plan.keys() == ["namespace", "config/web", "secret/web", "app/web", "ingress/web"]
+    app = plan.step("app/web").spec
+    assert isinstance(app, ApplicationSpec) and app.image == "r/web:abcdef1234567"
+    assert plan.urls == {"web": "http://web-pr-7.preview.localhost"}
+    ns = plan.step("namespace").spec
+    assert isinstance(ns, NamespaceSpec) and ns.name == plan.environment_id
+    assert all(s.spec.owner.environment == plan.environment_id for s in plan.steps)
+
+
+def test_apps_with_container_database() -> None:
+    plan = plan_preview(blueprint(databases=[{"name": "main", "mode": "container"}]), PR)
+    assert_valid_order(plan)
+    db = plan.step("database/main")
+    assert db.spec.kind == "container_database" and db.depends_on == ("namespace",)
+    secret = plan.step("secret/web").spec
+    assert isinstance(secret, SecretSpec)
+    assert secret.upstream["DATABASE_URL"].step == "database/main"
+
+
+def test_apps_with_rds_clone_in_a_dedicated_vpc() -> None:
+    bp = blueprint(
+        environment={"isolation": "vpc"},
+        databases=[{"name": "main", "mode": "rds", "source": "prod-db",
+                    "data_policy": "clone"}],
+        network={"base_domain": "preview.example.com", "hosted_zone_id": "Z1",
+                 "tls": "per_host", "cluster_vpc_id": "vpc-123"},
+    )
+    plan = plan_preview(bp, PR)
+    assert_valid_order(plan)
+    assert {"vpc", "database/main", "certificate", "dns"} <= set(plan.keys())
+    vpc = plan.step("vpc").spec
+    assert isinstance(vpc, VpcSpec) and vpc.peer_vpc_id == "vpc-123"
+    rds = plan.step("database/main")
+    assert isinstance(rds.spec, RdsCloneSpec) and rds.depends_on == ("vpc",)
+    assert rds.spec.vpc_step == "vpc" and rds.spec.source_instance == "prod-db"
+    assert plan.step("secret/web").depends_on == ("namespace", "database/main")
+
+
+def test_shared_database_and_variables_reach_the_application() -> None:
+    sealed = SealedValue(key_id="k", wrapped_key="w", nonce="n", ciphertext="c")
+    bp = blueprint(
+        databases=[{"name": "main", "mode": "shared"}],
+        variables=[
+            {"key": "NODE_ENV", "value": "production"},
+            {"key": "NODE_ENV", "value": "development", "applies_to": "previews",
+             "kind": "override"},
+        ],
+    )
+    plan = plan_preview(bp, PR, [SecretVariable(key="STRIPE_KEY", sealed=sealed)])
+    config = plan.step("config/web").spec
+    assert isinstance(config, ConfigMapSpec)
+    assert config.data["NODE_ENV"] == "development"
+    assert config.data["PR_NUMBER"] == "7" and config.data["HEAD_SHA"] == PR.head_sha
+    assert config.data["PREVIEW_URL"] == "http://web-pr-7.preview.localhost"
+    assert "STRIPE_KEY" not in config.data  # secrets never in a ConfigMap
+    secret = plan.step("secret/web").spec
+    assert isinstance(secret, SecretSpec) and secret.data["STRIPE_KEY"] == sealed
+    assert isinstance(plan.step("database/main").spec, PostgresCloneSpec)
+
+
+def test_fork_pull_requests_get_no_secrets_by_default() -> None:
+    sealed = SealedValue(key_id="k", wrapped_key="w", nonce="n", ciphertext="c")
+    fork = PR.model_copy(update={"is_fork": True})
+    secrets = [SecretVariable(key="STRIPE_KEY", sealed=sealed)]
+    spec = plan_preview(blueprint(), fork, secrets).step("secret/web").spec
+    assert isinstance(spec, SecretSpec) and spec.data == {}
+    allowed = blueprint(policy={"forks": "allow_secrets"})
+    spec = plan_preview(allowed, fork, secrets).step("secret/web").spec
+    assert isinstance(spec, SecretSpec) and "STRIPE_KEY" in spec.data
+
+
+def test_plan_is_deterministic_and_changes_only_with_the_commit() -> None:
+    bp = blueprint(applications=[{"name": "web", "image": "r/web"},
+                                 {"name": "api", "image": "r/api", "public": False}])
+    assert plan_preview(bp, PR) == plan_preview(bp, PR)
+    newer = plan_preview(bp, PR.model_copy(update={"head_sha": "1234567abcdef"}))
+    changed = {s.key for s in newer.steps if s != plan_preview(bp, PR).step(s.key)}
+    assert changed == {"config/web", "config/api", "app/web", "app/api"}
+
+
+def test_isolated_targets_get_their_own_task_queues() -> None:
+    bp = blueprint(environment={"isolation": "cluster", "cluster": {"name": "hipaa"}})
+    plan = plan_preview(bp, PR)
+    assert {s.task_queue for s in plan.steps} == {"previews-cluster-hipaa"}
+    assert all(getattr(s.spec, "cluster", "hipaa") == "hipaa" for s in plan.steps)
+
+
+def test_topological_rejects_cycles_and_unknown_dependencies() -> None:
+    ns = plan_preview(blueprint(), PR).step("namespace")
+    a = Step(key="a", spec=ns.spec, depends_on=("b",))
+    b = Step(key="b", spec=ns.spec, depends_on=("a",))
+    with pytest.raises(PlanError, match="cycle"):
+        topological([a, b])
+    with pytest.raises(PlanError, match="unknown step 'zzz'"):
+        topological([Step(key="a", spec=ns.spec, depends_on=("zzz",))])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"applications": [{"name": "Bad_Name", "image": "x"}]}, "not a DNS-safe name"),
+    ({"applications": [{"name": "a", "image": "x", "depends_on": ["b"]},
+                       {"name": "b", "image": "x", "depends_on": ["a"]}]}, "cycle: a -> b -> a"),
+    ({"applications": [{"name": "a", "image": "x", "colour": "red"}]}, "colour"),
+    ({"applications": [{"name": "a", "image": "x", "depends_on": ["nope"]}]}, "'nope'"),
+    ({"databases": [{"name": "d", "data_policy": "clone"}]}, "needs source"),
+])
+def test_invalid_blueprints_say_what_is_wrong(bad: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        blueprint(**bad)
