@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from engine.client import data_converter
 from engine.settings import Settings
-from stack.temporal import TemporalDevServer, test_server_binary
+from stack.temporal import SEARCH_ATTRIBUTES, TemporalDevServer, test_server_binary
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +47,17 @@ async def time_skipping_env(test_settings: Settings) -> AsyncIterator[WorkflowEn
         test_server_existing_path=test_server_binary(),
         data_converter=data_converter(test_settings),
     )
+    await register_search_attributes(env.client)
     try:
         yield env
     finally:
         await env.shutdown()
+
+
+async def register_search_attributes(client: Client) -> None:
+    kinds = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+             "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT}
+    await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=client.namespace,
+        search_attributes={name: kinds[kind] for name, kind in SEARCH_ATTRIBUTES.items()},
+    ))

@@ -22,8 +22,12 @@ SPEC_CLASSES: list[type[Spec]] = list(typing.get_args(typing.get_args(ResourceSp
 
 
 def spec_key(spec: Spec) -> str:
-    name = getattr(spec, "name", None) or getattr(spec, "database", None) or getattr(
-        spec, "identifier", None) or ",".join(getattr(spec, "hosts", []))
+    name = (
+        getattr(spec, "name", None)
+        or getattr(spec, "database", None)
+        or getattr(spec, "identifier", None)
+        or ",".join(getattr(spec, "hosts", []))
+    )
     return f"{getattr(spec, 'kind', '?')}:{name}"
 
 
@@ -37,10 +41,14 @@ class Inventory:
         self.scaled: dict[str, int] = {}
 
     def _maybe_fail(self, activity_name: str, spec: Spec) -> None:
-        if f"{activity_name}:{getattr(spec, 'name', '')}" in self.fail_on or \
-                activity_name in self.fail_on or any(f(activity_name, spec) for f in self.fail_if):
-            raise ApplicationError(f"injected failure in {activity_name}", type="Injected",
-                                   non_retryable=True)
+        if (
+            f"{activity_name}:{getattr(spec, 'name', '')}" in self.fail_on
+            or activity_name in self.fail_on
+            or any(f(activity_name, spec) for f in self.fail_if)
+        ):
+            raise ApplicationError(
+                f"injected failure in {activity_name}", type="Injected", non_retryable=True
+            )
 
     def activities(self) -> list[Callable[..., Any]]:
         made: list[Callable[..., Any]] = []
@@ -48,8 +56,11 @@ class Inventory:
             made.append(self._present(cls.present))
             if cls.absent:
                 made.append(self._absent(cls.absent))
-        made += [self._scale(ApplicationSpec.sleep or "", 0),
-                 self._scale(ApplicationSpec.wake or "", None), self._feedback()]
+        made += [
+            self._scale(ApplicationSpec.sleep or "", 0),
+            self._scale(ApplicationSpec.wake or "", None),
+            self._feedback(),
+        ]
         return made
 
     def _present(self, name: str) -> Callable[..., Any]:
@@ -62,8 +73,10 @@ class Inventory:
             output = StepOutput(values={"made": spec_key(input.spec)})
             if input.spec.kind == "postgres_clone":
                 output.secrets["url"] = SealedValue(
-                    key_id="test", wrapped_key="", nonce="", ciphertext="")
+                    key_id="test", wrapped_key="", nonce="", ciphertext=""
+                )
             return output
+
         return present
 
     def _absent(self, name: str) -> Callable[..., Any]:
@@ -72,6 +85,7 @@ class Inventory:
             self.calls.append(f"{name}:{spec_key(input.spec)}")
             self._maybe_fail(name, input.spec)
             self.present.pop(spec_key(input.spec), None)
+
         return absent
 
     def _scale(self, name: str, replicas: int | None) -> Callable[..., Any]:
@@ -79,10 +93,12 @@ class Inventory:
         async def scale(spec: ApplicationSpec) -> None:
             self.calls.append(f"{name}:{spec.name}")
             self.scaled[spec.name] = spec.replicas if replicas is None else replicas
+
         return scale
 
     def _feedback(self) -> Callable[..., Any]:
         @activity.defn(name="publish_feedback")
         async def publish(feedback: Feedback) -> None:
             self.feedback.append(feedback)
+
         return publish

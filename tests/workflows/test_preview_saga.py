@@ -6,82 +6,21 @@ real blueprint file through the real BlueprintFileActivities.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.worker import Worker
+from temporalio.client import Client, WorkflowExecutionStatus
 
-from activities.blueprints import BlueprintFileActivities
 from domain.blueprint import Blueprint
 from domain.naming import workflow_id
 from domain.plan import plan_preview
 from domain.pull_request import PullRequest
 from starter import lifecycle
-from tests.workflows.inventory import Inventory, spec_key
-from workflows.preview import PreviewEnvironmentWorkflow, PreviewState, PreviewStatus
-from workflows.saga import ActivityTimeouts
-
-FAST = ActivityTimeouts(heartbeat_seconds=10, max_attempts=2, max_interval_seconds=1)
-
-BLUEPRINT: dict[str, Any] = {
-    "project": {"name": "shop", "repository": "acme/shop"},
-    "applications": [
-        {"name": "web", "image": "registry.local/shop/web", "depends_on": ["api"]},
-        {"name": "api", "image": "registry.local/shop/api", "depends_on": ["main"]},
-        {"name": "worker", "image": "registry.local/shop/worker", "public": False},
-    ],
-    "databases": [{"name": "main", "mode": "shared"}],
-    "variables": [{"key": "NODE_ENV", "value": "production"}],
-    "policy": {"ttl_hours": 2, "inactivity_hours": 1},
-}
-
-
-def pull_request(number: int, sha: str = "a" * 40, **extra: Any) -> PullRequest:
-    return PullRequest(repository="acme/shop", number=number, head_sha=sha, **extra)
-
-
-@pytest.fixture
-def blueprint_dir(tmp_path: Path) -> Path:
-    (tmp_path / "shop.yaml").write_text(yaml.safe_dump(BLUEPRINT))
-    return tmp_path
-
-
-class Harness:
-    def __init__(self, client: Client, blueprint_dir: Path) -> None:
-        self.client = client
-        self.inventory = Inventory()
-        self.task_queue = f"saga-{uuid.uuid4().hex[:8]}"
-        self.files = BlueprintFileActivities(blueprint_dir)
-
-    def worker(self) -> Worker:
-        return Worker(
-            self.client, task_queue=self.task_queue,
-            workflows=[PreviewEnvironmentWorkflow],
-            activities=[*self.inventory.activities(), self.files.load_source_environment],
-        )
-
-    async def deploy(self, pr: PullRequest) -> WorkflowHandle[Any, Any]:
-        return await lifecycle.deploy(self.client, pr, task_queue=self.task_queue, timeouts=FAST)
-
-    async def wait_state(self, handle: WorkflowHandle[Any, Any],
-                         predicate: Callable[[PreviewStatus], bool]) -> PreviewStatus:
-        # Poll the query until the condition holds; the deadline bounds the test.
-        import asyncio
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while True:
-            status = await handle.query(PreviewEnvironmentWorkflow.status)
-            if predicate(status):
-                return status
-            if loop.time() > deadline:
-                raise AssertionError(f"condition not reached; last status {status}")
-            await asyncio.sleep(0.05)
+from tests.workflows.harness import BLUEPRINT, Harness, pull_request
+from tests.workflows.inventory import spec_key
+from workflows.preview import PreviewState
 
 
 @pytest.fixture
@@ -111,8 +50,9 @@ async def test_create_then_destroy_leaves_nothing(harness: Harness) -> None:
     assert [f.state for f in harness.inventory.feedback][-1] == "destroyed"
 
 
-STEP_KEYS = [s.key for s in plan_preview(Blueprint.model_validate(BLUEPRINT),
-                                          pull_request(1)).steps]
+STEP_KEYS = [
+    s.key for s in plan_preview(Blueprint.model_validate(BLUEPRINT), pull_request(1)).steps
+]
 
 
 @pytest.mark.parametrize("failing_key", STEP_KEYS)
@@ -134,8 +74,11 @@ async def test_failure_at_any_create_step_undoes_everything(
 
 
 async def test_redeploy_rolls_new_commit_and_failed_redeploy_restores(harness: Harness) -> None:
-    first, second, third = pull_request(300, "1" * 40), pull_request(300, "2" * 40), \
-        pull_request(300, "3" * 40)
+    first, second, third = (
+        pull_request(300, "1" * 40),
+        pull_request(300, "2" * 40),
+        pull_request(300, "3" * 40),
+    )
     async with harness.worker():
         handle = await harness.deploy(first)
         await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
@@ -145,8 +88,12 @@ async def test_redeploy_rolls_new_commit_and_failed_redeploy_restores(harness: H
         assert images["application:web"] == f"registry.local/shop/web:{'2' * 40}"
 
         harness.inventory.fail_if.append(
-            lambda name, spec: name == "ensure_application"
-            and getattr(spec, "image", "").endswith("3" * 40) and spec.name == "web")
+            lambda name, spec: (
+                name == "ensure_application"
+                and getattr(spec, "image", "").endswith("3" * 40)
+                and spec.name == "web"
+            )
+        )
         await harness.deploy(third)
         status = await harness.wait_state(handle, lambda s: s.last_error is not None)
         assert status.state == PreviewState.ready and status.head_sha == second.head_sha
@@ -168,17 +115,25 @@ async def test_burst_of_commits_deploys_only_the_newest(harness: Harness) -> Non
         await harness.deploy(pull_request(400, sha))
     async with harness.worker():
         await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
-        app_images = [s.image for s in harness.inventory.present.values()
-                      if getattr(s, "kind", "") == "application"]
+        app_images = [
+            s.image
+            for s in harness.inventory.present.values()
+            if getattr(s, "kind", "") == "application"
+        ]
         assert app_images and all(img.endswith(shas[-1]) for img in app_images)
-        web_deploys = [c for c in harness.inventory.calls if c == "ensure_application:application:web"]
+        web_deploys = [
+            c for c in harness.inventory.calls if c == "ensure_application:application:web"
+        ]
         assert len(web_deploys) == 1, "intermediate commits must not deploy"
         await lifecycle.destroy(harness.client, "acme/shop", 400, "done")
         await handle.result()
 
 
-async def test_duplicate_and_reordered_deliveries(harness: Harness, temporal_client: Client) -> None:
+async def test_duplicate_and_reordered_deliveries(
+    harness: Harness, temporal_client: Client
+) -> None:
     from datetime import UTC, datetime
+
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     opened = pull_request(500, "1" * 40, updated_at=t0)
     newer = pull_request(500, "2" * 40, updated_at=t0 + timedelta(minutes=5))
@@ -188,8 +143,10 @@ async def test_duplicate_and_reordered_deliveries(harness: Harness, temporal_cli
         await harness.deploy(newer)  # and a duplicate
         status = await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
         assert status.head_sha == newer.head_sha
-        assert len([c for c in harness.inventory.calls
-                    if c == "ensure_application:application:web"]) == 1
+        assert (
+            len([c for c in harness.inventory.calls if c == "ensure_application:application:web"])
+            == 1
+        )
 
         # closed, then reopened: one live run at a time, and the reopened one is ready.
         await lifecycle.destroy(temporal_client, "acme/shop", 500, "closed")
@@ -197,8 +154,12 @@ async def test_duplicate_and_reordered_deliveries(harness: Harness, temporal_cli
         reopened = await harness.deploy(pull_request(500, "3" * 40))
         assert reopened.result_run_id != handle.result_run_id
         await harness.wait_state(reopened, lambda s: s.state == PreviewState.ready)
-        running = [w async for w in temporal_client.list_workflows(
-            f"WorkflowId = '{workflow_id('acme/shop', 500)}' AND ExecutionStatus = 'Running'")]
+        running = [
+            w
+            async for w in temporal_client.list_workflows(
+                f"WorkflowId = '{workflow_id('acme/shop', 500)}' AND ExecutionStatus = 'Running'"
+            )
+        ]
         assert len(running) <= 1
         await lifecycle.destroy(temporal_client, "acme/shop", 500, "done")
         await reopened.result()

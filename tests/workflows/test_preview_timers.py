@@ -1,0 +1,46 @@
+"""Durable timers on the time-skipping server: nobody waits hours in real time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+
+from tests.workflows.harness import Harness, pull_request
+from workflows.preview import PreviewEnvironmentWorkflow, PreviewState
+
+
+async def test_time_to_live_destroys_the_environment(
+    time_skipping_env: WorkflowEnvironment, blueprint_dir: Path
+) -> None:
+    harness = Harness(time_skipping_env.client, blueprint_dir)
+    async with harness.worker():
+        handle = await harness.deploy(pull_request(601))
+        with time_skipping_env.auto_time_skipping_disabled():
+            await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        # Activity keeps it alive past the inactivity limit (1 h), until the TTL (2 h).
+        for sha in ("2" * 40, "3" * 40):
+            await time_skipping_env.sleep(timedelta(minutes=50))
+            await harness.deploy(pull_request(601, sha))
+        result = await handle.result()  # skips time to the TTL
+    assert result.state == PreviewState.destroyed
+    assert harness.inventory.present == {}
+    assert harness.inventory.feedback[-1].message == "destroyed: time-to-live expired"
+
+
+async def test_inactivity_destroys_and_extend_ttl_is_honoured(
+    time_skipping_env: WorkflowEnvironment, blueprint_dir: Path
+) -> None:
+    harness = Harness(time_skipping_env.client, blueprint_dir)
+    async with harness.worker():
+        handle = await harness.deploy(pull_request(602))
+        with time_skipping_env.auto_time_skipping_disabled():
+            await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        before = (await handle.query(PreviewEnvironmentWorkflow.status)).expires_at
+        after = await handle.execute_update(PreviewEnvironmentWorkflow.extend, 5)
+        assert before is not None and after.expires_at == before + timedelta(hours=5)
+        result = await handle.result()
+    assert result.state == PreviewState.destroyed
+    assert harness.inventory.feedback[-1].message == "destroyed: no activity for 1 h"
+    assert harness.inventory.present == {}
