@@ -6,6 +6,7 @@ operator who opts in, and the control-plane HTTP API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -28,7 +29,6 @@ from starter import lifecycle
 from starter.events import (
     Deploy,
     Destroy,
-    Ignore,
     Operation,
     PayloadError,
     github_operation,
@@ -42,9 +42,11 @@ log = logging.getLogger("preview.starter")
 class DeliveryLog(Protocol):
     """Where webhook deliveries are remembered, so a redelivery is not acted on twice."""
 
-    async def delivery_seen(self, delivery_id: str) -> bool: ...
+    async def record_delivery(self, delivery_id: str, event: str) -> bool: ...
 
-    async def record_delivery(self, delivery_id: str, event: str, outcome: str) -> bool: ...
+    async def set_delivery_outcome(self, delivery_id: str, outcome: str) -> None: ...
+
+    async def forget_delivery(self, delivery_id: str) -> None: ...
 
 
 class WebhookAnswer(BaseModel):
@@ -94,7 +96,7 @@ async def _act(
     settings: Settings = app.state.settings
     deliveries: DeliveryLog = app.state.deliveries
     try:
-        if await deliveries.delivery_seen(delivery_id):
+        if not await deliveries.record_delivery(delivery_id, event):
             return WebhookAnswer(outcome="duplicate", detail=f"delivery {delivery_id} seen before")
     except Exception as error:  # the store is down: let the Git host redeliver later
         log.warning("delivery log unavailable: %s", type(error).__name__)
@@ -102,32 +104,40 @@ async def _act(
 
     client: Client = app.state.temporal
     try:
-        if isinstance(operation, Deploy):
-            handle = await lifecycle.deploy(
-                client, operation.pull_request, task_queue=settings.task_queue,
-                options=plan_options(settings), timeouts=app.state.timeouts,
-            )
-            answer = WebhookAnswer(outcome="deployed", workflow_id=handle.id,
-                                   detail=f"deploy {operation.pull_request.head_sha[:7]}")
-        elif isinstance(operation, Destroy):
-            pr = operation.pull_request
-            found = await lifecycle.destroy(client, pr.repository, pr.number, operation.reason)
-            answer = WebhookAnswer(
-                outcome="destroyed" if found else "ignored",
-                detail=operation.reason if found else "no preview is running for this PR",
-            )
-        else:
-            answer = WebhookAnswer(outcome="ignored", detail=operation.reason)
+        answer = await _operate(client, settings, app.state.timeouts, operation)
     except RPCError as error:
         log.warning("temporal unavailable: %s", error.status)
+        # Nothing happened: forget the delivery so GitHub's redelivery is acted on.
+        with contextlib.suppress(Exception):
+            await deliveries.forget_delivery(delivery_id)
         raise ServiceUnavailable("temporal unavailable") from error
-
-    try:
-        await deliveries.record_delivery(delivery_id, event, answer.outcome)
-    except Exception as error:  # the operation is idempotent: a redelivery is harmless
-        log.warning("could not record delivery %s: %s", delivery_id, type(error).__name__)
+    with contextlib.suppress(Exception):  # bookkeeping only
+        await deliveries.set_delivery_outcome(delivery_id, answer.outcome)
     log.info("delivery %s (%s): %s %s", delivery_id, event, answer.outcome, answer.detail)
     return answer
+
+
+async def _operate(
+    client: Client, settings: Settings, timeouts: ActivityTimeouts, operation: Operation
+) -> WebhookAnswer:
+    if isinstance(operation, Deploy):
+        pr = operation.pull_request
+        handle = await lifecycle.deploy(
+            client,
+            pr,
+            task_queue=settings.task_queue,
+            options=plan_options(settings),
+            timeouts=timeouts,
+        )
+        return WebhookAnswer(
+            outcome="deployed", workflow_id=handle.id, detail=f"deploy {pr.head_sha[:7]}"
+        )
+    if isinstance(operation, Destroy):
+        pr = operation.pull_request
+        if await lifecycle.destroy(client, pr.repository, pr.number, operation.reason):
+            return WebhookAnswer(outcome="destroyed", detail=operation.reason)
+        return WebhookAnswer(outcome="ignored", detail="no preview is running for this PR")
+    return WebhookAnswer(outcome="ignored", detail=operation.reason)
 
 
 webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -197,9 +207,11 @@ async def _transcode(request: Request, direction: str) -> Response:
         raise HTTPException(400, f"body is not a Payloads JSON object: {error}") from None
     codec_impl = request.app.state.codec
     result = await (codec_impl.encode if direction == "encode" else codec_impl.decode)(
-        list(payloads.payloads))
-    return Response(json_format.MessageToJson(Payloads(payloads=result)),
-                    media_type="application/json")
+        list(payloads.payloads)
+    )
+    return Response(
+        json_format.MessageToJson(Payloads(payloads=result)), media_type="application/json"
+    )
 
 
 @codec.post("/encode", dependencies=[Depends(_codec_token)])
@@ -243,8 +255,12 @@ def create_app(
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(_: Request, error: ServiceUnavailable) -> Response:
-        return Response(json.dumps({"detail": f"{error}; retry later"}), status_code=503,
-                        media_type="application/json", headers={"Retry-After": "5"})
+        return Response(
+            json.dumps({"detail": f"{error}; retry later"}),
+            status_code=503,
+            media_type="application/json",
+            headers={"Retry-After": "5"},
+        )
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

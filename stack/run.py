@@ -1,0 +1,311 @@
+"""The whole system on the embedded local stack, showing it do its job.
+
+Starts PostgreSQL, Temporal's dev server (with the Web UI), moto, the Kubernetes
+control plane, the worker and the starter, all on 127.0.0.1; imports the example
+blueprint; sends a real GitHub `pull_request.opened` webhook, signed as GitHub signs
+it; follows the preview to Ready; then waits for Ctrl-C and stops everything it began.
+
+    python -m stack.run               # stay up until Ctrl-C
+    python -m stack.run --exit-after  # also close the PR, follow teardown, and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from temporalio.client import Client, WorkflowHandle
+
+from domain.naming import workflow_id
+from engine.client import connect
+from engine.settings import Settings
+from stack.moto import MotoServer
+from stack.ports import free_port
+from stack.postgres import PostgresServer
+from stack.temporal import TemporalDevServer
+from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "github-webhooks"
+EXAMPLE = ROOT / "examples" / "preview.yaml"
+console = Console()
+
+
+class Service:
+    """A child process of ours, in its own process group so it stops with everything in it."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=ROOT,
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+class LocalStack:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.stoppers: list[Any] = []
+        self.env: dict[str, str] = {}
+        self.starter_url = ""
+        self.pids: list[int] = []
+
+    def _started(self, stopper: Any, pid: int | None = None) -> None:
+        self.stoppers.append(stopper)
+        if pid:
+            self.pids.append(pid)
+
+    def start(self) -> None:
+        state = self.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o755)
+        listen_port = free_port()
+        self.starter_url = f"http://127.0.0.1:{listen_port}"
+
+        with console.status("starting PostgreSQL"):
+            postgres = PostgresServer(state / "postgres").start()
+            self._started(postgres.stop, postgres._process.pid if postgres._process else None)
+            asyncio.run(_create_database(postgres.admin_url, "preview_control"))
+        console.print(f"[green]✓[/] PostgreSQL      {postgres.admin_url}")
+
+        with console.status("starting Temporal"):
+            temporal = TemporalDevServer(
+                state / "temporal", codec_endpoint=f"{self.starter_url}/codec"
+            ).start()
+            self._started(temporal.stop, temporal._process.pid if temporal._process else None)
+        console.print(f"[green]✓[/] Temporal        {temporal.address}  Web UI {temporal.ui_url}")
+
+        with console.status("starting moto (AWS)"):
+            moto = MotoServer(state / "moto.log").start()
+            self._started(moto.stop, moto._process.pid if moto._process else None)
+        console.print(f"[green]✓[/] AWS (moto)      {moto.endpoint_url}")
+
+        from stack.kube import ControlPlane, build
+
+        with console.status("building the Kubernetes control plane (first run only)"):
+            bin_dir = build()
+        with console.status("starting the Kubernetes control plane"):
+            kube = ControlPlane(state / "kube", bin_dir=bin_dir)
+            kube.start()
+            self._started(kube.stop)
+        console.print(f"[green]✓[/] Kubernetes      {kube.server}  (KUBECONFIG={kube.kubeconfig})")
+
+        self.env = {
+            **os.environ,
+            "PREVIEW_TEMPORAL_ADDRESS": temporal.address,
+            "PREVIEW_DATABASE_URL": postgres.url("preview_control"),
+            "PREVIEW_PREVIEW_DATABASE_URL": postgres.admin_url,
+            "PREVIEW_AWS_ENDPOINT_URL": moto.endpoint_url,
+            "PREVIEW_KUBECONFIG": str(kube.kubeconfig),
+            "PREVIEW_LISTEN_PORT": str(listen_port),
+            "PREVIEW_CODEC_CORS_ORIGIN": temporal.ui_url,
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+        }
+        for name, module in (("worker", "worker"), ("starter", "starter")):
+            service = Service(name, [sys.executable, "-m", module], self.env, state / f"{name}.log")
+            self._started(service.stop, service.process.pid)
+        _wait_http(f"{self.starter_url}/healthz", self.stoppers)
+        console.print(
+            f"[green]✓[/] worker and starter  webhooks at {self.starter_url}/webhooks/github"
+        )
+        console.print(f"  logs in {state}/*.log")
+
+    def stop(self) -> None:
+        for stop in reversed(self.stoppers):
+            try:
+                stop()
+            except Exception as error:  # keep stopping the rest
+                console.print(f"[red]could not stop a part: {error}")
+        self.stoppers.clear()
+
+
+async def _create_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def _wait_http(url: str, _: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)  # polling a condition with a deadline
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def signed(settings: Settings, body: bytes) -> str:
+    secret = settings.github_webhook_secret.get_secret_value().encode()
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+async def send_webhook(stack: LocalStack, settings: Settings, fixture: str) -> dict[str, Any]:
+    body = (FIXTURES / f"{fixture}.json").read_bytes()
+    event = fixture.split(".")[0]
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            f"{stack.starter_url}/webhooks/github",
+            content=body,
+            headers={
+                "X-GitHub-Event": event,
+                "X-GitHub-Delivery": str(uuid.uuid4()),
+                "X-Hub-Signature-256": signed(settings, body),
+                "Content-Type": "application/json",
+            },
+        )
+    answer.raise_for_status()
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+async def follow(handle: WorkflowHandle[Any, Any], until: set[str], title: str) -> PreviewStatus:
+    """A live progress bar from the workflow's status query."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(title, total=None)
+        while True:
+            status = await handle.query(PreviewEnvironmentWorkflow.status)
+            progress.update(
+                task,
+                total=status.steps_total or None,
+                completed=status.steps_done,
+                description=f"{title}: {status.state}",
+            )
+            if status.state in until:
+                return status
+            await asyncio.sleep(0.25)
+
+
+async def demo(stack: LocalStack, exit_after: bool) -> None:
+    settings = Settings(
+        _env_file=None,
+        **{  # type: ignore[call-arg]
+            "temporal_address": stack.env["PREVIEW_TEMPORAL_ADDRESS"],
+            "database_url": stack.env["PREVIEW_DATABASE_URL"],
+        },
+    )
+    await import_example(settings)
+    console.print(f"[green]✓[/] imported blueprint {EXAMPLE.relative_to(ROOT)}")
+
+    opened = json.loads((FIXTURES / "pull_request.opened.json").read_text())
+    repo, number = opened["repository"]["full_name"], opened["number"]
+    answer = await send_webhook(stack, settings, "pull_request.opened")
+    console.print(f"→ sent pull_request.opened for {repo}#{number}: {answer['outcome']}")
+
+    client: Client = await connect(settings)
+    handle = client.get_workflow_handle_for(
+        PreviewEnvironmentWorkflow.run, workflow_id(repo, number)
+    )
+    status = await follow(handle, {"ready", "failed"}, f"preview {repo}#{number}")
+    if status.state != "ready":
+        console.print(f"[red]✗ create failed: {status.last_error}")
+        raise SystemExit(1)
+    console.print(f"[green]✓[/] preview ready: {status.environment_id}")
+    for app, url in status.urls.items():
+        console.print(f"    {app:10} {url}")
+    console.print(
+        f"  see it in the Web UI; destroy it with:\n    temporal workflow signal "
+        f"--address {settings.temporal_address} --workflow-id '{handle.id}' "
+        f'--name destroy --input \'{{"reason": "by hand"}}\''
+    )
+    if exit_after:
+        answer = await send_webhook(stack, settings, "pull_request.closed")
+        console.print(f"→ sent pull_request.closed: {answer['outcome']}")
+        await follow(handle, {"destroyed"}, "teardown")
+        result = await handle.result()
+        console.print(f"[green]✓[/] preview {result.state}: nothing left behind")
+
+
+async def import_example(settings: Settings) -> None:
+    from activities.store import Store
+    from domain.blueprint_file import load_blueprint
+
+    store = await Store.connect(settings.database_url)
+    try:
+        await store.migrate()
+        blueprint = load_blueprint(EXAMPLE.read_text(), str(EXAMPLE))
+        await store.import_blueprint(blueprint, actor="local-stack")
+    finally:
+        await store.close()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".state")
+    parser.add_argument(
+        "--exit-after",
+        action="store_true",
+        help="close the PR after Ready, follow the teardown, then stop",
+    )
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    stack = LocalStack(args.state_dir)
+    status = 0
+    try:
+        stack.start()
+        print(f"stack pids: {' '.join(map(str, stack.pids))}", flush=True)
+        asyncio.run(demo(stack, args.exit_after))
+        if not args.exit_after:
+            console.print("[bold]running; Ctrl-C stops everything[/]")
+            while True:
+                signal.pause()
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as exit_:
+        status = int(exit_.code or 0)
+    finally:
+        with console.status("stopping"):
+            stack.stop()
+        console.print("stopped everything")
+    sys.stdout.flush()
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    main()

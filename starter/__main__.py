@@ -1,0 +1,53 @@
+"""Run the starter service: `python -m starter` (settings from PREVIEW_* variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import uvicorn
+
+from activities.store import Store
+from engine.client import connect
+from engine.keyring import Keyring
+from engine.sealing import Sealer
+from engine.settings import Settings
+from starter.app import create_app
+
+
+async def serve(settings: Settings) -> None:
+    store = await Store.connect(settings.database_url)
+    await store.migrate()  # ordered, idempotent, one starter at a time (advisory lock)
+    temporal = await connect(settings)
+    sealer = Sealer(
+        Keyring.parse(settings.master_keys.get_secret_value(), setting="PREVIEW_MASTER_KEYS")
+    )
+    app = create_app(settings, temporal, store, store=store, sealer=sealer)
+    config = uvicorn.Config(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        log_level="info",
+        access_log=False,
+    )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("PREVIEW_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    asyncio.run(serve(Settings()))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip finalisation: the SDK's threads can crash it (exit 139)
+
+
+if __name__ == "__main__":
+    main()

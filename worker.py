@@ -1,0 +1,196 @@
+"""The worker: builds the Temporal client and runs the workflows and every activity.
+
+    python -m worker                       # the lifecycle worker (all systems)
+    python -m worker --target cluster:NAME # only Kubernetes activities of one cluster
+    python -m worker --target account:ID   # only AWS activities of one cloud account
+
+A tenant's worker holds only that tenant's credentials and polls only its task queue,
+so it never runs another tenant's activities (see domain/plan.py: queue_for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from engine.client import connect
+from engine.keyring import Keyring
+from engine.sealing import Sealer
+from engine.settings import Settings
+
+log = logging.getLogger("preview.worker")
+
+
+def activities_of(*objects: object) -> list[Callable[..., Any]]:
+    """Every method of these objects that is a Temporal activity."""
+    found = []
+    for obj in objects:
+        for name in dir(obj):
+            member = getattr(obj, name)
+            if callable(member) and hasattr(member, "__temporal_activity_definition"):
+                found.append(member)
+    return found
+
+
+@dataclass
+class Target:
+    """What one worker serves: everything, one cluster, or one cloud account."""
+
+    kind: str = "all"  # all | cluster | account
+    name: str = ""
+
+    @classmethod
+    def parse(cls, text: str | None) -> Target:
+        if not text:
+            return cls()
+        kind, _, name = text.partition(":")
+        if kind not in ("cluster", "account") or not name:
+            raise SystemExit(f"--target must be cluster:NAME or account:ID, got {text!r}")
+        return cls(kind, name)
+
+    def task_queue(self, base: str) -> str:
+        return base if self.kind == "all" else f"{base}-{self.kind}-{self.name}"
+
+
+@dataclass
+class Resources:
+    """Clients that live as long as the worker and are closed with it."""
+
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+
+
+async def build_activities(
+    settings: Settings, target: Target, resources: Resources
+) -> list[Callable[..., Any]]:
+    # Imported here so a tenant worker loads only the client libraries it needs.
+    sealer = Sealer(
+        Keyring.parse(settings.master_keys.get_secret_value(), setting="PREVIEW_MASTER_KEYS")
+    )
+    objects: list[object] = []
+    if target.kind in ("all", "cluster"):
+        from activities.kubernetes import ClusterClients, KubernetesActivities
+
+        clusters = ClusterClients.from_settings(settings)
+        if target.kind == "cluster":
+            clusters = ClusterClients({target.name: clusters.kubeconfig_of(target.name)})
+        objects.append(KubernetesActivities(clusters, sealer))
+    if target.kind in ("all", "account"):
+        from activities.aws import AwsClients
+        from activities.dns import DnsActivities
+        from activities.network import NetworkActivities
+        from activities.rds import RdsActivities
+        from activities.sweeper_aws import AwsSweepActivities
+        from activities.tls import TlsActivities
+
+        aws = AwsClients.from_settings(settings)
+        objects += [
+            NetworkActivities(aws),
+            DnsActivities(aws),
+            TlsActivities(aws),
+            RdsActivities(aws, sealer),
+            AwsSweepActivities(aws),
+        ]
+    if target.kind == "all":
+        from activities.github import FeedbackActivities
+        from activities.postgres import PostgresActivities
+
+        objects.append(FeedbackActivities(settings))
+        objects.append(
+            PostgresActivities(
+                settings.preview_database_url,
+                sealer,
+                settings.masking_key.get_secret_value().encode(),
+            )
+        )
+        objects.append(await source_activities(settings, resources))
+    return activities_of(*objects)
+
+
+async def source_activities(settings: Settings, resources: Resources) -> object:
+    """Where source environments come from: the store, or a folder of blueprint files."""
+    if settings.blueprint_source == "files":
+        from activities.blueprints import BlueprintFileActivities
+
+        return BlueprintFileActivities(Path(settings.blueprint_dir))
+    from activities.store import Store, StoreActivities
+
+    store = await Store.connect(settings.database_url)
+    resources.closers.append(store.close)
+    return StoreActivities(store)
+
+
+def workflows_for(target: Target) -> list[type]:
+    if target.kind != "all":
+        return []
+    from workflows.golden import GoldenRefreshWorkflow
+    from workflows.preview import PreviewEnvironmentWorkflow
+    from workflows.sweeper import OrphanSweepWorkflow
+
+    return [PreviewEnvironmentWorkflow, GoldenRefreshWorkflow, OrphanSweepWorkflow]
+
+
+async def build_worker(
+    client: Client, settings: Settings, target: Target, resources: Resources
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=target.task_queue(settings.task_queue),
+        workflows=workflows_for(target),
+        activities=await build_activities(settings, target, resources),
+        activity_executor=ThreadPoolExecutor(max_workers=32),
+        max_concurrent_activities=64,
+    )
+
+
+async def serve(settings: Settings, target: Target) -> None:
+    client = await connect(settings)
+    resources = Resources()
+    worker = await build_worker(client, settings, target, resources)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker polling %s on %s", worker.task_queue, settings.temporal_address)
+    async with worker:
+        print(f"worker ready: task queue {worker.task_queue}", flush=True)
+        await stop.wait()
+    await resources.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", help="cluster:NAME or account:ID (tenant worker)")
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=os.environ.get("PREVIEW_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    asyncio.run(serve(Settings(), Target.parse(args.target)))
+    # Leave without interpreter finalisation: the SDK's threads can crash it (exit 139).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
