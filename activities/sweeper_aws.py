@@ -1,0 +1,101 @@
+"""The AWS half of the orphan sweeper: find everything carrying our mark, by environment,
+and remove one environment's leftovers with the same removal code the activities use.
+
+The workflow decides which environments are orphans (no live preview workflow); these
+activities only list and remove, and never touch anything without our mark.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from temporalio import activity
+
+from activities.aws import AwsClients, Waits, heartbeat
+from activities.dns import list_marked_records, release_cnames
+from activities.network import list_vpcs, remove_vpcs
+from activities.rds import (
+    CLUSTER,
+    INSTANCE,
+    SNAPSHOT,
+    list_databases,
+    remove_cluster,
+    remove_instance,
+    remove_snapshot,
+)
+from activities.tls import delete_certificates, list_certificates
+from domain.naming import Ownership
+from domain.resources import AwsTarget
+
+
+class AwsSweepInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    target: AwsTarget
+
+
+class AwsEnvironmentInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    target: AwsTarget
+    environment: str
+
+
+class AwsSweepActivities:
+    def __init__(self, aws: AwsClients, waits: Waits | None = None) -> None:
+        self.aws = aws
+        self.waits = waits or Waits(timeout=3 * 3600, interval=20)
+
+    @activity.defn(name="list_aws_environments")
+    def list_aws_environments(self, request: AwsSweepInput) -> dict[str, list[str]]:
+        return self.list_tagged_environments(request.target)
+
+    @activity.defn(name="remove_aws_environment")
+    def remove_aws_environment(self, request: AwsEnvironmentInput) -> list[str]:
+        return self.remove_environment_resources(request.target, request.environment)
+
+    def list_tagged_environments(self, target: AwsTarget) -> dict[str, list[str]]:
+        """env id → descriptions of every resource in the target carrying its mark."""
+        found: dict[str, list[str]] = {}
+        for env, names in list_marked_records(self.aws.route53(target)).items():
+            found.setdefault(env, []).extend(f"dns {name} in {zone}" for zone, name in names)
+        for env, certificates in list_certificates(self.aws.acm(target)).items():
+            found.setdefault(env, []).extend(
+                f"certificate {arn} ({domain})" for arn, domain in certificates
+            )
+        for env, databases in list_databases(self.aws.rds(target)).items():
+            found.setdefault(env, []).extend(f"{kind} {name}" for kind, name in databases)
+        for env, vpcs in list_vpcs(self.aws.ec2(target)).items():
+            found.setdefault(env, []).extend(vpcs)
+        return {env: sorted(items) for env, items in sorted(found.items())}
+
+    def remove_environment_resources(self, target: AwsTarget, env_id: str) -> list[str]:
+        """Remove what the environment left behind, dependents first; → what was removed."""
+        owner = Ownership(environment=env_id)
+        route53, acm = self.aws.route53(target), self.aws.acm(target)
+        rds, ec2 = self.aws.rds(target), self.aws.ec2(target)
+        removed: list[str] = []
+
+        # DNS first: it points at things about to go (validation records included).
+        by_zone: dict[str, list[str]] = {}
+        for zone, name in list_marked_records(route53).get(env_id, []):
+            by_zone.setdefault(zone, []).append(name)
+        for zone, names in by_zone.items():
+            removed += [f"dns {n} in {zone}" for n in release_cnames(route53, zone, names, owner)]
+        heartbeat("dns done")
+
+        removed += delete_certificates(acm, owner, hosts=None)
+        heartbeat("certificates done")
+
+        # Databases before the network: their subnet group and security group hold the VPC.
+        databases = list_databases(rds).get(env_id, [])
+        for kind, name in databases:
+            if kind == CLUSTER:
+                removed += remove_cluster(rds, owner, name, self.waits)
+        for kind, name in databases:
+            if kind == INSTANCE:
+                removed += remove_instance(rds, owner, name, self.waits)
+        for kind, name in databases:
+            if kind == SNAPSHOT:
+                removed += remove_snapshot(rds, owner, name)
+        heartbeat("databases done")
+
+        removed += remove_vpcs(ec2, rds, owner)
+        return removed
