@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -157,7 +158,19 @@ class Network(Model):
     hosted_zone_id: str | None = Field(None, description="Route53 zone; no DNS records if unset")
     basic_auth: bool = Field(False, description="Protect preview URLs with basic auth")
     cluster_vpc_id: str | None = Field(None, description="VPC of the cluster, for peering")
-    vpc_cidr: str = "10.100.0.0/16"
+    vpc_cidr_pool: str = Field(
+        "10.64.0.0/12", description="Each preview's VPC gets a /22 of this range"
+    )
+
+    @model_validator(mode="after")
+    def _pool(self) -> Network:
+        try:
+            pool = ipaddress.ip_network(self.vpc_cidr_pool)
+        except ValueError as error:
+            raise ValueError(f"vpc_cidr_pool: {error}") from None
+        if pool.version != 4 or pool.prefixlen > 22:
+            raise ValueError("vpc_cidr_pool must be an IPv4 range of /22 or larger")
+        return self
 
 
 class VariableScope(StrEnum):

@@ -7,6 +7,7 @@ here and an activity pair in activities/, and the workflow does not change.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,7 @@ from domain.naming import (
     object_name,
     pg_identifier,
     rds_identifier,
+    stable_hash,
 )
 from domain.pull_request import PullRequest
 from domain.resources import (
@@ -160,10 +162,22 @@ def _network(ctx: _Context) -> list[Step]:
     if not _needs_vpc(ctx.blueprint):
         return []
     net = ctx.blueprint.network
-    spec = VpcSpec(owner=ctx.owner, target=ctx.aws, name=ctx.env_id, cidr=net.vpc_cidr,
+    cidr = vpc_cidr(net.vpc_cidr_pool, ctx.env_id)
+    spec = VpcSpec(owner=ctx.owner, target=ctx.aws, name=ctx.env_id, cidr=cidr,
                    peer_vpc_id=net.cluster_vpc_id)
     return [Step(key="vpc", spec=spec, task_queue=ctx.queue_for("aws"),
-                 summary=f"dedicated VPC {net.vpc_cidr}")]
+                 summary=f"dedicated VPC {cidr}")]
+
+
+def vpc_cidr(pool: str, env_id: str, prefix: int = 22) -> str:
+    """A /22 of the pool chosen by the environment's hash: previews peered to one cluster
+    VPC need distinct ranges. Two previews that draw the same block are refused by the
+    network activity (the route exists, owned by the other), never silently merged."""
+    network = ipaddress.ip_network(pool)
+    blocks = 2 ** (prefix - network.prefixlen)
+    index = int(stable_hash(env_id, 8), 16) % blocks
+    start = int(network.network_address) + index * 2 ** (32 - prefix)
+    return str(ipaddress.ip_network((start, prefix)))
 
 
 def _database_key(db: Database) -> str:

@@ -156,3 +156,15 @@ def test_topological_rejects_cycles_and_unknown_dependencies() -> None:
 def test_invalid_blueprints_say_what_is_wrong(bad: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         blueprint(**bad)
+
+
+def test_vpc_ranges_differ_per_preview_and_stay_inside_the_pool() -> None:
+    import ipaddress
+
+    from domain.plan import vpc_cidr
+
+    pool = ipaddress.ip_network("10.64.0.0/12")
+    ranges = {vpc_cidr(str(pool), f"env-{i}") for i in range(50)}
+    assert all(ipaddress.ip_network(r).subnet_of(pool) for r in ranges)  # type: ignore[arg-type]
+    assert len(ranges) >= 48  # 1024 blocks: collisions are rare, and refused when they happen
+    assert vpc_cidr(str(pool), "env-1") == vpc_cidr(str(pool), "env-1")
