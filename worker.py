@@ -90,9 +90,14 @@ async def build_activities(
     if target.kind in ("all", "cluster"):
         from activities.kubernetes import ClusterClients, KubernetesActivities
 
-        clusters = ClusterClients.from_settings(settings)
+        kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
         if target.kind == "cluster":
-            clusters = ClusterClients({target.name: clusters.kubeconfig_of(target.name)})
+            # A tenant's worker knows its own cluster and no other.
+            if target.name not in kubeconfigs:
+                raise SystemExit(f"cluster {target.name!r} is not in PREVIEW_KUBE_CONTEXTS")
+            kubeconfigs = {target.name: kubeconfigs[target.name]}
+        clusters = ClusterClients(kubeconfigs)
+        resources.closers.append(clusters.close)
         objects.append(KubernetesActivities(clusters, sealer))
     if target.kind in ("all", "account"):
         from activities.aws import AwsClients
@@ -102,7 +107,7 @@ async def build_activities(
         from activities.sweeper_aws import AwsSweepActivities
         from activities.tls import TlsActivities
 
-        aws = AwsClients.from_settings(settings)
+        aws = AwsClients(settings)
         objects += [
             NetworkActivities(aws),
             DnsActivities(aws),

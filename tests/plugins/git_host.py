@@ -399,3 +399,13 @@ def git_host() -> Iterator[GitHost]:
         yield host
     finally:
         host.stop()
+
+
+@pytest.fixture(scope="module")
+def git_host_module() -> Iterator[GitHost]:
+    """One Git host for a module whose tests share a running worker."""
+    host = GitHost().start()
+    try:
+        yield host
+    finally:
+        host.stop()
