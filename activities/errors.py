@@ -7,10 +7,12 @@ from temporalio.exceptions import ApplicationError
 FOREIGN_RESOURCE = "ForeignResource"
 INVALID_INPUT = "InvalidInput"
 QUOTA_EXCEEDED = "QuotaExceeded"
+UNKNOWN_REPOSITORY = "UnknownRepository"
 ROLLOUT_FAILED = "RolloutFailed"
 
 # Matched by type name in the workflow's retry policy.
-NON_RETRYABLE = [FOREIGN_RESOURCE, INVALID_INPUT, QUOTA_EXCEEDED, ROLLOUT_FAILED]
+NON_RETRYABLE = [FOREIGN_RESOURCE, INVALID_INPUT, QUOTA_EXCEEDED, ROLLOUT_FAILED,
+                 UNKNOWN_REPOSITORY]
 
 
 def foreign_resource(what: str, environment: str) -> ApplicationError:

@@ -262,8 +262,10 @@ class Blueprint(Model):
     def _references(self) -> Blueprint:
         apps = {a.name for a in self.applications}
         dbs = {d.name for d in self.databases}
-        for kind, names in (("application", [a.name for a in self.applications]),
-                            ("database", [d.name for d in self.databases])):
+        for kind, names in (
+            ("application", [a.name for a in self.applications]),
+            ("database", [d.name for d in self.databases]),
+        ):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} names: {', '.join(dupes)}")
@@ -274,14 +276,20 @@ class Blueprint(Model):
                         f"application {app.name!r} depends on {dep!r}, "
                         "which is neither an application nor a database"
                     )
-        cycle = _find_cycle({a.name: [d for d in a.depends_on if d in apps]
-                             for a in self.applications})
+        cycle = _find_cycle(
+            {a.name: [d for d in a.depends_on if d in apps] for a in self.applications}
+        )
         if cycle:
             raise ValueError(f"applications depend on each other in a cycle: {' -> '.join(cycle)}")
         for var in self.variables:
             if var.application is not None and var.application not in apps:
-                raise ValueError(f"variable {var.key} names unknown application {var.application!r}")
-        if self.environment.isolation == Isolation.account and self.environment.cloud_account is None:
+                raise ValueError(
+                    f"variable {var.key} names unknown application {var.application!r}"
+                )
+        if (
+            self.environment.isolation == Isolation.account
+            and self.environment.cloud_account is None
+        ):
             raise ValueError("isolation account needs environment.cloud_account")
         return self
 
@@ -296,7 +304,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in graph.get(node, []):
             if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt):], nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()

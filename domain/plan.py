@@ -123,8 +123,10 @@ class _Context(BaseModel):
         account = env.cloud_account
         if env.isolation == Isolation.account and account is not None:
             return AwsTarget(
-                region=env.region, account_id=account.account_id,
-                role_arn=account.role_arn, external_id=account.external_id,
+                region=env.region,
+                account_id=account.account_id,
+                role_arn=account.role_arn,
+                external_id=account.external_id,
             )
         return AwsTarget(region=env.region)
 
@@ -144,12 +146,21 @@ Rule = Callable[[_Context], list[Step]]
 def _namespace(ctx: _Context) -> list[Step]:
     policy = ctx.blueprint.policy
     spec = NamespaceSpec(
-        owner=ctx.owner, cluster=ctx.blueprint.environment.cluster.name, name=ctx.namespace,
-        cpu_quota=policy.cpu_quota, memory_quota=policy.memory_quota,
+        owner=ctx.owner,
+        cluster=ctx.blueprint.environment.cluster.name,
+        name=ctx.namespace,
+        cpu_quota=policy.cpu_quota,
+        memory_quota=policy.memory_quota,
         ingress_namespace=ctx.options.ingress_namespace,
     )
-    return [Step(key="namespace", spec=spec, task_queue=ctx.queue_for("kubernetes"),
-                 summary=f"namespace {ctx.namespace}")]
+    return [
+        Step(
+            key="namespace",
+            spec=spec,
+            task_queue=ctx.queue_for("kubernetes"),
+            summary=f"namespace {ctx.namespace}",
+        )
+    ]
 
 
 def _needs_vpc(bp: Blueprint) -> bool:
@@ -163,10 +174,12 @@ def _network(ctx: _Context) -> list[Step]:
         return []
     net = ctx.blueprint.network
     cidr = vpc_cidr(net.vpc_cidr_pool, ctx.env_id)
-    spec = VpcSpec(owner=ctx.owner, target=ctx.aws, name=ctx.env_id, cidr=cidr,
-                   peer_vpc_id=net.cluster_vpc_id)
-    return [Step(key="vpc", spec=spec, task_queue=ctx.queue_for("aws"),
-                 summary=f"dedicated VPC {cidr}")]
+    spec = VpcSpec(
+        owner=ctx.owner, target=ctx.aws, name=ctx.env_id, cidr=cidr, peer_vpc_id=net.cluster_vpc_id
+    )
+    return [
+        Step(key="vpc", spec=spec, task_queue=ctx.queue_for("aws"), summary=f"dedicated VPC {cidr}")
+    ]
 
 
 def vpc_cidr(pool: str, env_id: str, prefix: int = 22) -> str:
@@ -192,30 +205,46 @@ def _database(ctx: _Context, db: Database) -> Step:
     queue = None
     if db.mode == DatabaseMode.shared:
         spec = PostgresCloneSpec(
-            owner=ctx.owner, database=pg_identifier(ctx.env_id, db.name),
-            role=pg_identifier(ctx.env_id, db.name, "app"), source=db.source,
-            data_policy=db.data_policy, seed_sql=db.seed_sql, masking=db.masking,
+            owner=ctx.owner,
+            database=pg_identifier(ctx.env_id, db.name),
+            role=pg_identifier(ctx.env_id, db.name, "app"),
+            source=db.source,
+            data_policy=db.data_policy,
+            seed_sql=db.seed_sql,
+            masking=db.masking,
         )
         summary = f"PostgreSQL clone of {db.source or 'an empty database'}"
     elif db.mode == DatabaseMode.rds:
         spec = RdsCloneSpec(
-            owner=ctx.owner, target=ctx.aws, identifier=rds_identifier(ctx.env_id, db.name),
-            source_instance=db.source, snapshot_max_age_hours=db.snapshot_max_age_hours,
-            instance_class=db.instance_class, vpc_step=vpc_step,
+            owner=ctx.owner,
+            target=ctx.aws,
+            identifier=rds_identifier(ctx.env_id, db.name),
+            source_instance=db.source,
+            snapshot_max_age_hours=db.snapshot_max_age_hours,
+            instance_class=db.instance_class,
+            vpc_step=vpc_step,
         )
         queue, summary = ctx.queue_for("aws"), f"RDS restore of {db.source}"
     elif db.mode == DatabaseMode.aurora:
         spec = AuroraCloneSpec(
-            owner=ctx.owner, target=ctx.aws, identifier=rds_identifier(ctx.env_id, db.name),
-            source_cluster=db.source, instance_class=db.instance_class, vpc_step=vpc_step,
+            owner=ctx.owner,
+            target=ctx.aws,
+            identifier=rds_identifier(ctx.env_id, db.name),
+            source_cluster=db.source,
+            instance_class=db.instance_class,
+            vpc_step=vpc_step,
         )
         queue, summary = ctx.queue_for("aws"), f"Aurora copy-on-write clone of {db.source}"
     else:
         spec = ContainerDatabaseSpec(
-            owner=ctx.owner, cluster=ctx.blueprint.environment.cluster.name,
-            namespace=ctx.namespace, name=object_name(f"db-{db.name}"),
-            database=pg_identifier(db.name), storage_class=ctx.options.storage_class,
-            data_policy=db.data_policy, seed_sql=db.seed_sql,
+            owner=ctx.owner,
+            cluster=ctx.blueprint.environment.cluster.name,
+            namespace=ctx.namespace,
+            name=object_name(f"db-{db.name}"),
+            database=pg_identifier(db.name),
+            storage_class=ctx.options.storage_class,
+            data_policy=db.data_policy,
+            seed_sql=db.seed_sql,
         )
         deps, queue = ("namespace",), ctx.queue_for("kubernetes")
         summary = f"container PostgreSQL {db.name}"
@@ -277,41 +306,73 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
     config = object_name(f"{app.name}-config")
     secret = object_name(f"{app.name}-secrets")
     steps = [
-        Step(key=f"config/{app.name}", depends_on=("namespace",), task_queue=kube_queue,
-             spec=ConfigMapSpec(owner=ctx.owner, cluster=cluster, namespace=ctx.namespace,
-                                name=config, data=plain),
-             summary=f"variables of {app.name}"),
-        Step(key=f"secret/{app.name}", depends_on=("namespace", *db_steps), task_queue=kube_queue,
-             spec=SecretSpec(owner=ctx.owner, cluster=cluster, namespace=ctx.namespace,
-                             name=secret, data=sealed, upstream=upstream),
-             summary=f"secrets of {app.name}"),
+        Step(
+            key=f"config/{app.name}",
+            depends_on=("namespace",),
+            task_queue=kube_queue,
+            spec=ConfigMapSpec(
+                owner=ctx.owner, cluster=cluster, namespace=ctx.namespace, name=config, data=plain
+            ),
+            summary=f"variables of {app.name}",
+        ),
+        Step(
+            key=f"secret/{app.name}",
+            depends_on=("namespace", *db_steps),
+            task_queue=kube_queue,
+            spec=SecretSpec(
+                owner=ctx.owner,
+                cluster=cluster,
+                namespace=ctx.namespace,
+                name=secret,
+                data=sealed,
+                upstream=upstream,
+            ),
+            summary=f"secrets of {app.name}",
+        ),
     ]
     app_deps = [f"app/{d}" for d in app.depends_on if d in {a.name for a in bp.applications}]
-    steps.append(Step(
-        key=f"app/{app.name}",
-        depends_on=(f"config/{app.name}", f"secret/{app.name}", *app_deps),
-        task_queue=kube_queue,
-        spec=ApplicationSpec(
-            owner=ctx.owner, cluster=cluster, namespace=ctx.namespace, name=app.name,
-            image=f"{app.image}:{ctx.pr.head_sha}", ports=app.ports, replicas=app.replicas,
-            resources=app.resources, health_check=app.health_check, command=app.command,
-            config_map=config, secret=secret,
-        ),
-        summary=f"deploy {app.name} at {ctx.pr.head_sha[:7]}",
-    ))
+    steps.append(
+        Step(
+            key=f"app/{app.name}",
+            depends_on=(f"config/{app.name}", f"secret/{app.name}", *app_deps),
+            task_queue=kube_queue,
+            spec=ApplicationSpec(
+                owner=ctx.owner,
+                cluster=cluster,
+                namespace=ctx.namespace,
+                name=app.name,
+                image=f"{app.image}:{ctx.pr.head_sha}",
+                ports=app.ports,
+                replicas=app.replicas,
+                resources=app.resources,
+                health_check=app.health_check,
+                command=app.command,
+                config_map=config,
+                secret=secret,
+            ),
+            summary=f"deploy {app.name} at {ctx.pr.head_sha[:7]}",
+        )
+    )
     if app.public:
         hosts = [hostname(app.name, ctx.pr.number, bp.network.base_domain)]
         tls = None if bp.network.tls == TlsMode.none else object_name("tls")
-        steps.append(Step(
-            key=f"ingress/{app.name}", depends_on=(f"app/{app.name}",), task_queue=kube_queue,
-            spec=IngressSpec(
-                owner=ctx.owner, cluster=cluster, namespace=ctx.namespace,
-                name=app.name, tls_secret=tls,
-                basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
-                hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
-            ),
-            summary=f"route {hosts[0]}",
-        ))
+        steps.append(
+            Step(
+                key=f"ingress/{app.name}",
+                depends_on=(f"app/{app.name}",),
+                task_queue=kube_queue,
+                spec=IngressSpec(
+                    owner=ctx.owner,
+                    cluster=cluster,
+                    namespace=ctx.namespace,
+                    name=app.name,
+                    tls_secret=tls,
+                    basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
+                    hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
+                ),
+                summary=f"route {hosts[0]}",
+            )
+        )
     return steps
 
 
@@ -321,8 +382,9 @@ def _applications(ctx: _Context) -> list[Step]:
 
 def _public_hosts(ctx: _Context) -> list[str]:
     bp = ctx.blueprint
-    return [hostname(a.name, ctx.pr.number, bp.network.base_domain)
-            for a in bp.applications if a.public]
+    return [
+        hostname(a.name, ctx.pr.number, bp.network.base_domain) for a in bp.applications if a.public
+    ]
 
 
 def _tls(ctx: _Context) -> list[Step]:
@@ -330,22 +392,33 @@ def _tls(ctx: _Context) -> list[Step]:
     if net.tls == TlsMode.none or not _public_hosts(ctx):
         return []
     spec = CertificateSpec(
-        owner=ctx.owner, target=ctx.aws, hosts=_public_hosts(ctx), zone_id=net.hosted_zone_id,
-        wildcard_certificate_arn=net.wildcard_certificate_arn if net.tls == TlsMode.wildcard
+        owner=ctx.owner,
+        target=ctx.aws,
+        hosts=_public_hosts(ctx),
+        zone_id=net.hosted_zone_id,
+        wildcard_certificate_arn=net.wildcard_certificate_arn
+        if net.tls == TlsMode.wildcard
         else None,
     )
-    return [Step(key="certificate", spec=spec, task_queue=ctx.queue_for("aws"),
-                 summary="TLS certificate")]
+    return [
+        Step(
+            key="certificate", spec=spec, task_queue=ctx.queue_for("aws"), summary="TLS certificate"
+        )
+    ]
 
 
 def _dns(ctx: _Context) -> list[Step]:
     net = ctx.blueprint.network
     if not net.hosted_zone_id or not _public_hosts(ctx):
         return []
-    spec = DnsRecordsSpec(owner=ctx.owner, target=ctx.aws, zone_id=net.hosted_zone_id,
-                          hosts=_public_hosts(ctx), points_to=ctx.options.ingress_hostname)
-    return [Step(key="dns", spec=spec, task_queue=ctx.queue_for("aws"),
-                 summary="DNS records")]
+    spec = DnsRecordsSpec(
+        owner=ctx.owner,
+        target=ctx.aws,
+        zone_id=net.hosted_zone_id,
+        hosts=_public_hosts(ctx),
+        points_to=ctx.options.ingress_hostname,
+    )
+    return [Step(key="dns", spec=spec, task_queue=ctx.queue_for("aws"), summary="DNS records")]
 
 
 RULES: Sequence[Rule] = (_namespace, _network, _databases, _applications, _tls, _dns)
@@ -360,14 +433,21 @@ def plan_preview(
     """The steps that make a preview of `blueprint` for `pr`, in a valid order."""
     options = options or PlanOptions()
     env_id = environment_id(pr.repository, pr.number)
+    domain = blueprint.network.base_domain
     urls = {
-        a.name: f"{options.url_scheme}://{hostname(a.name, pr.number, blueprint.network.base_domain)}"
-        for a in blueprint.applications if a.public
+        a.name: f"{options.url_scheme}://{hostname(a.name, pr.number, domain)}"
+        for a in blueprint.applications
+        if a.public
     }
     ctx = _Context(
-        blueprint=blueprint, secrets=tuple(secrets), pr=pr, options=options, env_id=env_id,
+        blueprint=blueprint,
+        secrets=tuple(secrets),
+        pr=pr,
+        options=options,
+        env_id=env_id,
         owner=Ownership(environment=env_id, repository=pr.repository, pr_number=pr.number),
-        namespace=env_id, urls=urls,
+        namespace=env_id,
+        urls=urls,
     )
     steps = [step for rule in RULES for step in rule(ctx)]
     return Plan(environment_id=env_id, steps=tuple(topological(steps)), urls=urls)
@@ -390,8 +470,9 @@ def topological(steps: Sequence[Step]) -> list[Step]:
     while remaining:
         ready = [s for s in remaining if all(d in placed for d in s.depends_on)]
         if not ready:
-            raise PlanError("steps depend on each other in a cycle: "
-                            + ", ".join(s.key for s in remaining))
+            raise PlanError(
+                "steps depend on each other in a cycle: " + ", ".join(s.key for s in remaining)
+            )
         for step in ready:
             ordered.append(step)
             placed.add(step.key)

@@ -73,6 +73,8 @@ def resolve_variables(
     for var in variables:
         if var.application not in (None, application) or not _applies(var.applies_to, target):
             continue
+        if var.kind == VariableKind.secret:
+            continue  # a declaration only: the value comes sealed from the store
         rank = _rank(var.scope, var.applies_to, var.kind == VariableKind.override)
         offer(var.key, rank, var.kind, var.value)
     for secret in secrets:

@@ -67,4 +67,6 @@ class Sealer:
         data_key = self._data_key(sealed)
         key_nonce, key_id = os.urandom(12), self._keyring.current_id
         wrapped = AESGCM(self._keyring.current).encrypt(key_nonce, data_key, key_id.encode())
-        return sealed.model_copy(update={"key_id": key_id, "wrapped_key": _b64(key_nonce + wrapped)})
+        return sealed.model_copy(
+            update={"key_id": key_id, "wrapped_key": _b64(key_nonce + wrapped)}
+        )

@@ -80,8 +80,8 @@ class Settings(BaseSettings):
         "https://gitlab.com/api/v4", description="GitLab API root (with /api/v4)"
     )
     gitlab_token: SecretStr | None = Field(None, description="Token for MR notes/statuses")
-    admin_token: SecretStr = Field(
-        SecretStr("local-admin-token"), description="API token that may create project tokens"
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the API admin (creates projects and tokens)"
     )
     masking_key: SecretStr = Field(
         SecretStr("local-masking-key"), description="HMAC key of keyed-hash masking"

@@ -63,24 +63,51 @@ class PostgresServer:
         pgdata = self.data_dir / "pgdata"
         if not (pgdata / "PG_VERSION").exists():
             subprocess.run(
-                self._as_owner([
-                    str(self.bin / "initdb"), "-D", str(pgdata), "-U", SUPERUSER,
-                    "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
-                ]),
-                check=True, capture_output=True,
+                self._as_owner(
+                    [
+                        str(self.bin / "initdb"),
+                        "-D",
+                        str(pgdata),
+                        "-U",
+                        SUPERUSER,
+                        "--auth=trust",
+                        "--encoding=UTF8",
+                        "--locale=C.UTF-8",
+                        "--no-sync",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
             )
         socket_dir = self.data_dir / "socket"
         socket_dir.mkdir(exist_ok=True)
         self._chown(socket_dir)
         log = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115 - lives with the process
         self._process = subprocess.Popen(
-            self._as_owner([
-                str(self.bin / "postgres"), "-D", str(pgdata),
-                "-h", "127.0.0.1", "-p", str(self.port), "-k", str(socket_dir),
-                "-c", "fsync=off", "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off", "-c", "max_connections=300",
-            ]),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            self._as_owner(
+                [
+                    str(self.bin / "postgres"),
+                    "-D",
+                    str(pgdata),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(socket_dir),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=300",
+                ]
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._wait_ready()
         return self
@@ -89,12 +116,20 @@ class PostgresServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process and self._process.poll() is not None:
-                raise RuntimeError(
-                    f"postgres exited with {self._process.returncode}; see {self.data_dir}/postgres.log"
-                )
+                code = self._process.returncode
+                raise RuntimeError(f"postgres exited with {code}; see {self.data_dir}/postgres.log")
             ready = subprocess.run(
-                [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
-                 "-U", SUPERUSER, "-d", "postgres"],
+                [
+                    str(self.bin / "pg_isready"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    SUPERUSER,
+                    "-d",
+                    "postgres",
+                ],
                 capture_output=True,
             )
             if ready.returncode == 0:
@@ -118,7 +153,9 @@ class PostgresServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()

@@ -18,12 +18,12 @@ from starter.app import create_app
 
 
 async def serve(settings: Settings) -> None:
-    store = await Store.connect(settings.database_url)
-    await store.migrate()  # ordered, idempotent, one starter at a time (advisory lock)
-    temporal = await connect(settings)
     sealer = Sealer(
         Keyring.parse(settings.master_keys.get_secret_value(), setting="PREVIEW_MASTER_KEYS")
     )
+    store = await Store.connect(settings.database_url, sealer)
+    await store.migrate()  # ordered, idempotent, one starter at a time (advisory lock)
+    temporal = await connect(settings)
     app = create_app(settings, temporal, store, store=store, sealer=sealer)
     config = uvicorn.Config(
         app,

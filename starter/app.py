@@ -26,6 +26,7 @@ from temporalio.service import RPCError
 from domain.plan import PlanOptions
 from engine.settings import Settings
 from starter import lifecycle
+from starter.api import router as api_router
 from starter.events import (
     Deploy,
     Destroy,
@@ -268,10 +269,5 @@ def create_app(
 
     app.include_router(webhooks)
     app.include_router(codec)
-    try:
-        from starter.api import router as api_router
-    except ImportError:  # pragma: no cover - the API lands in its own change
-        api_router = None
-    if api_router is not None:
-        app.include_router(api_router, prefix="/api")
+    app.include_router(api_router, prefix="/api")
     return app

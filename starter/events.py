@@ -128,7 +128,7 @@ def gitlab_operation(event: str, payload: dict[str, Any]) -> Operation:
         updated_at=_gitlab_time(attrs.get("updated_at")),
     ), "object_attributes")
     if action in ("close", "merge"):
-        return Destroy(pr, f"merge request {action}d" if action == "close" else "merge request merged")
+        return Destroy(pr, "merge request closed" if action == "close" else "merge request merged")
     if action in ("open", "reopen", "update"):
         return Deploy(pr)
     return Ignore(f"merge request action {action!r} does not affect previews")

@@ -16,7 +16,7 @@ def test_configuration_table_matches_the_settings_model() -> None:
                       README, re.S)
     assert block, "README lost its settings table markers"
     assert block.group(1) == markdown_table(), (
-        "README's table is stale: regenerate with `python -m engine.settings`")
+        "README's table is stale: regenerate with `python -m stack.readme`")
 
 
 def test_the_two_commands_come_first_and_exist() -> None:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -18,11 +19,12 @@ from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePa
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.errors import NON_RETRYABLE
     from domain.blueprint import PreviewPolicy
     from domain.feedback import Feedback
     from domain.naming import environment_id
-    from domain.policy import skip_reason
     from domain.plan import PlanError, PlanOptions, plan_preview
+    from domain.policy import skip_reason
     from domain.pull_request import PullRequest
     from domain.source import LoadSourceRequest, SourceEnvironment
     from domain.variables import VariableError
@@ -217,12 +219,10 @@ class PreviewEnvironmentWorkflow:
                     or self._sleep_requested or self._wake_requested)
 
         timeout = self._seconds_to_next_timer()
-        try:
+        with contextlib.suppress(TimeoutError):  # a timer is due: _check_timers handles it
             await workflow.wait_condition(
                 has_work, timeout=timedelta(seconds=timeout) if timeout is not None else None
             )
-        except TimeoutError:
-            pass  # a timer is due: _check_timers handles it
 
     def _deadlines(self) -> dict[str, datetime]:
         s, policy = self._s, self._s.policy
@@ -272,7 +272,7 @@ class PreviewEnvironmentWorkflow:
                 result_type=SourceEnvironment,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=RetryPolicy(maximum_attempts=5,
-                                         non_retryable_error_types=["UnknownRepository"]),
+                                         non_retryable_error_types=NON_RETRYABLE),
                 summary=f"load the source environment of {pr.repository}",
             )
             policy = source.blueprint.policy

@@ -24,10 +24,13 @@ def keyring(*ids: str) -> Keyring:
 async def test_secret_never_reaches_the_server_but_round_trips(temporal_client: Client) -> None:
     secret = f"s3cret-{uuid.uuid4().hex}"
     queue = f"codec-{uuid.uuid4().hex[:8]}"
-    async with Worker(temporal_client, task_queue=queue, workflows=[SecretEchoWorkflow],
-                      activities=[echo_secret]):
+    async with Worker(
+        temporal_client, task_queue=queue, workflows=[SecretEchoWorkflow], activities=[echo_secret]
+    ):
         handle = await temporal_client.start_workflow(
-            SecretEchoWorkflow.run, Carrier(password=secret), id=f"codec-{uuid.uuid4()}",
+            SecretEchoWorkflow.run,
+            Carrier(password=secret),
+            id=f"codec-{uuid.uuid4()}",
             task_queue=queue,
         )
         result = await handle.result()
@@ -81,8 +84,12 @@ async def test_tampered_payload_is_rejected() -> None:
 
 
 def test_keyring_errors_name_the_problem() -> None:
-    for text, fragment in [("", "no key"), ("nocolon", "id:base64key"),
-                           ("a:!!!", "not valid base64"), (f"a:{base64.b64encode(os.urandom(16)).decode()}", "16 bytes")]:
+    for text, fragment in [
+        ("", "no key"),
+        ("nocolon", "id:base64key"),
+        ("a:!!!", "not valid base64"),
+        (f"a:{base64.b64encode(os.urandom(16)).decode()}", "16 bytes"),
+    ]:
         try:
             Keyring.parse(text, setting="PREVIEW_CODEC_KEYS")
         except ValueError as error:

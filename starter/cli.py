@@ -1,0 +1,204 @@
+"""The `preview` command: look at and steer preview environments.
+
+    preview list [--state ready] [--repository owner/name]
+    preview status owner/name 42          (live progress until it settles)
+    preview deploy owner/name 42 SHA
+    preview destroy owner/name 42 [--reason ...]
+    preview extend owner/name 42 HOURS
+    preview sleep|wake owner/name 42
+    preview history owner/name 42         (the environment's events in plain words)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+
+from domain.naming import workflow_id
+from domain.pull_request import PullRequest
+from engine.client import connect
+from engine.settings import Settings
+from starter.cli_api import register
+from workflows.preview import DestroyRequest, PreviewEnvironmentWorkflow, PreviewStatus
+
+console = Console()
+SETTLED = {"ready", "failed", "sleeping", "destroyed"}
+
+
+def _handle(client: Client, args: argparse.Namespace) -> WorkflowHandle[Any, Any]:
+    return client.get_workflow_handle_for(PreviewEnvironmentWorkflow.run,
+                                          workflow_id(args.repository, args.number))
+
+
+def _print_status(status: PreviewStatus) -> None:
+    console.print(f"[bold]{status.environment_id}[/]  {status.state}  "
+                  f"steps {status.steps_done}/{status.steps_total}  "
+                  f"commit {(status.head_sha or '—')[:12]}")
+    for app, url in status.urls.items():
+        console.print(f"  {app:12} {url}")
+    if status.expires_at:
+        console.print(f"  expires  {status.expires_at:%Y-%m-%d %H:%M} UTC")
+    if status.last_error:
+        console.print(f"  [red]last error: {status.last_error}[/]")
+
+
+async def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    clauses = ["WorkflowType = 'PreviewEnvironmentWorkflow'"]
+    if args.state:
+        clauses.append(f"PreviewState = '{args.state}'")
+    if args.repository:
+        clauses.append(f"PreviewRepository = '{args.repository.lower()}'")
+    if not args.all:
+        clauses.append("ExecutionStatus = 'Running'")
+    table = Table("repository", "PR", "state", "commit", "workflow id")
+    async for wf in client.list_workflows(" AND ".join(clauses), limit=args.limit):
+        attrs = wf.search_attributes
+        table.add_row(str(attrs.get("PreviewRepository", ["?"])[0]),
+                      str(attrs.get("PreviewPullRequest", ["?"])[0]),
+                      str(attrs.get("PreviewState", ["?"])[0]),
+                      str(attrs.get("PreviewHeadSha", ["?"])[0])[:12], wf.id)
+    console.print(table)
+    return 0
+
+
+async def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    handle = _handle(client, args)
+    status = await handle.query(PreviewEnvironmentWorkflow.status)
+    if not args.follow or status.state in SETTLED:
+        _print_status(status)
+        return 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console) as progress:
+        task = progress.add_task(status.state, total=status.steps_total or None)
+        while status.state not in SETTLED:
+            await asyncio.sleep(0.5)
+            status = await handle.query(PreviewEnvironmentWorkflow.status)
+            progress.update(task, description=status.state, completed=status.steps_done,
+                            total=status.steps_total or None)
+    _print_status(status)
+    return 0 if status.state != "failed" else 1
+
+
+async def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
+    pr = PullRequest(repository=args.repository, number=args.number, head_sha=args.sha)
+    status = await _handle(client, args).execute_update(
+        PreviewEnvironmentWorkflow.deploy_and_wait, pr)
+    _print_status(status)
+    return 0 if status.head_sha == args.sha else 1
+
+
+async def cmd_destroy(client: Client, args: argparse.Namespace) -> int:
+    await _handle(client, args).signal(PreviewEnvironmentWorkflow.destroy,
+                                       DestroyRequest(reason=args.reason))
+    console.print(f"destroy requested for {args.repository}#{args.number}")
+    return 0
+
+
+async def cmd_extend(client: Client, args: argparse.Namespace) -> int:
+    _print_status(await _handle(client, args).execute_update(
+        PreviewEnvironmentWorkflow.extend, args.hours))
+    return 0
+
+
+async def cmd_sleep(client: Client, args: argparse.Namespace) -> int:
+    await _handle(client, args).signal(PreviewEnvironmentWorkflow.sleep)
+    console.print("sleep requested")
+    return 0
+
+
+async def cmd_wake(client: Client, args: argparse.Namespace) -> int:
+    await _handle(client, args).signal(PreviewEnvironmentWorkflow.wake)
+    console.print("wake requested")
+    return 0
+
+
+async def cmd_history(client: Client, args: argparse.Namespace) -> int:
+    for line in await history_lines(_handle(client, args)):
+        console.print(line)
+    return 0
+
+
+async def history_lines(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """The environment's events in plain words, from the workflow's history."""
+    lines: list[str] = []
+    summaries: dict[int, str] = {}
+    async for event in handle.fetch_history_events():
+        when = event.event_time.ToDatetime().strftime("%H:%M:%S")
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            lines.append(f"{when}  started")
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            signal = event.workflow_execution_signaled_event_attributes.signal_name
+            lines.append(f"{when}  received {signal}")
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            summary = event.user_metadata.summary.data.decode(errors="replace").strip('"')
+            summaries[event.event_id] = summary or (
+                event.activity_task_scheduled_event_attributes.activity_type.name)
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            scheduled = event.activity_task_completed_event_attributes.scheduled_event_id
+            lines.append(f"{when}  done: {summaries.get(scheduled, '?')}")
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            attrs = event.activity_task_failed_event_attributes
+            lines.append(f"{when}  FAILED: {summaries.get(attrs.scheduled_event_id, '?')}: "
+                         f"{attrs.failure.message}")
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+            lines.append(f"{when}  finished")
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            lines.append(f"{when}  continued as new (history kept short)")
+    return lines
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
+    "list": cmd_list, "status": cmd_status, "deploy": cmd_deploy, "destroy": cmd_destroy,
+    "extend": cmd_extend, "sleep": cmd_sleep, "wake": cmd_wake, "history": cmd_history,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="preview", description="Look at and steer previews")
+    sub = root.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", help="previews from Temporal visibility")
+    listing.add_argument("--state")
+    listing.add_argument("--repository")
+    listing.add_argument("--all", action="store_true", help="include finished ones")
+    listing.add_argument("--limit", type=int, default=100)
+
+    def one(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("repository", help="owner/name")
+        p.add_argument("number", type=int, help="pull request number")
+        return p
+
+    one("status", "state, steps, URLs").add_argument("--follow", action="store_true")
+    one("deploy", "deploy a commit and wait for it").add_argument("sha")
+    one("destroy", "tear the preview down").add_argument("--reason", default="by hand")
+    one("extend", "extend the time-to-live").add_argument("hours", type=int)
+    one("sleep", "scale to zero")
+    one("wake", "scale back up")
+    one("history", "the environment's events in plain words")
+    register(sub)
+    return root
+
+
+async def run(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.command not in COMMANDS:  # the HTTP API's commands (starter/cli_api.py)
+        return int(args.func(args))
+    client = await connect(Settings())
+    return await COMMANDS[args.command](client, args)
+
+
+def main() -> None:
+    status = asyncio.run(run(sys.argv[1:]))
+    sys.stdout.flush()
+    os._exit(status)  # skip finalisation: the SDK's threads can crash it (exit 139)
