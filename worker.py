@@ -27,7 +27,6 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from engine.client import connect
-from engine.keyring import Keyring
 from engine.sealing import Sealer
 from engine.settings import Settings
 
@@ -83,9 +82,7 @@ async def build_activities(
     settings: Settings, target: Target, resources: Resources
 ) -> list[Callable[..., Any]]:
     # Imported here so a tenant worker loads only the client libraries it needs.
-    sealer = Sealer(
-        Keyring.parse(settings.master_keys.get_secret_value(), setting="PREVIEW_MASTER_KEYS")
-    )
+    sealer = Sealer.from_settings(settings)
     objects: list[object] = []
     if target.kind in ("all", "cluster"):
         from activities.kubernetes import ClusterClients, KubernetesActivities

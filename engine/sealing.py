@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from domain.secrets import SealedValue
 from engine.keyring import Keyring
+from engine.settings import Settings
 
 
 class UnsealError(ValueError):
@@ -27,6 +28,11 @@ def _b64(data: bytes) -> str:
 class Sealer:
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Sealer:
+        return cls(Keyring.parse(settings.master_keys.get_secret_value(),
+                                 setting="PREVIEW_MASTER_KEYS"))
 
     def seal(self, value: str) -> SealedValue:
         data_key = AESGCM.generate_key(bit_length=256)

@@ -11,16 +11,13 @@ import uvicorn
 
 from activities.store import Store
 from engine.client import connect
-from engine.keyring import Keyring
 from engine.sealing import Sealer
 from engine.settings import Settings
 from starter.app import create_app
 
 
 async def serve(settings: Settings) -> None:
-    sealer = Sealer(
-        Keyring.parse(settings.master_keys.get_secret_value(), setting="PREVIEW_MASTER_KEYS")
-    )
+    sealer = Sealer.from_settings(settings)
     store = await Store.connect(settings.database_url, sealer)
     await store.migrate()  # ordered, idempotent, one starter at a time (advisory lock)
     temporal = await connect(settings)
