@@ -259,12 +259,13 @@ async def demo(stack: LocalStack, exit_after: bool) -> None:
 
 async def import_example(settings: Settings) -> None:
     from activities.store import Store
-    from domain.blueprint_file import load_blueprint
+    from domain.blueprint_file import parse_blueprint
+    from engine.sealing import Sealer
 
-    store = await Store.connect(settings.database_url)
+    store = await Store.connect(settings.database_url, Sealer.from_settings(settings))
     try:
         await store.migrate()
-        blueprint = load_blueprint(EXAMPLE.read_text(), str(EXAMPLE))
+        blueprint = parse_blueprint(EXAMPLE.read_text(), str(EXAMPLE.relative_to(ROOT)))
         await store.import_blueprint(blueprint, actor="local-stack")
     finally:
         await store.close()
