@@ -6,6 +6,7 @@ real blueprint file through the real BlueprintFileActivities.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from domain.blueprint import Blueprint
 from domain.naming import workflow_id
 from domain.plan import plan_preview
 from domain.pull_request import PullRequest
+from stack.temporal import TemporalDevServer, temporal_cli
 from starter import lifecycle
 from tests.workflows.harness import BLUEPRINT, Harness, pull_request
 from tests.workflows.inventory import spec_key
@@ -165,3 +167,23 @@ async def test_duplicate_and_reordered_deliveries(
         await reopened.result()
         desc = await reopened.describe()
         assert desc.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_temporal_cli_destroy_signal_tears_down(
+    harness: Harness, temporal_server: TemporalDevServer
+) -> None:
+    pr = pull_request(700)
+    async with harness.worker():
+        handle = await harness.deploy(pr)
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        # An operator's command, exactly as the README gives it.
+        subprocess.run(
+            [temporal_cli(), "workflow", "signal", "--address", temporal_server.address,
+             "--workflow-id", workflow_id(pr.repository, pr.number), "--name", "destroy",
+             "--input", '{"reason": "operator"}'],
+            check=True, capture_output=True, timeout=60,
+        )
+        result = await handle.result()
+    assert result.state == PreviewState.destroyed
+    assert harness.inventory.present == {}
+    assert harness.inventory.feedback[-1].message == "destroyed: operator"

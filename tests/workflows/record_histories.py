@@ -1,0 +1,71 @@
+"""Record lifecycle histories for the replay tests: `python -m tests.workflows.record_histories`.
+
+Run it after an *intended* change to the workflow's command sequence (guarded with
+`workflow.patched`), and commit the new files next to the old ones: old histories must
+keep replaying, which is the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from temporalio.client import Client
+
+from engine.client import data_converter
+from engine.settings import Settings
+from stack.temporal import TemporalDevServer
+from starter import lifecycle
+from tests.workflows.harness import BLUEPRINT, Harness, pull_request
+from workflows.preview import PreviewState
+
+OUT = Path(__file__).parent / "histories"
+
+
+async def record(client: Client, blueprints: Path) -> None:
+    harness = Harness(client, blueprints)
+    async with harness.worker():
+        # create → redeploy → destroy
+        handle = await harness.deploy(pull_request(1, "1" * 40))
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await harness.deploy(pull_request(1, "2" * 40))
+        await harness.wait_state(handle, lambda s: s.head_sha == "2" * 40)
+        await lifecycle.destroy(client, "acme/shop", 1, "recorded")
+        await handle.result()
+        (OUT / "create_redeploy_destroy.json").write_text(
+            (await handle.fetch_history()).to_json())
+
+        # a create that fails at the application step and is compensated
+        harness.inventory.fail_on.add("ensure_application:web")
+        handle = await harness.deploy(pull_request(2, "3" * 40))
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.failed)
+        await lifecycle.destroy(client, "acme/shop", 2, "recorded")
+        await handle.result()
+        (OUT / "failed_create_compensated.json").write_text(
+            (await handle.fetch_history()).to_json())
+
+
+async def main() -> None:
+    state = Path(tempfile.mkdtemp())
+    blueprints = state / "blueprints"
+    blueprints.mkdir()
+    (blueprints / "shop.yaml").write_text(yaml.safe_dump(BLUEPRINT))
+    server = TemporalDevServer(state / "temporal", headless=True).start()
+    try:
+        client = await Client.connect(server.address, data_converter=data_converter(Settings()))
+        await record(client, blueprints)
+    finally:
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    print(f"recorded into {OUT}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,170 @@
+"""The golden refresh workflow and its schedule, on the Temporal dev server and a real
+PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from temporalio.client import (
+    Client,
+    ScheduleActionStartWorkflow,
+    ScheduleIntervalSpec,
+    WorkflowFailureError,
+)
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.worker import Worker
+
+from activities.errors import INVALID_INPUT
+from activities.postgres import GoldenRefreshRequest, PostgresActivities
+from domain.blueprint import MaskingMethod, MaskingRule
+from engine.keyring import Keyring
+from engine.sealing import Sealer
+from stack.postgres import PostgresServer
+from workflows.golden import GoldenRefreshWorkflow, ensure_golden_schedule
+
+SEALER = Sealer(Keyring.parse("test:" + base64.b64encode(b"w" * 32).decode()))
+RULES = [
+    MaskingRule(table="people", column="email", method=MaskingMethod.hash),
+    MaskingRule(table="visits", column="email", method=MaskingMethod.hash),
+    MaskingRule(table="people", column="name", method=MaskingMethod.fake),
+]
+
+
+@pytest.fixture(scope="module")
+async def source_url(postgres_server: PostgresServer) -> str:
+    conn = await asyncpg.connect(postgres_server.admin_url)
+    try:
+        await conn.execute("DROP DATABASE IF EXISTS wft_source WITH (FORCE)")
+        await conn.execute("CREATE DATABASE wft_source")
+    finally:
+        await conn.close()
+    url = postgres_server.url("wft_source")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("""
+            CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE NOT NULL, name text);
+            CREATE TABLE visits (id int PRIMARY KEY, email text REFERENCES people (email));
+            INSERT INTO people SELECT g, 'person' || g || '@example.org', 'Person Number ' || g
+                FROM generate_series(1, 100) g;
+            INSERT INTO visits SELECT g, 'person' || (g % 100 + 1) || '@example.org'
+                FROM generate_series(1, 300) g;""")
+    finally:
+        await conn.close()
+    return url
+
+
+@pytest.fixture
+async def worker(temporal_client: Client, postgres_server: PostgresServer,
+                 ) -> AsyncIterator[str]:
+    acts = PostgresActivities(postgres_server.admin_url, SEALER, b"workflow-test-key")
+    task_queue = f"golden-{uuid.uuid4().hex[:8]}"
+    async with Worker(temporal_client, task_queue=task_queue,
+                      workflows=[GoldenRefreshWorkflow], activities=acts.all_activities()):
+        yield task_queue
+
+
+async def pointer(server: PostgresServer, source: str) -> str | None:
+    conn = await asyncpg.connect(server.admin_url)
+    try:
+        found: str | None = await conn.fetchval(
+            "SELECT current_generation FROM preview_engine.golden WHERE source_name = $1", source)
+        return found
+    finally:
+        await conn.close()
+
+
+async def generations(server: PostgresServer, source: str) -> dict[str, bool]:
+    conn = await asyncpg.connect(server.admin_url)
+    try:
+        rows = await conn.fetch("SELECT datname, datallowconn FROM pg_database "
+                                "WHERE datname LIKE $1", f"golden\\_{source}\\_%")
+        return {r["datname"]: r["datallowconn"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_refresh_promotes_and_a_failed_one_changes_nothing(
+    temporal_client: Client, worker: str, source_url: str, postgres_server: PostgresServer,
+) -> None:
+    request = GoldenRefreshRequest(source_url=source_url, source_name="wft", masking=RULES,
+                                   keep_generations=1)
+    generation = await temporal_client.execute_workflow(
+        GoldenRefreshWorkflow.run, request, id=f"golden-test-{uuid.uuid4()}", task_queue=worker)
+    assert await pointer(postgres_server, "wft") == generation
+    assert await generations(postgres_server, "wft") == {generation: False}
+    conn = await asyncpg.connect(postgres_server.admin_url)
+    try:
+        await conn.execute(f"ALTER DATABASE {generation} ALLOW_CONNECTIONS true")
+        golden = await asyncpg.connect(postgres_server.url(generation))
+        try:
+            assert await golden.fetchval(
+                "SELECT count(*) FROM visits v JOIN people p ON p.email = v.email") == 300
+            assert await golden.fetchval(
+                "SELECT count(*) FROM people WHERE email LIKE '%@example.org'") == 0
+        finally:
+            await golden.close()
+            await conn.execute(f"ALTER DATABASE {generation} ALLOW_CONNECTIONS false")
+    finally:
+        await conn.close()
+
+    bad = request.model_copy(update={"masking": [
+        *RULES, MaskingRule(table="people", column="missing", method=MaskingMethod.null)]})
+    with pytest.raises(WorkflowFailureError) as failed:
+        await temporal_client.execute_workflow(
+            GoldenRefreshWorkflow.run, bad, id=f"golden-test-{uuid.uuid4()}", task_queue=worker)
+    cause = failed.value.cause
+    assert isinstance(cause, ActivityError) and isinstance(cause.cause, ApplicationError)
+    assert cause.cause.type == INVALID_INPUT and "public.people.missing" in cause.cause.message
+    # The pointer did not move, and the half-made generation is gone.
+    assert await pointer(postgres_server, "wft") == generation
+    assert await generations(postgres_server, "wft") == {generation: False}
+
+    # The next good refresh replaces it; keep_generations=1 drops the old one.
+    newer = await temporal_client.execute_workflow(
+        GoldenRefreshWorkflow.run, request, id=f"golden-test-{uuid.uuid4()}", task_queue=worker)
+    assert newer != generation
+    assert await pointer(postgres_server, "wft") == newer
+    assert await generations(postgres_server, "wft") == {newer: False}
+
+
+async def test_schedule_is_created_updated_and_runs(
+    temporal_client: Client, worker: str, source_url: str, postgres_server: PostgresServer,
+) -> None:
+    request = GoldenRefreshRequest(source_url=source_url, source_name="wfs", masking=RULES)
+    schedule_id = f"golden-refresh-test-{uuid.uuid4().hex[:8]}"
+    handle = await ensure_golden_schedule(temporal_client, request, task_queue=worker,
+                                          every=timedelta(days=1), schedule_id=schedule_id)
+    try:
+        described = await handle.describe()
+        action = described.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        assert action.workflow == "GoldenRefreshWorkflow" and action.task_queue == worker
+        assert described.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(days=1))]
+
+        # An operator pauses it; updating the interval keeps it paused.
+        await handle.pause(note="maintenance")
+        again = await ensure_golden_schedule(temporal_client, request, task_queue=worker,
+                                             every=timedelta(hours=6), schedule_id=schedule_id)
+        described = await again.describe()
+        assert described.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(hours=6))]
+        assert described.schedule.state.paused
+
+        await handle.unpause()
+        await handle.trigger()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while await pointer(postgres_server, "wfs") is None:  # poll, bounded by a deadline
+            assert loop.time() < deadline, "the scheduled refresh did not complete"
+            await asyncio.sleep(0.2)
+        assert (await handle.describe()).info.num_actions == 1
+    finally:
+        await handle.delete()
+
+    with pytest.raises(ValueError):
+        await ensure_golden_schedule(temporal_client, request, task_queue=worker)
