@@ -85,6 +85,8 @@ async def build_activities(
     sealer = Sealer.from_settings(settings)
     objects: list[object] = []
     if target.kind in ("all", "cluster"):
+        from activities.aws import AwsClients
+        from activities.container_db import ContainerDatabaseActivities
         from activities.kubernetes import ClusterClients, KubernetesActivities
 
         kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
@@ -95,7 +97,8 @@ async def build_activities(
             kubeconfigs = {target.name: kubeconfigs[target.name]}
         clusters = ClusterClients(kubeconfigs)
         resources.closers.append(clusters.close)
-        objects.append(KubernetesActivities(clusters, sealer))
+        objects += [KubernetesActivities(clusters, sealer),
+                    ContainerDatabaseActivities(clusters, sealer, AwsClients(settings))]
     if target.kind in ("all", "account"):
         from activities.aws import AwsClients
         from activities.dns import DnsActivities

@@ -1,4 +1,5 @@
-"""Kubernetes activities: namespaces, config maps, secrets, applications and ingresses.
+"""Kubernetes activities: namespaces, config maps, secrets, applications and ingresses,
+and the orphan sweeper's per-cluster listing and removal of environments.
 
 Every object is written with server-side apply under one field manager, so applying
 the same manifest twice is a no-op (same resourceVersion) and a half-done run simply
@@ -33,6 +34,8 @@ from domain.resources import (
     ApplicationSpec,
     ConfigMapSpec,
     IngressSpec,
+    KubeEnvironmentInput,
+    KubeSweepInput,
     NamespaceSpec,
     SecretSpec,
     StepInput,
@@ -186,13 +189,19 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Ingress": ("networking.k8s.io/v1", "ingresses"),
     "Deployment": ("apps/v1", "deployments"),
     "ReplicaSet": ("apps/v1", "replicasets"),
+    "StatefulSet": ("apps/v1", "statefulsets"),
+    "Job": ("batch/v1", "jobs"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+    "PersistentVolume": ("v1", "persistentvolumes"),
 }
 
 
-def _list_path(kind: str, namespace: str) -> str:
+def _list_path(kind: str, namespace: str | None) -> str:
+    """Collection path; `namespace=None` for cluster-scoped kinds (or across namespaces)."""
     api_version, plural = _KINDS[kind]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    return f"{base}/namespaces/{namespace}/{plural}"
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{base}{scope}/{plural}"
 
 
 class KubeApi:
@@ -248,10 +257,17 @@ class KubeApi:
     def get(self, ref: Ref) -> Json | None:
         return self.request("GET", ref.path, what=ref.what, missing_ok=True)
 
-    def list(self, kind: str, namespace: str, selector: Mapping[str, str]) -> list[Json]:
-        query = [("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(selector.items())))]
+    def list(
+        self, kind: str, namespace: str | None, selector: Mapping[str, str] | None = None
+    ) -> list[Json]:
+        query: list[tuple[str, str | bool | int]] = []
+        if selector:
+            query.append(
+                ("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+            )
+        where = f" in {namespace}" if namespace else ""
         result = self.request(
-            "GET", _list_path(kind, namespace), query=query, what=f"{kind}s in {namespace}"
+            "GET", _list_path(kind, namespace), query=query, what=f"{kind}s{where}"
         )
         return list((result or {}).get("items") or [])
 
@@ -469,15 +485,19 @@ class KubernetesActivities:
         if not is_ours(current, spec.owner):
             _warn_not_ours(ns, spec.owner)
             return
+        self._delete_namespace(api, ns, current)
+
+    def _delete_namespace(self, api: KubeApi, ns: Ref, current: Json) -> None:
+        """Delete a namespace (of ours: the caller checked) and wait until it is gone."""
         if not (current.get("metadata") or {}).get("deletionTimestamp"):
             api.delete(ns)
         # Deletion is asynchronous: the namespace stays Terminating until every
         # object in it is gone. Report done only once the API answers 404.
         started = time.monotonic()
-        while (current := api.get(ns)) is not None:
+        while (live := api.get(ns)) is not None:
             waited = time.monotonic() - started
-            status = current.get("status") or {}
-            heartbeat({"namespace": spec.name, "phase": status.get("phase"),
+            status = live.get("status") or {}
+            heartbeat({"namespace": ns.name, "phase": status.get("phase"),
                        "waited_s": round(waited, 1)})
             if waited > self.namespace_timeout:
                 blocking = "; ".join(
@@ -814,6 +834,38 @@ class KubernetesActivities:
         self._remove(self.api(spec.cluster), _ref("Ingress", spec.name, spec.namespace),
                      spec.owner)
 
+    # -- orphan sweeper ---------------------------------------------------------------
+
+    @activity.defn(name="list_kube_environments")
+    def list_kube_environments(self, request: KubeSweepInput) -> dict[str, list[str]]:
+        """Environment id → ["namespace <name>", ...] for every namespace we manage there."""
+        api = self.api(request.cluster)
+        found: dict[str, list[str]] = {}
+        for ns in api.list("Namespace", None, {MANAGED_BY_LABEL: MANAGED_BY}):
+            meta = ns.get("metadata") or {}
+            environment = (meta.get("labels") or {}).get(ENVIRONMENT_LABEL)
+            if not environment:
+                continue  # our manager label without an owner: nobody to attribute it to
+            found.setdefault(environment, []).append(f"namespace {meta['name']}")
+        return {env: sorted(items) for env, items in sorted(found.items())}
+
+    @activity.defn(name="remove_kube_environment")
+    def remove_kube_environment(self, request: KubeEnvironmentInput) -> list[str]:
+        """Delete every namespace of one environment there and wait until each is gone.
+
+        The label selector is the ownership check: only namespaces carrying our mark for
+        this environment are listed, so nothing foreign can be deleted.
+        """
+        api = self.api(request.cluster)
+        owner = Ownership(environment=request.environment)
+        removed: list[str] = []
+        namespaces = api.list("Namespace", None, owner.labels())
+        for current in sorted(namespaces, key=lambda n: n["metadata"]["name"]):
+            ns = _ref("Namespace", current["metadata"]["name"])
+            self._delete_namespace(api, ns, current)
+            removed.append(f"namespace {ns.name}")
+        return removed
+
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of this module, for the worker."""
         return [
@@ -823,6 +875,7 @@ class KubernetesActivities:
             self.ensure_application, self.remove_application,
             self.sleep_application, self.wake_application,
             self.ensure_ingress, self.remove_ingress,
+            self.list_kube_environments, self.remove_kube_environment,
         ]
 
 

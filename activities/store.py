@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import invalid_input
+from activities.errors import QUOTA_EXCEEDED, invalid_input
 from domain.blueprint import (
     Application,
     AppliesTo,
@@ -44,6 +44,7 @@ from domain.blueprint import (
     VariableScope,
 )
 from domain.blueprint_file import field_path
+from domain.resources import PreviewSlotSpec, StepInput, StepOutput
 from domain.secrets import SealedValue
 from domain.source import LoadSourceRequest, SourceEnvironment
 from domain.variables import SecretVariable, Target, VariableError, resolve_variables
@@ -989,6 +990,29 @@ class Store:
             await _audit(conn, actor, "token.delete", f"token {token_id} ({row['name']})",
                          row["project"])
 
+    # -- preview slots (policy.max_live_previews) ---------------------------------
+
+    async def claim_slot(self, repository: str, environment: str, limit: int) -> int | None:
+        """Claim (or keep) the environment's slot; the number of live previews after it,
+        or None when the repository is at its limit. Serialised per repository."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", repository)
+            mine = await conn.fetchval(
+                "SELECT 1 FROM preview_slots WHERE environment = $1", environment)
+            live = await conn.fetchval(
+                "SELECT count(*) FROM preview_slots WHERE repository = $1", repository)
+            if mine:
+                return int(live)
+            if live >= limit:
+                return None
+            await conn.execute(
+                "INSERT INTO preview_slots (environment, repository) VALUES ($1, $2)",
+                environment, repository)
+            return int(live) + 1
+
+    async def release_slot(self, environment: str) -> None:
+        await self.pool.execute("DELETE FROM preview_slots WHERE environment = $1", environment)
+
     # -- webhook deliveries -------------------------------------------------------
 
     async def record_delivery(self, delivery_id: str, event: str) -> bool:
@@ -1159,6 +1183,23 @@ class Store:
 class StoreActivities:
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    @activity.defn(name=PreviewSlotSpec.present)
+    async def claim_preview_slot(self, step: StepInput) -> StepOutput:
+        spec = step.spec_as(PreviewSlotSpec)
+        live = await self._store.claim_slot(spec.repository, spec.owner.environment,
+                                            spec.max_live)
+        if live is None:
+            raise ApplicationError(
+                f"{spec.repository} already has {spec.max_live} live previews, its limit "
+                "(policy.max_live_previews): close one, or raise the limit",
+                type=QUOTA_EXCEEDED, non_retryable=True,
+            )
+        return StepOutput(values={"live_previews": str(live)})
+
+    @activity.defn(name=PreviewSlotSpec.absent)
+    async def release_preview_slot(self, step: StepInput) -> None:
+        await self._store.release_slot(step.spec_as(PreviewSlotSpec).owner.environment)
 
     @activity.defn(name="load_source_environment")
     async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:

@@ -59,8 +59,9 @@ class ClusterRef(Model):
 
 class CloudAccount(Model):
     account_id: str = Field(pattern=r"^\d{12}$")
-    role_arn: str | None = None
-    external_id: str | None = None
+    role_arn: str | None = Field(None, pattern=r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+    external_id: str | None = Field(None, min_length=2, max_length=1224,
+                                    pattern=r"^[\w+=,.@:/-]+$")
 
 
 class Resources(Model):

@@ -43,6 +43,7 @@ from domain.resources import (
     IngressSpec,
     NamespaceSpec,
     PostgresCloneSpec,
+    PreviewSlotSpec,
     RdsCloneSpec,
     ResourceSpec,
     SecretSpec,
@@ -421,7 +422,19 @@ def _dns(ctx: _Context) -> list[Step]:
     return [Step(key="dns", spec=spec, task_queue=ctx.queue_for("aws"), summary="DNS records")]
 
 
-RULES: Sequence[Rule] = (_namespace, _network, _databases, _applications, _tls, _dns)
+def _slot(ctx: _Context) -> list[Step]:
+    spec = PreviewSlotSpec(owner=ctx.owner, repository=ctx.pr.repository.lower(),
+                           max_live=ctx.blueprint.policy.max_live_previews)
+    return [Step(key="slot", spec=spec, summary=f"claim a preview slot of {ctx.pr.repository}")]
+
+
+def _after_slot(steps: list[Step]) -> list[Step]:
+    """Everything waits for the slot, so a refused quota builds nothing and it is freed last."""
+    return [s if s.key == "slot" or s.depends_on
+            else s.model_copy(update={"depends_on": ("slot",)}) for s in steps]
+
+
+RULES: Sequence[Rule] = (_slot, _namespace, _network, _databases, _applications, _tls, _dns)
 
 
 def plan_preview(
@@ -449,7 +462,7 @@ def plan_preview(
         namespace=env_id,
         urls=urls,
     )
-    steps = [step for rule in RULES for step in rule(ctx)]
+    steps = _after_slot([step for rule in RULES for step in rule(ctx)])
     return Plan(environment_id=env_id, steps=tuple(topological(steps)), urls=urls)
 
 

@@ -192,6 +192,19 @@ class AuroraCloneSpec(AwsSpec):
     vpc_step: str | None = None
 
 
+# --- control plane ----------------------------------------------------------------
+
+
+class PreviewSlotSpec(Spec):
+    """One of the repository's `max_live_previews` slots, claimed before anything else."""
+
+    kind: Literal["preview_slot"] = "preview_slot"
+    present: ClassVar[str] = "claim_preview_slot"
+    absent: ClassVar[str | None] = "release_preview_slot"
+    repository: str
+    max_live: int
+
+
 # --- PostgreSQL -------------------------------------------------------------------
 
 
@@ -222,7 +235,8 @@ ResourceSpec = Annotated[
     | CertificateSpec
     | RdsCloneSpec
     | AuroraCloneSpec
-    | PostgresCloneSpec,
+    | PostgresCloneSpec
+    | PreviewSlotSpec,
     Field(discriminator="kind"),
 ]
 
@@ -258,3 +272,19 @@ class StepInput(BaseModel):
         if ref.output in output.values:
             return output.values[ref.output]
         raise KeyError(f"step {ref.step!r} has no output named {ref.output!r}")
+
+
+# --- sweeper inputs ---------------------------------------------------------------
+
+
+class KubeSweepInput(BaseModel):
+    """Which cluster the orphan sweeper lists."""
+
+    cluster: str = "default"
+
+
+class KubeEnvironmentInput(BaseModel):
+    """One environment whose namespaces the sweeper removes from one cluster."""
+
+    cluster: str = "default"
+    environment: str

@@ -30,12 +30,14 @@ async def deploy(
     task_queue: str,
     options: PlanOptions | None = None,
     timeouts: ActivityTimeouts | None = None,
+    history_limit: int | None = None,
 ) -> WorkflowHandle[PreviewEnvironmentWorkflow, object]:
     """Signal-with-start: the PR's one workflow gets `deploy`, started if it is not running."""
     return await client.start_workflow(
         PreviewEnvironmentWorkflow.run,
         PreviewInput(pull_request=pr, options=options or PlanOptions(),
-                     timeouts=timeouts or ActivityTimeouts()),
+                     timeouts=timeouts or ActivityTimeouts(),
+                     **({"history_limit": history_limit} if history_limit else {})),
         id=workflow_id(pr.repository, pr.number),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

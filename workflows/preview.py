@@ -71,6 +71,9 @@ class PreviewInput(BaseModel):
     pull_request: PullRequest
     options: PlanOptions = PlanOptions()
     timeouts: ActivityTimeouts = ActivityTimeouts()
+    history_limit: int = Field(
+        10_000, description="Continue as new past this many events, or when the server says"
+    )
     carried: CarriedState | None = None
 
 
@@ -192,13 +195,14 @@ class PreviewEnvironmentWorkflow:
                     await self._sleep_or_wake()
                 else:
                     self._check_timers()
-                if workflow.info().is_continue_as_new_suggested():
+                info = workflow.info()
+                if (info.is_continue_as_new_suggested()
+                        or info.get_current_history_length() >= input.history_limit):
+                    # Keep history bounded: a long-lived preview starts a fresh run that
+                    # carries everything it knows (ledger, deadlines, pending commit).
                     await workflow.wait_condition(workflow.all_handlers_finished)
-                    workflow.continue_as_new(
-                        PreviewInput(pull_request=self._s.pull_request,
-                                     options=input.options, timeouts=input.timeouts,
-                                     carried=self._s)
-                    )
+                    workflow.continue_as_new(input.model_copy(update={
+                        "pull_request": self._s.pull_request, "carried": self._s}))
         except asyncio.CancelledError:
             # Cancelled from outside: nothing may be left behind. Shield the teardown
             # so a second cancellation cannot interrupt it.

@@ -18,16 +18,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.postgres import PreviewDatabase
     from activities.sweeper_aws import AwsEnvironmentInput, AwsSweepInput
-    from domain.resources import AwsTarget
-
-
-class KubeSweepInput(BaseModel):
-    cluster: str = "default"
-
-
-class KubeEnvironmentInput(BaseModel):
-    cluster: str = "default"
-    environment: str
+    from domain.resources import AwsTarget, KubeEnvironmentInput, KubeSweepInput
 
 
 class SweepRequest(BaseModel):

@@ -48,7 +48,9 @@ def assert_valid_order(plan: Plan) -> None:
 def test_apps_only() -> None:
     plan = plan_preview(blueprint(), PR)
     assert_valid_order(plan)
-    assert plan.keys() == ["namespace", "config/web", "secret/web", "app/web", "ingress/web"]
+    assert plan.keys() == ["slot", "namespace", "config/web", "secret/web", "app/web",
+                           "ingress/web"]
+    assert plan.step("namespace").depends_on == ("slot",)
     app = plan.step("app/web").spec
     assert isinstance(app, ApplicationSpec) and app.image == "r/web:abcdef1234567"
     assert plan.urls == {"web": "http://web-pr-7.preview.localhost"}
@@ -131,7 +133,9 @@ def test_plan_is_deterministic_and_changes_only_with_the_commit() -> None:
 def test_isolated_targets_get_their_own_task_queues() -> None:
     bp = blueprint(environment={"isolation": "cluster", "cluster": {"name": "hipaa"}})
     plan = plan_preview(bp, PR)
-    assert {s.task_queue for s in plan.steps} == {"previews-cluster-hipaa"}
+    kube = [s for s in plan.steps if s.key != "slot"]
+    assert {s.task_queue for s in kube} == {"previews-cluster-hipaa"}
+    assert plan.step("slot").task_queue is None  # the control plane's own step
     assert all(getattr(s.spec, "cluster", "hipaa") == "hipaa" for s in plan.steps)
 
 

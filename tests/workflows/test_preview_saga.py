@@ -20,7 +20,7 @@ from domain.plan import plan_preview
 from domain.pull_request import PullRequest
 from stack.temporal import TemporalDevServer, temporal_cli
 from starter import lifecycle
-from tests.workflows.harness import BLUEPRINT, Harness, pull_request
+from tests.workflows.harness import BLUEPRINT, FAST, Harness, pull_request
 from tests.workflows.inventory import spec_key
 from workflows.preview import PreviewState
 
@@ -187,3 +187,26 @@ async def test_temporal_cli_destroy_signal_tears_down(
     assert result.state == PreviewState.destroyed
     assert harness.inventory.present == {}
     assert harness.inventory.feedback[-1].message == "destroyed: operator"
+
+
+async def test_continue_as_new_keeps_history_bounded_and_state_intact(harness: Harness) -> None:
+    pr = pull_request(800, "0" * 40)
+    async with harness.worker():
+        handle = await lifecycle.deploy(harness.client, pr, task_queue=harness.task_queue,
+                                        timeouts=FAST, history_limit=150)
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        first_run = (await handle.describe()).run_id
+        for i in range(1, 8):
+            sha = f"{i}" * 40
+            await harness.deploy(pull_request(800, sha))
+            await harness.wait_state(handle, lambda s, sha=sha: s.head_sha == sha)
+        latest = harness.client.get_workflow_handle(handle.id)
+        description = await latest.describe()
+        assert description.run_id != first_run, "history past the limit must continue as new"
+        assert description.history_length < 300
+        status = await latest.query("status")
+        assert status["steps_done"] == len(expected_resources(pr))
+        await lifecycle.destroy(harness.client, "acme/shop", 800, "done")
+        result = await latest.result()
+    assert result["state"] == "destroyed"
+    assert harness.inventory.present == {}, "the carried ledger must tear everything down"
