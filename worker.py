@@ -128,7 +128,12 @@ async def build_activities(
             )
         )
         objects.append(await source_activities(settings, resources))
-    return activities_of(*objects)
+    functions = activities_of(*objects)
+    if target.kind == "all":
+        from activities import planning
+
+        functions.append(planning.plan)
+    return functions
 
 
 async def source_activities(settings: Settings, resources: Resources) -> object:

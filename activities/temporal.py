@@ -22,6 +22,6 @@ class VisibilityActivities:
             repository = attributes.get("PreviewRepository")
             number = attributes.get("PreviewPullRequest")
             if repository and number:
-                live.add(environment_id(str(repository[0]), int(number[0])))
+                live.add(environment_id(str(repository[0]), int(str(number[0]))))
             activity.heartbeat()
         return sorted(live)

@@ -219,11 +219,8 @@ async def follow(handle: WorkflowHandle[Any, Any], until: set[str], title: str) 
 
 async def demo(stack: LocalStack, exit_after: bool) -> None:
     settings = Settings(
-        _env_file=None,
-        **{  # type: ignore[call-arg]
-            "temporal_address": stack.env["PREVIEW_TEMPORAL_ADDRESS"],
-            "database_url": stack.env["PREVIEW_DATABASE_URL"],
-        },
+        temporal_address=stack.env["PREVIEW_TEMPORAL_ADDRESS"],
+        database_url=stack.env["PREVIEW_DATABASE_URL"],
     )
     await import_example(settings)
     console.print(f"[green]✓[/] imported blueprint {EXAMPLE.relative_to(ROOT)}")

@@ -15,19 +15,19 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.errors import NON_RETRYABLE
+    from activities.planning import PLAN_PREVIEW, PlanRequest
     from domain.blueprint import PreviewPolicy
     from domain.feedback import Feedback
     from domain.naming import environment_id
-    from domain.plan import PlanError, PlanOptions, plan_preview
+    from domain.plan import Plan, PlanOptions
     from domain.policy import skip_reason
     from domain.pull_request import PullRequest
     from domain.source import LoadSourceRequest, SourceEnvironment
-    from domain.variables import VariableError
     from workflows.saga import ActivityTimeouts, Ledger, SagaRunner, StepFailed, failure_message
 
 REPOSITORY = SearchAttributeKey.for_keyword("PreviewRepository")
@@ -286,9 +286,17 @@ class PreviewEnvironmentWorkflow:
             if self._s.policy is None or self._s.expires_at is None:
                 self._s.expires_at = workflow.now() + timedelta(hours=policy.ttl_hours)
             self._s.policy = policy
-            plan = plan_preview(source.blueprint, pr, source.secrets, self._input.options)
+            plan = await workflow.execute_local_activity(
+                PLAN_PREVIEW,
+                PlanRequest(source=source, pull_request=pr, options=self._input.options),
+                result_type=Plan,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3,
+                                         non_retryable_error_types=NON_RETRYABLE),
+                summary="plan the preview",
+            )
             await self._saga.apply(plan)
-        except (StepFailed, ActivityError, PlanError, VariableError) as error:
+        except (StepFailed, ActivityError) as error:
             message = error.args[0] if isinstance(error, StepFailed) else failure_message(error)
             self._s.last_error = str(message)
             workflow.logger.warning("deploy of %s failed: %s", pr.head_sha, self._s.last_error)
@@ -358,10 +366,10 @@ class PreviewEnvironmentWorkflow:
     def _publish_attributes(self) -> None:
         pr = self._s.pull_request
         workflow.upsert_search_attributes([
-            SearchAttributePair(REPOSITORY, pr.repository.lower()),
-            SearchAttributePair(PR_NUMBER, pr.number),
-            SearchAttributePair(STATE, self._s.state.value),
-            SearchAttributePair(HEAD_SHA, self._s.deployed_sha or pr.head_sha),
+            REPOSITORY.value_set(pr.repository.lower()),
+            PR_NUMBER.value_set(pr.number),
+            STATE.value_set(self._s.state.value),
+            HEAD_SHA.value_set(self._s.deployed_sha or pr.head_sha),
         ])
         workflow.set_current_details(
             f"**{self._s.state.value}** {pr.repository}#{pr.number} at {pr.head_sha[:7]}"

@@ -11,6 +11,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from activities import planning
 from activities.blueprints import BlueprintFileActivities
 from domain.pull_request import PullRequest
 from starter import lifecycle
@@ -49,7 +50,8 @@ class Harness:
             self.client,
             task_queue=self.task_queue,
             workflows=[PreviewEnvironmentWorkflow],
-            activities=[*self.inventory.activities(), self.files.load_source_environment],
+            activities=[*self.inventory.activities(), self.files.load_source_environment,
+                        planning.plan],
         )
 
     async def deploy(self, pr: PullRequest) -> WorkflowHandle[Any, Any]:

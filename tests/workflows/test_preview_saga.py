@@ -7,7 +7,7 @@ real blueprint file through the real BlueprintFileActivities.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from stack.temporal import TemporalDevServer, temporal_cli
 from starter import lifecycle
 from tests.workflows.harness import BLUEPRINT, FAST, Harness, pull_request
 from tests.workflows.inventory import spec_key
-from workflows.preview import PreviewState
+from workflows.preview import PreviewState, PreviewStatus
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ async def test_redeploy_rolls_new_commit_and_failed_redeploy_restores(harness: H
             lambda name, spec: (
                 name == "ensure_application"
                 and getattr(spec, "image", "").endswith("3" * 40)
-                and spec.name == "web"
+                and getattr(spec, "name", "") == "web"
             )
         )
         await harness.deploy(third)
@@ -118,7 +118,7 @@ async def test_burst_of_commits_deploys_only_the_newest(harness: Harness) -> Non
     async with harness.worker():
         await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
         app_images = [
-            s.image
+            getattr(s, "image", "")
             for s in harness.inventory.present.values()
             if getattr(s, "kind", "") == "application"
         ]
@@ -189,6 +189,10 @@ async def test_temporal_cli_destroy_signal_tears_down(
     assert harness.inventory.feedback[-1].message == "destroyed: operator"
 
 
+def has_sha(sha: str) -> Callable[[PreviewStatus], bool]:
+    return lambda status: status.head_sha == sha
+
+
 async def test_continue_as_new_keeps_history_bounded_and_state_intact(harness: Harness) -> None:
     pr = pull_request(800, "0" * 40)
     async with harness.worker():
@@ -199,7 +203,7 @@ async def test_continue_as_new_keeps_history_bounded_and_state_intact(harness: H
         for i in range(1, 8):
             sha = f"{i}" * 40
             await harness.deploy(pull_request(800, sha))
-            await harness.wait_state(handle, lambda s, sha=sha: s.head_sha == sha)
+            await harness.wait_state(handle, has_sha(sha))
         latest = harness.client.get_workflow_handle(handle.id)
         description = await latest.describe()
         assert description.run_id != first_run, "history past the limit must continue as new"

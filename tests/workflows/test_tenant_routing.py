@@ -27,6 +27,7 @@ from temporalio.worker import (
     Worker,
 )
 
+from activities import planning
 from activities.blueprints import BlueprintFileActivities
 from domain.blueprint import Blueprint
 from domain.plan import PlanOptions, plan_preview
@@ -116,7 +117,8 @@ async def test_isolated_preview_runs_kubernetes_activities_on_the_tenant_worker(
     on_lifecycle, on_tenant = Recorder("lifecycle"), Recorder("tenant")
     lifecycle_worker = Worker(
         temporal_client, task_queue=queue, workflows=[PreviewEnvironmentWorkflow],
-        activities=[*everything, files.load_source_environment], interceptors=[on_lifecycle],
+        activities=[*everything, files.load_source_environment, planning.plan],
+        interceptors=[on_lifecycle],
     )
     tenant_worker = Worker(
         temporal_client, task_queue=tenant_queue, activities=kube_only,
