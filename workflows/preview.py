@@ -265,6 +265,7 @@ class PreviewEnvironmentWorkflow:
     async def _deploy(self, pr: PullRequest) -> None:
         self._s.pending = None
         first = not self._s.ledger.entries
+        asleep = self._s.state == PreviewState.sleeping
         self._set_state(PreviewState.creating if first else PreviewState.updating)
         self._s.pull_request = pr
         self._s.last_error = None
@@ -296,6 +297,8 @@ class PreviewEnvironmentWorkflow:
                 summary="plan the preview",
             )
             await self._saga.apply(plan)
+            if asleep:  # a commit wakes a sleeping preview: unchanged steps were skipped
+                await self._scale("wake")
         except (StepFailed, ActivityError) as error:
             message = error.args[0] if isinstance(error, StepFailed) else failure_message(error)
             self._s.last_error = str(message)

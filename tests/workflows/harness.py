@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
@@ -39,8 +40,14 @@ def pull_request(number: int, sha: str = "a" * 40, **extra: Any) -> PullRequest:
 
 
 class Harness:
-    def __init__(self, client: Client, blueprint_dir: Path) -> None:
+    def __init__(self, client: Client, blueprint_dir: Path,
+                 policy: dict[str, Any] | None = None) -> None:
         self.client = client
+        if policy is not None:  # a blueprint of its own, in a folder of its own
+            blueprint_dir = blueprint_dir / uuid.uuid4().hex[:8]
+            blueprint_dir.mkdir()
+            (blueprint_dir / "shop.yaml").write_text(yaml.safe_dump({**BLUEPRINT,
+                                                                      "policy": policy}))
         self.inventory = Inventory()
         self.task_queue = f"saga-{uuid.uuid4().hex[:8]}"
         self.files = BlueprintFileActivities(blueprint_dir)

@@ -214,3 +214,25 @@ async def test_continue_as_new_keeps_history_bounded_and_state_intact(harness: H
         result = await latest.result()
     assert result["state"] == "destroyed"
     assert harness.inventory.present == {}, "the carried ledger must tear everything down"
+
+
+async def test_sleep_wake_and_a_commit_wakes_a_sleeping_preview(harness: Harness) -> None:
+    pr = pull_request(900)
+    async with harness.worker():
+        handle = await harness.deploy(pr)
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await handle.signal("sleep")
+        status = await harness.wait_state(handle, lambda s: s.state == PreviewState.sleeping)
+        assert status.asleep and harness.inventory.scaled == {"web": 0, "api": 0, "worker": 0}
+        await handle.signal("wake")
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        assert harness.inventory.scaled == {"web": 1, "api": 1, "worker": 1}
+
+        await handle.signal("sleep")
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.sleeping)
+        await harness.deploy(pull_request(900))  # same commit, pushed again
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        assert harness.inventory.scaled == {"web": 1, "api": 1, "worker": 1}
+        await lifecycle.destroy(harness.client, "acme/shop", 900, "done")
+        await handle.result()
+    assert harness.inventory.present == {}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
+from starter import lifecycle
 from tests.workflows.harness import Harness, pull_request
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewState
 
@@ -43,4 +44,25 @@ async def test_inactivity_destroys_and_extend_ttl_is_honoured(
         result = await handle.result()
     assert result.state == PreviewState.destroyed
     assert harness.inventory.feedback[-1].message == "destroyed: no activity for 1 h"
+    assert harness.inventory.present == {}
+
+
+async def test_idle_preview_sleeps_then_wakes_on_request(
+    time_skipping_env: WorkflowEnvironment, blueprint_dir: Path
+) -> None:
+    harness = Harness(time_skipping_env.client, blueprint_dir, policy={
+        "ttl_hours": 48, "inactivity_hours": 24, "sleep_after_idle_hours": 2})
+    async with harness.worker():
+        handle = await harness.deploy(pull_request(603))
+        with time_skipping_env.auto_time_skipping_disabled():
+            await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await time_skipping_env.sleep(timedelta(hours=3))
+        status = await handle.query(PreviewEnvironmentWorkflow.status)
+        assert status.state == PreviewState.sleeping
+        assert set(harness.inventory.scaled.values()) == {0}
+        await handle.signal(PreviewEnvironmentWorkflow.wake)
+        with time_skipping_env.auto_time_skipping_disabled():
+            await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await lifecycle.destroy(harness.client, "acme/shop", 603, "done")
+        await handle.result()
     assert harness.inventory.present == {}
