@@ -1,0 +1,117 @@
+"""The orphan sweeper on real systems: planted orphans go; live previews and untagged
+resources stay. Kubernetes, moto (EC2) and PostgreSQL are real; so is the workflow."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Worker
+
+from activities.aws import AwsClients
+from activities.kubernetes import ClusterClients, KubernetesActivities
+from activities.network import NetworkActivities
+from activities.postgres import PostgresActivities
+from activities.sweeper_aws import AwsSweepActivities
+from activities.temporal import VisibilityActivities
+from domain.naming import Ownership, environment_id, pg_identifier
+from domain.plan import PlanOptions
+from domain.pull_request import PullRequest
+from domain.resources import (
+    AwsTarget,
+    NamespaceSpec,
+    PostgresCloneSpec,
+    StepInput,
+    VpcSpec,
+)
+from engine.sealing import Sealer
+from engine.settings import Settings
+from starter import lifecycle
+from worker import activities_of
+from workflows.sweeper import OrphanSweepWorkflow, SweepRequest
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow]
+TARGET = AwsTarget(region="eu-west-1")
+
+
+async def test_sweeper_removes_orphans_only(
+    temporal_client: Client, test_settings: Settings, kube_cluster: Any, moto_server: Any,
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "sweep")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sweep")
+    queue = f"sweep-{uuid.uuid4().hex[:6]}"
+    settings = test_settings.model_copy(update={"aws_endpoint_url": moto_server.endpoint_url})
+    sealer = Sealer.from_settings(settings)
+    aws = AwsClients(settings)
+    kube = KubernetesActivities(ClusterClients({"default": str(kube_cluster.kubeconfig)}),
+                                sealer)
+    postgres = PostgresActivities(postgres_server.admin_url, sealer, b"sweep-key")
+    run = ActivityEnvironment().run
+
+    # A live preview: its workflow runs (started, never picked up: no worker on its queue).
+    repo = f"acme/sweep-{uuid.uuid4().hex[:6]}"
+    live_pr = PullRequest(repository=repo, number=1, head_sha="a" * 40)
+    live_handle = await lifecycle.deploy(temporal_client, live_pr, task_queue=f"{queue}-idle",
+                                         options=PlanOptions(task_queue=queue))
+    live, orphan = environment_id(repo, 1), environment_id(repo, 2)
+
+    for env in (live, orphan):
+        run(kube.ensure_namespace, StepInput(spec=NamespaceSpec(
+            owner=Ownership(environment=env), name=env)))
+        run(NetworkActivities(aws).ensure_vpc, StepInput(spec=VpcSpec(
+            owner=Ownership(environment=env), target=TARGET, name=env,
+            cidr="10.64.0.0/22" if env == live else "10.64.4.0/22")))
+        await run(postgres.ensure_database_clone, StepInput(spec=PostgresCloneSpec(
+            owner=Ownership(environment=env), database=pg_identifier(env, "main"),
+            role=pg_identifier(env, "main", "app"))))
+    # Untagged neighbours that look alike: never ours to remove.
+    kube_cluster.kubectl("create", "namespace", f"{orphan[:50]}-untagged")
+    ec2 = moto_server.client("ec2")
+    untagged_vpc = ec2.create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
+    admin = await asyncpg.connect(postgres_server.admin_url)
+    await admin.execute(f'CREATE DATABASE "{pg_identifier(orphan, "theirs")}"')
+
+    worker = Worker(
+        temporal_client, task_queue=queue, workflows=[OrphanSweepWorkflow],
+        activities=activities_of(VisibilityActivities(temporal_client), kube,
+                                 AwsSweepActivities(aws), postgres),
+        activity_executor=ThreadPoolExecutor(8),
+    )
+    async with worker:
+        dry = await temporal_client.execute_workflow(
+            OrphanSweepWorkflow.run, SweepRequest(dry_run=True, aws_targets=[TARGET]),
+            id=f"sweep-dry-{uuid.uuid4()}", task_queue=queue)
+        assert live in dry.live
+        assert orphan in dry.found["kubernetes:default"]
+        assert orphan in dry.found["aws:default:eu-west-1"]
+        assert orphan in dry.found["postgres"]
+        assert all(live not in found for found in dry.found.values())
+        assert dry.removed == {}
+        assert orphan in kube_cluster.kubectl("get", "ns", "-o", "name")  # dry run: untouched
+
+        report = await temporal_client.execute_workflow(
+            OrphanSweepWorkflow.run, SweepRequest(dry_run=False, aws_targets=[TARGET]),
+            id=f"sweep-{uuid.uuid4()}", task_queue=queue)
+    assert set(report.removed["kubernetes:default"]) == {orphan}
+    assert set(report.removed["postgres"]) == {orphan}
+
+    namespaces = kube_cluster.kubectl("get", "ns", "-o", "name")
+    assert f"namespace/{live}" in namespaces and f"namespace/{orphan}\n" not in namespaces + "\n"
+    assert f"namespace/{orphan[:50]}-untagged" in namespaces
+    vpcs = {v["VpcId"]: {t["Key"]: t["Value"] for t in v.get("Tags", [])}
+            for v in ec2.describe_vpcs()["Vpcs"]}
+    assert untagged_vpc in vpcs
+    owners = {tags.get("preview-environment") for tags in vpcs.values()}
+    assert live in owners and orphan not in owners
+    names = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
+    assert pg_identifier(live, "main") in names
+    assert pg_identifier(orphan, "main") not in names
+    assert pg_identifier(orphan, "theirs") in names
+    await admin.close()
+    await live_handle.terminate("test over")
