@@ -123,13 +123,15 @@ async def cmd_wake(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_history(client: Client, args: argparse.Namespace) -> int:
-    for line in await history_lines(_handle(client, args)):
+    for line in await history_lines(client, _handle(client, args)):
         console.print(line)
     return 0
 
 
-async def history_lines(handle: WorkflowHandle[Any, Any]) -> list[str]:
-    """The environment's events in plain words, from the workflow's history."""
+async def history_lines(client: Client, handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """The environment's events in plain words, from the workflow's history.
+
+    Summaries are payloads like any other, so they are decoded with the client's codec."""
     lines: list[str] = []
     summaries: dict[int, str] = {}
     async for event in handle.fetch_history_events():
@@ -141,7 +143,10 @@ async def history_lines(handle: WorkflowHandle[Any, Any]) -> list[str]:
             signal = event.workflow_execution_signaled_event_attributes.signal_name
             lines.append(f"{when}  received {signal}")
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            summary = event.user_metadata.summary.data.decode(errors="replace").strip('"')
+            summary = ""
+            if event.user_metadata.HasField("summary"):
+                [summary] = await client.data_converter.decode(
+                    [event.user_metadata.summary], [str])
             summaries[event.event_id] = summary or (
                 event.activity_task_scheduled_event_attributes.activity_type.name)
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
