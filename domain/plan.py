@@ -351,7 +351,7 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
                 config_map=config,
                 secret=secret,
             ),
-            summary=f"deploy {app.name} at {ctx.pr.head_sha[:7]}",
+            summary=f"application {app.name} at {ctx.pr.head_sha[:7]}",
         )
     )
     if app.public:
@@ -425,7 +425,7 @@ def _dns(ctx: _Context) -> list[Step]:
 def _slot(ctx: _Context) -> list[Step]:
     spec = PreviewSlotSpec(owner=ctx.owner, repository=ctx.pr.repository.lower(),
                            max_live=ctx.blueprint.policy.max_live_previews)
-    return [Step(key="slot", spec=spec, summary=f"claim a preview slot of {ctx.pr.repository}")]
+    return [Step(key="slot", spec=spec, summary=f"preview slot of {ctx.pr.repository}")]
 
 
 def _after_slot(steps: list[Step]) -> list[Step]:

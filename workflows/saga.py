@@ -118,7 +118,7 @@ class SagaRunner:
         )
 
     async def _make_present(self, step: Step) -> None:
-        output = await self._execute(step.present, step, "create")
+        output = await self._execute(step.present, step, "ensure")
         self.ledger.put(AppliedStep(step=step, output=output, complete=True))
         self._on_progress()
 

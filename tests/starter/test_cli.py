@@ -42,8 +42,8 @@ async def test_status_extend_history_and_destroy(
         assert await cli.run(["history", "acme/shop", "950"]) == 0
         history = capsys.readouterr().out
         assert "received deploy" in history
-        assert "done: create namespace" in history
-        assert "done: create deploy web at aaaaaaa" in history
+        assert "done: ensure namespace" in history
+        assert "done: ensure application web at aaaaaaa" in history
 
         assert await cli.run(["destroy", "acme/shop", "950", "--reason", "cli test"]) == 0
         result = await handle.result()
