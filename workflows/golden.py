@@ -1,0 +1,164 @@
+"""The scheduled refresh of one source's golden copy, and the schedule that runs it.
+
+restore → mask → verify → promote, each an idempotent activity with retries; the
+pointer to the current golden copy moves only in `promote`, so a refresh that fails
+anywhere before it leaves the previous golden copy in service (and its half-made
+generation is discarded). Pruning old generations comes after, and its failure does
+not undo a promotion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleHandle,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.errors import NON_RETRYABLE
+    from activities.postgres import (
+        DISCARD_GOLDEN,
+        GOLDEN_STATE,
+        MASK_GOLDEN,
+        MASKING_NOT_VERIFIED,
+        PROMOTE_GOLDEN,
+        PRUNE_GOLDEN,
+        RESTORE_GOLDEN,
+        VERIFY_GOLDEN,
+        GoldenDiscardInput,
+        GoldenMaskInput,
+        GoldenPromoteInput,
+        GoldenPruneInput,
+        GoldenRefreshRequest,
+        GoldenRestoreInput,
+        GoldenVerifyInput,
+    )
+    from domain.masking import golden_generation_name
+
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=5,
+    non_retryable_error_types=[*NON_RETRYABLE, MASKING_NOT_VERIFIED, GOLDEN_STATE],
+)
+# Dump, restore, masking and verification scale with the source: hours for big ones.
+LONG = timedelta(hours=6)
+SHORT = timedelta(minutes=10)
+# Every long activity heartbeats every few seconds, however long its statement runs.
+HEARTBEAT = timedelta(minutes=1)
+
+
+@workflow.defn(name="GoldenRefreshWorkflow")
+class GoldenRefreshWorkflow:
+    @workflow.run
+    async def run(self, request: GoldenRefreshRequest) -> str:
+        """Make, check and put in service a new generation; returns its database name."""
+        generation = golden_generation_name(request.source_name, workflow.now(),
+                                            workflow.info().run_id)
+        step = {"source_name": request.source_name, "generation": generation}
+        try:
+            await self._call(RESTORE_GOLDEN, GoldenRestoreInput(
+                **step, source_url=request.source_url, jobs=request.jobs), LONG)
+            await self._call(MASK_GOLDEN, GoldenMaskInput(**step, masking=request.masking), LONG)
+            await self._call(VERIFY_GOLDEN, GoldenVerifyInput(
+                **step, source_url=request.source_url, masking=request.masking,
+                scan_min_length=request.scan_min_length), LONG)
+            await self._call(PROMOTE_GOLDEN, GoldenPromoteInput(
+                **step, masking=request.masking), SHORT)
+        except BaseException:
+            # Not promoted: the previous golden copy stays in service. Drop what was
+            # made of this one (the activity never drops the generation in service).
+            try:
+                await self._call(DISCARD_GOLDEN, GoldenDiscardInput(**step), SHORT)
+            except ActivityError as error:
+                workflow.logger.warning("discarding %s failed (%s); the next prune drops it",
+                                        generation, error.cause or error)
+            raise
+        try:
+            dropped = await workflow.execute_activity(
+                PRUNE_GOLDEN,
+                GoldenPruneInput(source_name=request.source_name,
+                                 keep_generations=request.keep_generations),
+                start_to_close_timeout=SHORT, heartbeat_timeout=HEARTBEAT, retry_policy=RETRY,
+                result_type=list[str],
+            )
+            workflow.logger.info("golden copy of %s is %s; dropped %s",
+                                 request.source_name, generation, dropped)
+        except ActivityError as error:
+            workflow.logger.warning("pruning golden copies of %s failed (%s); %s is in service",
+                                    request.source_name, error.cause or error, generation)
+        return generation
+
+    async def _call(self, name: str, arg: object, timeout: timedelta) -> None:
+        await workflow.execute_activity(
+            name, arg, start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT,
+            retry_policy=RETRY,
+        )
+
+
+def refresh_workflow_id(source_name: str) -> str:
+    return f"golden-refresh/{source_name}"
+
+
+async def ensure_golden_schedule(
+    client: Client,
+    request: GoldenRefreshRequest,
+    *,
+    task_queue: str,
+    every: timedelta | None = None,
+    cron: str | None = None,
+    schedule_id: str | None = None,
+    execution_timeout: timedelta = timedelta(hours=24),
+) -> ScheduleHandle:
+    """Create the source's refresh schedule, or bring an existing one up to date.
+
+    Runs never overlap (a refresh still running skips the next one). Updating keeps the
+    schedule's state, so a schedule an operator paused stays paused.
+    """
+    if (every is None) == (cron is None):
+        raise ValueError("give exactly one of `every` or `cron`")
+    schedule_id = schedule_id or refresh_workflow_id(request.source_name)
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            GoldenRefreshWorkflow.run,
+            request,
+            id=refresh_workflow_id(request.source_name),
+            task_queue=task_queue,
+            execution_timeout=execution_timeout,
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=every)] if every else [],
+            cron_expressions=[cron] if cron else [],
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP,
+                              catchup_window=timedelta(hours=1)),
+        state=ScheduleState(note=f"golden copy refresh of {request.source_name}"),
+    )
+    try:
+        return await client.create_schedule(schedule_id, schedule)
+    except ScheduleAlreadyRunningError:
+        handle = client.get_schedule_handle(schedule_id)
+
+        def update(current: ScheduleUpdateInput) -> ScheduleUpdate:
+            kept = dataclasses.replace(schedule, state=current.description.schedule.state)
+            return ScheduleUpdate(schedule=kept)
+
+        await handle.update(update)
+        return handle
