@@ -31,6 +31,7 @@ from engine.sealing import Sealer
 from engine.settings import Settings
 
 log = logging.getLogger("preview.worker")
+MAX_CONCURRENT_ACTIVITIES = 64
 
 
 def activities_of(*objects: object) -> list[Callable[..., Any]]:
@@ -167,8 +168,10 @@ async def build_worker(
         task_queue=target.task_queue(settings.task_queue),
         workflows=workflows_for(target),
         activities=await build_activities(settings, target, resources),
-        activity_executor=ThreadPoolExecutor(max_workers=32),
-        max_concurrent_activities=64,
+        # One thread per concurrent activity: a blocking activity waiting for a thread
+        # would not heartbeat, and would time out under load.
+        activity_executor=ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES),
+        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
     )
 
 

@@ -1017,9 +1017,14 @@ class Store:
 
     async def record_delivery(self, delivery_id: str, event: str) -> bool:
         """True the first time a delivery id is seen; False for a redelivery (atomic)."""
+        # A row without an outcome that is over a minute old belongs to a starter that
+        # died mid-request: take it over, or that event would be lost to "duplicate".
         inserted = await self.pool.fetchval(
             "INSERT INTO webhook_deliveries (delivery_id, event) VALUES ($1, $2)"
-            " ON CONFLICT (delivery_id) DO NOTHING RETURNING true",
+            " ON CONFLICT (delivery_id) DO UPDATE SET received_at = now()"
+            " WHERE webhook_deliveries.outcome IS NULL"
+            " AND webhook_deliveries.received_at < now() - interval '60 seconds'"
+            " RETURNING true",
             delivery_id, event,
         )
         return bool(inserted)

@@ -6,7 +6,14 @@ import ipaddress
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from domain.naming import DNS_LABEL, HOSTNAME
 
@@ -27,6 +34,14 @@ def _hostname(value: str) -> str:
 
 
 DnsName = Annotated[str, AfterValidator(_dns_label)]
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port {value} is out of range 1-65535")
+    return value
+
+
+Port = Annotated[int, Field(strict=True, json_schema_extra={"minimum": 1, "maximum": 65535}),
+                 AfterValidator(_port)]
 HostName = Annotated[str, AfterValidator(_hostname)]
 VariableKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
 
@@ -78,7 +93,7 @@ class HealthCheck(Model):
 class Application(Model):
     name: DnsName
     image: str = Field(description="Image repository; previews run the PR's commit as tag")
-    ports: list[int] = Field(default_factory=lambda: [8080])
+    ports: list[Port] = Field(default_factory=lambda: [8080], min_length=1)
     replicas: int = Field(1, ge=0, le=20)
     resources: Resources = Resources()
     health_check: HealthCheck | None = None
@@ -86,13 +101,6 @@ class Application(Model):
     public: bool = True
     custom_domains: list[HostName] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _ports(self) -> Application:
-        for port in self.ports:
-            if not 1 <= port <= 65535:
-                raise ValueError(f"port {port} of application {self.name!r} is out of range")
-        return self
 
 
 class DatabaseMode(StrEnum):
@@ -163,15 +171,16 @@ class Network(Model):
         "10.64.0.0/12", description="Each preview's VPC gets a /22 of this range"
     )
 
-    @model_validator(mode="after")
-    def _pool(self) -> Network:
+    @field_validator("vpc_cidr_pool")
+    @classmethod
+    def _pool(cls, value: str) -> str:
         try:
-            pool = ipaddress.ip_network(self.vpc_cidr_pool)
+            pool = ipaddress.ip_network(value)
         except ValueError as error:
             raise ValueError(f"vpc_cidr_pool: {error}") from None
         if pool.version != 4 or pool.prefixlen > 22:
             raise ValueError("vpc_cidr_pool must be an IPv4 range of /22 or larger")
-        return self
+        return value
 
 
 class VariableScope(StrEnum):
@@ -287,12 +296,29 @@ class Blueprint(Model):
                 raise ValueError(
                     f"variable {var.key} names unknown application {var.application!r}"
                 )
+        _check_aliases(self)
         if (
             self.environment.isolation == Isolation.account
             and self.environment.cloud_account is None
         ):
             raise ValueError("isolation account needs environment.cloud_account")
         return self
+
+
+def _check_aliases(blueprint: Blueprint) -> None:
+    """Resolve every application's variables in both targets, so an alias cycle is refused
+    now rather than when a preview is planned. (An alias of a key set elsewhere — a
+    built-in, a secret in the store — is fine here.)"""
+    from domain.variables import AliasCycleError, Target, VariableError, resolve_variables
+
+    for app in blueprint.applications:
+        for target in Target:
+            try:
+                resolve_variables(blueprint.variables, target=target, application=app.name)
+            except AliasCycleError as error:
+                raise ValueError(f"{error} (application {app.name}, {target})") from None
+            except VariableError:
+                pass  # the alias's target comes from the store or the built-ins
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

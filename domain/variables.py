@@ -37,6 +37,10 @@ class VariableError(ValueError):
     pass
 
 
+class AliasCycleError(VariableError):
+    pass
+
+
 Value = str | SealedValue
 
 _LEVEL = {VariableScope.project: 1, VariableScope.environment: 2, VariableScope.application: 3}
@@ -104,7 +108,7 @@ def _follow(key: str, best: Mapping[str, tuple[object, VariableKind, Value]]) ->
         assert isinstance(value, str)
         if value in path:
             cycle = " -> ".join([*path[path.index(value):], value])
-            raise VariableError(f"variable aliases form a cycle: {cycle}")
+            raise AliasCycleError(f"variable aliases form a cycle: {cycle}")
         if value not in best:
             raise VariableError(f"variable {path[-1]} is an alias of {value}, which is not set")
         path.append(value)

@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
 from engine.keyring import Keyring
 
 ENCODING = b"binary/encrypted"
+
+
+class CodecError(ValueError):
+    """A payload that cannot be decrypted here: unknown key, or not our ciphertext."""
+
 KEY_ID = "encryption-key-id"
 
 
@@ -42,10 +49,16 @@ class EncryptionCodec(PayloadCodec):
             if payload.metadata.get("encoding") != ENCODING:
                 decoded.append(payload)  # written before encryption was on
                 continue
-            key_id = payload.metadata[KEY_ID].decode()
+            try:
+                key_id = payload.metadata[KEY_ID].decode()
+            except (KeyError, UnicodeDecodeError):
+                raise CodecError("encrypted payload without a readable key id") from None
             cipher = self._ciphers.get(key_id)
             if cipher is None:
-                raise ValueError(f"payload encrypted with unknown key id {key_id!r}")
+                raise CodecError(f"payload encrypted with unknown key id {key_id!r}")
             nonce, sealed = payload.data[:12], payload.data[12:]
-            decoded.append(Payload.FromString(cipher.decrypt(nonce, sealed, key_id.encode())))
+            try:
+                decoded.append(Payload.FromString(cipher.decrypt(nonce, sealed, key_id.encode())))
+            except (InvalidTag, ValueError, DecodeError):  # ValueError: a truncated nonce
+                raise CodecError(f"payload under key {key_id!r} is corrupt or forged") from None
         return decoded

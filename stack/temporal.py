@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -91,12 +90,15 @@ class TemporalDevServer:
         while time.monotonic() < deadline:
             if self._process and self._process.poll() is not None:
                 raise RuntimeError(f"temporal exited; see {self.state_dir}/temporal.log")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)  # polling a condition with a deadline
-        raise TimeoutError(f"temporal dev server not listening on {self.port}")
+            # A listening port is not yet a serving frontend: ask the server itself.
+            health = subprocess.run(
+                [temporal_cli(), "operator", "cluster", "health", "--address", self.address],
+                capture_output=True, text=True, timeout=10,
+            )
+            if health.returncode == 0 and "SERVING" in health.stdout:
+                return
+            time.sleep(0.2)  # polling a condition with a deadline
+        raise TimeoutError(f"temporal dev server on {self.port} not serving after {timeout}s")
 
     def stop(self, kill: bool = False) -> None:
         if self._process is None:

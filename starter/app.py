@@ -21,9 +21,10 @@ from google.protobuf import json_format
 from pydantic import BaseModel
 from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from domain.plan import PlanOptions
+from engine.codec import CodecError
 from engine.settings import Settings
 from starter import lifecycle
 from starter.api import router as api_router
@@ -68,6 +69,11 @@ def plan_options(settings: Settings) -> PlanOptions:
     )
 
 
+def _same(expected: str, given: str) -> bool:
+    """Constant-time comparison that also takes header values with non-ASCII bytes."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -107,10 +113,14 @@ async def _act(
     try:
         answer = await _operate(client, settings, app.state.timeouts, operation)
     except RPCError as error:
-        log.warning("temporal unavailable: %s", error.status)
-        # Nothing happened: forget the delivery so GitHub's redelivery is acted on.
+        # Nothing happened: forget the delivery so a redelivery is acted on.
         with contextlib.suppress(Exception):
             await deliveries.forget_delivery(delivery_id)
+        if error.status in (RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.FAILED_PRECONDITION):
+            # Temporal refused what the payload made (an id or a size past its limits):
+            # redelivering cannot help, so say so instead of asking for a retry.
+            raise HTTPException(400, f"Temporal refused this event: {error.message}") from None
+        log.warning("temporal unavailable: %s", error.status)
         raise ServiceUnavailable("temporal unavailable") from error
     with contextlib.suppress(Exception):  # bookkeeping only
         await deliveries.set_delivery_outcome(delivery_id, answer.outcome)
@@ -144,7 +154,25 @@ async def _operate(
 webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
-@webhooks.post("/github", response_model=WebhookAnswer, status_code=202)
+class ErrorBody(BaseModel):
+    detail: str | list[Any]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {
+        400: "malformed body, or a payload the lifecycle cannot accept (says which field)",
+        401: "signature, token or codec token missing or wrong: nothing was started",
+        413: "body larger than PREVIEW_WEBHOOK_MAX_BYTES",
+        503: "Temporal or the store is unavailable: retry (Retry-After)",
+    }
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+
+
+WEBHOOK_ERRORS = _errors(400, 401, 413, 503)
+
+
+@webhooks.post("/github", response_model=WebhookAnswer, status_code=202,
+               responses=WEBHOOK_ERRORS)
 async def github_webhook(
     request: Request,
     x_github_event: Annotated[str, Header()],
@@ -155,7 +183,7 @@ async def github_webhook(
     body = await _read_body(request, settings.webhook_max_bytes)
     secret = settings.github_webhook_secret.get_secret_value().encode()
     expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    if not x_hub_signature_256 or not hmac.compare_digest(expected, x_hub_signature_256):
+    if not x_hub_signature_256 or not _same(expected, x_hub_signature_256):
         log.warning("delivery %s: signature missing or wrong", x_github_delivery)
         raise HTTPException(401, "X-Hub-Signature-256 is missing or does not match the body")
     payload = _parse_json(body)
@@ -168,7 +196,8 @@ async def github_webhook(
     return await _act(request, operation, x_github_delivery, x_github_event)
 
 
-@webhooks.post("/gitlab", response_model=WebhookAnswer, status_code=202)
+@webhooks.post("/gitlab", response_model=WebhookAnswer, status_code=202,
+               responses=WEBHOOK_ERRORS)
 async def gitlab_webhook(
     request: Request,
     x_gitlab_event: Annotated[str, Header()],
@@ -178,7 +207,7 @@ async def gitlab_webhook(
     settings: Settings = request.app.state.settings
     body = await _read_body(request, settings.webhook_max_bytes)
     token = settings.gitlab_webhook_token.get_secret_value()
-    if not x_gitlab_token or not hmac.compare_digest(token.encode(), x_gitlab_token.encode()):
+    if not x_gitlab_token or not _same(token, x_gitlab_token):
         raise HTTPException(401, "X-Gitlab-Token is missing or wrong")
     payload = _parse_json(body)
     try:
@@ -196,7 +225,7 @@ codec = APIRouter(prefix="/codec", tags=["codec"])
 def _codec_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     expected = request.app.state.settings.codec_token.get_secret_value()
     given = (authorization or "").removeprefix("Bearer ").strip()
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not given or not _same(given, expected):
         raise HTTPException(401, "codec endpoint needs Authorization: Bearer <codec token>")
 
 
@@ -204,23 +233,26 @@ async def _transcode(request: Request, direction: str) -> Response:
     payloads = Payloads()
     try:
         json_format.Parse(await request.body(), payloads)
-    except json_format.ParseError as error:
+    except (json_format.ParseError, UnicodeDecodeError) as error:
         raise HTTPException(400, f"body is not a Payloads JSON object: {error}") from None
     codec_impl = request.app.state.codec
-    result = await (codec_impl.encode if direction == "encode" else codec_impl.decode)(
-        list(payloads.payloads)
-    )
+    try:
+        result = await (codec_impl.encode if direction == "encode" else codec_impl.decode)(
+            list(payloads.payloads)
+        )
+    except CodecError as error:
+        raise HTTPException(400, str(error)) from None
     return Response(
         json_format.MessageToJson(Payloads(payloads=result)), media_type="application/json"
     )
 
 
-@codec.post("/encode", dependencies=[Depends(_codec_token)])
+@codec.post("/encode", dependencies=[Depends(_codec_token)], responses=_errors(400, 401))
 async def codec_encode(request: Request) -> Response:
     return await _transcode(request, "encode")
 
 
-@codec.post("/decode", dependencies=[Depends(_codec_token)])
+@codec.post("/decode", dependencies=[Depends(_codec_token)], responses=_errors(400, 401))
 async def codec_decode(request: Request) -> Response:
     return await _transcode(request, "decode")
 

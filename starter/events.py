@@ -47,86 +47,124 @@ GITHUB_DEPLOY_ACTIONS = {
 def _field(payload: Any, *path: str) -> Any:
     value = payload
     for i, key in enumerate(path):
-        if not isinstance(value, dict) or key not in value:
+        if not isinstance(value, dict):
+            raise PayloadError(f"field {'.'.join(path[:i]) or 'body'} must be an object")
+        if key not in value:
             raise PayloadError(f"missing field {'.'.join(path[: i + 1])}")
         value = value[key]
     return value
 
 
-def _pull_request(make: Any, where: str) -> PullRequest:
+def _optional(payload: Any, *path: str, default: Any = "") -> Any:
+    """A field that may be absent; present but of the wrong shape is still an error."""
     try:
-        return make()
+        value = _field(payload, *path)
+    except PayloadError as error:
+        if str(error).startswith("missing field"):
+            return default
+        raise
+    return default if value is None else value
+
+
+def _list(payload: Any, *path: str) -> list[Any]:
+    value = _optional(payload, *path, default=[])
+    if not isinstance(value, list):
+        raise PayloadError(f"field {'.'.join(path)} must be a list")
+    return value
+
+
+def _action(payload: dict[str, Any], *path: str) -> str:
+    action = _optional(payload, *path)
+    if not isinstance(action, str):
+        raise PayloadError(f"field {'.'.join(path)} must be a string")
+    return action
+
+
+def _pull_request(fields: dict[str, tuple[str, Any]]) -> PullRequest:
+    """Build the model; an invalid value is reported by its path in the payload."""
+    try:
+        return PullRequest(**{name: value for name, (_, value) in fields.items()})
     except ValidationError as error:
         first = error.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise PayloadError(f"{where}: field {loc}: {first['msg']}") from None
-    except (TypeError, AttributeError) as error:
-        raise PayloadError(f"{where}: unexpected shape ({error})") from None
+        name = str(first["loc"][0]) if first["loc"] else ""
+        where = fields[name][0] if name in fields else name
+        message = first["msg"].removeprefix("Value error, ")
+        raise PayloadError(f"field {where}: {message}" if where else message) from None
 
 
 def github_pull_request(payload: dict[str, Any]) -> PullRequest:
-    pr = _field(payload, "pull_request")
-    head_repo = (pr.get("head") or {}).get("repo") or {}
+    pr = "pull_request"
     base_repo = _field(payload, "repository", "full_name")
-    return _pull_request(lambda: PullRequest(
-        provider="github",
-        repository=base_repo,
-        number=_field(payload, "pull_request", "number"),
-        head_sha=_field(payload, "pull_request", "head", "sha"),
-        branch=_field(payload, "pull_request", "head", "ref"),
-        base_branch=pr.get("base", {}).get("ref", ""),
-        title=pr.get("title") or "",
-        author=(pr.get("user") or {}).get("login", ""),
-        url=pr.get("html_url") or "",
+    head_repo = _optional(payload, pr, "head", "repo", default={})
+    head_name = head_repo.get("full_name") if isinstance(head_repo, dict) else None
+    labels = [label.get("name") for label in _list(payload, pr, "labels")
+              if isinstance(label, dict) and isinstance(label.get("name"), str)]
+    return _pull_request({
+        "provider": ("", "github"),
+        "repository": ("repository.full_name", base_repo),
+        "number": (f"{pr}.number", _field(payload, pr, "number")),
+        "head_sha": (f"{pr}.head.sha", _field(payload, pr, "head", "sha")),
+        "branch": (f"{pr}.head.ref", _field(payload, pr, "head", "ref")),
+        "base_branch": (f"{pr}.base.ref", _optional(payload, pr, "base", "ref")),
+        "title": (f"{pr}.title", _optional(payload, pr, "title")),
+        "author": (f"{pr}.user.login", _optional(payload, pr, "user", "login")),
+        "url": (f"{pr}.html_url", _optional(payload, pr, "html_url")),
         # A deleted fork has no head repo: treat it as a fork, the careful choice.
-        is_fork=head_repo.get("full_name") != base_repo,
-        is_draft=bool(pr.get("draft")),
-        labels=tuple(label["name"] for label in pr.get("labels") or [] if "name" in label),
-        updated_at=pr.get("updated_at"),
-    ), "pull_request")
+        "is_fork": ("", head_name != base_repo),
+        "is_draft": (f"{pr}.draft", bool(_optional(payload, pr, "draft", default=False))),
+        "labels": (f"{pr}.labels", tuple(labels)),
+        "updated_at": (f"{pr}.updated_at", _optional(payload, pr, "updated_at", default=None)),
+    })
 
 
 def github_operation(event: str, payload: dict[str, Any]) -> Operation:
     if event != "pull_request":
         return Ignore(f"event {event!r} does not affect previews")
-    action = payload.get("action")
+    action = _action(payload, "action")
     if action == "closed":
         pr = github_pull_request(payload)
-        merged = bool(payload["pull_request"].get("merged"))
+        merged = bool(_optional(payload, "pull_request", "merged", default=False))
         return Destroy(pr, "pull request merged" if merged else "pull request closed")
     if action in GITHUB_DEPLOY_ACTIONS:
         return Deploy(github_pull_request(payload))
     return Ignore(f"pull_request action {action!r} does not affect previews")
 
 
-def _gitlab_time(value: str | None) -> str | None:
+def _gitlab_time(value: Any) -> Any:
     """GitLab writes `2026-01-01 10:00:00 UTC`; pydantic wants ISO 8601."""
-    return value.replace(" UTC", "+00:00") if value else None
+    return value.replace(" UTC", "+00:00") if isinstance(value, str) else value
 
 
 def gitlab_operation(event: str, payload: dict[str, Any]) -> Operation:
     """GitLab merge request hooks: same lifecycle, GitLab's field names."""
     if event != "Merge Request Hook" or payload.get("object_kind") != "merge_request":
         return Ignore(f"event {event!r} does not affect previews")
-    attrs = _field(payload, "object_attributes")
-    action = attrs.get("action")
-    source = attrs.get("source_project_id")
-    target = attrs.get("target_project_id")
-    pr = _pull_request(lambda: PullRequest(
-        provider="gitlab",
-        repository=_field(payload, "project", "path_with_namespace"),
-        number=_field(payload, "object_attributes", "iid"),
-        head_sha=_field(payload, "object_attributes", "last_commit", "id"),
-        branch=attrs.get("source_branch", ""),
-        base_branch=attrs.get("target_branch", ""),
-        title=attrs.get("title") or "",
-        author=(payload.get("user") or {}).get("username", ""),
-        url=attrs.get("url") or "",
-        is_fork=source != target,
-        is_draft=bool(attrs.get("draft") or attrs.get("work_in_progress")),
-        labels=tuple(label["title"] for label in payload.get("labels") or [] if "title" in label),
-        updated_at=_gitlab_time(attrs.get("updated_at")),
-    ), "object_attributes")
+    attrs = "object_attributes"
+    _field(payload, attrs)
+    action = _action(payload, attrs, "action")
+    labels = [label.get("title") for label in _list(payload, "labels")
+              if isinstance(label, dict) and isinstance(label.get("title"), str)]
+    source = _optional(payload, attrs, "source_project_id", default=None)
+    target = _optional(payload, attrs, "target_project_id", default=None)
+    pr = _pull_request({
+        "provider": ("", "gitlab"),
+        "repository": ("project.path_with_namespace",
+                       _field(payload, "project", "path_with_namespace")),
+        "number": (f"{attrs}.iid", _field(payload, attrs, "iid")),
+        "head_sha": (f"{attrs}.last_commit.id", _field(payload, attrs, "last_commit", "id")),
+        "branch": (f"{attrs}.source_branch", _optional(payload, attrs, "source_branch")),
+        "base_branch": (f"{attrs}.target_branch", _optional(payload, attrs, "target_branch")),
+        "title": (f"{attrs}.title", _optional(payload, attrs, "title")),
+        "author": ("user.username", _optional(payload, "user", "username")),
+        "url": (f"{attrs}.url", _optional(payload, attrs, "url")),
+        "is_fork": ("", source != target),
+        "is_draft": (f"{attrs}.draft", bool(_optional(payload, attrs, "draft", default=False)
+                                             or _optional(payload, attrs, "work_in_progress",
+                                                          default=False))),
+        "labels": ("labels", tuple(labels)),
+        "updated_at": (f"{attrs}.updated_at",
+                       _gitlab_time(_optional(payload, attrs, "updated_at", default=None))),
+    })
     if action in ("close", "merge"):
         return Destroy(pr, "merge request closed" if action == "close" else "merge request merged")
     if action in ("open", "reopen", "update"):

@@ -170,12 +170,16 @@ def test_previews_land_only_in_their_own_cluster(
 ) -> None:
     isolated = plan(HIPAA, 7, storage_class=HIPAA_STORAGE)
     shared = plan(SHOP, 8)
-    # Every Kubernetes step of the isolated preview names its cluster and its queue.
-    assert {type(s.spec) for s in isolated.steps} <= set(KubeSpec.__subclasses__())
-    assert {s.spec.cluster for s in isolated.steps} == {"hipaa"}  # type: ignore[union-attr]
-    assert {s.task_queue for s in isolated.steps} == {"previews-cluster-hipaa"}
-    assert {s.spec.cluster for s in shared.steps} == {"default"}  # type: ignore[union-attr]
-    assert {s.task_queue for s in shared.steps} == {None}
+    # Every Kubernetes step of the isolated preview names its cluster and its queue; the
+    # only other step is the preview slot, which the control plane's own worker keeps.
+    kube_iso = [s for s in isolated.steps if isinstance(s.spec, KubeSpec)]
+    kube_shared = [s for s in shared.steps if isinstance(s.spec, KubeSpec)]
+    assert [s.key for s in isolated.steps if s not in kube_iso] == ["slot"]
+    assert isolated.step("slot").task_queue is None
+    assert {s.spec.cluster for s in kube_iso} == {"hipaa"}  # type: ignore[union-attr]
+    assert {s.task_queue for s in kube_iso} == {"previews-cluster-hipaa"}
+    assert {s.spec.cluster for s in kube_shared} == {"default"}  # type: ignore[union-attr]
+    assert {s.task_queue for s in kube_shared} == {None}
     assert isolated.step("database/records").depends_on == ("namespace",)
 
     # The dedicated cluster's storage: a static volume of the class the plan asks for.

@@ -98,8 +98,10 @@ async def test_sweeper_removes_orphans_only(
         report = await temporal_client.execute_workflow(
             OrphanSweepWorkflow.run, SweepRequest(dry_run=False, aws_targets=[TARGET]),
             id=f"sweep-{uuid.uuid4()}", task_queue=queue)
-    assert set(report.removed["kubernetes:default"]) == {orphan}
-    assert set(report.removed["postgres"]) == {orphan}
+    # Other test modules' leftovers on the shared servers are orphans too: what matters is
+    # that ours went and the live one stayed.
+    for system in ("kubernetes:default", "postgres", "aws:default:eu-west-1"):
+        assert orphan in report.removed[system] and live not in report.removed[system]
 
     namespaces = kube_cluster.kubectl("get", "ns", "-o", "name")
     assert f"namespace/{live}" in namespaces and f"namespace/{orphan}\n" not in namespaces + "\n"

@@ -148,10 +148,6 @@ async def test_nothing_started_a_workflow(
     assert await workflows_on_queue(temporal_client, starter.task_queue) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "starter/app.py: the webhook and codec routes document only 202/200 and 422; the 401 "
-    "they answer without credentials (and their 400, 413, 503) are not in the OpenAPI "
-    "(responses= on the decorators would fix it)"))
 @pytest.mark.parametrize(("label", "headers"), [
     ("POST /webhooks/github", {"x-github-event": "pull_request", "x-github-delivery": "d-1"}),
     ("POST /webhooks/gitlab", {"x-gitlab-event": "Merge Request Hook"}),
@@ -267,10 +263,6 @@ def _tampered(kind: str, sealed: Payload) -> Payload:
     return payload
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "starter/app.py _transcode() lets the codec's errors through: engine/codec.py "
-    "decode() raises cryptography InvalidTag (tampered or truncated data), ValueError "
-    "(unknown key id), KeyError (no key id) or UnicodeDecodeError: 500 instead of 400"))
 @pytest.mark.parametrize("kind", ["flipped-byte", "truncated", "unknown-key-id", "no-key-id",
                                   "key-id-not-utf8", "encrypted-but-empty"])
 async def test_codec_decode_of_bad_ciphertext_is_400(
@@ -283,9 +275,6 @@ async def test_codec_decode_of_bad_ciphertext_is_400(
     assert answer.status_code == 400, (answer.status_code, answer.text[:300])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "starter/app.py _transcode(): json_format.Parse(await request.body(), ...) decodes the "
-    "body as UTF-8 and only ParseError is caught: UnicodeDecodeError, 500"))
 @pytest.mark.parametrize("direction", ["encode", "decode"])
 async def test_codec_non_utf8_body_is_400(
     whole_app: tuple[Starter, Any], direction: str

@@ -62,7 +62,9 @@ def test_fork_is_detected() -> None:
     (lambda p: p.pop("pull_request"), "pull_request"),
     (lambda p: p["pull_request"]["head"].pop("sha"), "pull_request.head.sha"),
     (lambda p: p["pull_request"].__setitem__("number", "x"), "number"),
-    (lambda p: p["pull_request"]["head"].__setitem__("sha", "not-hex"), "head_sha"),
+    (lambda p: p["pull_request"]["head"].__setitem__("sha", "not-hex"), "pull_request.head.sha"),
+    (lambda p: p["pull_request"].__setitem__("head", []), "pull_request.head must be an object"),
+    (lambda p: p.__setitem__("action", ["opened"]), "action must be a string"),
 ])
 def test_malformed_payload_names_the_field(mutate: Any, field: str) -> None:
     payload = fixture("pull_request.opened")

@@ -266,3 +266,25 @@ async def test_codec_endpoint_needs_the_token_and_allows_only_the_ui(
         "/codec/decode", headers={**preflight, "Origin": "http://evil.example"}
     )
     assert "access-control-allow-origin" not in answer.headers
+
+
+async def test_a_delivery_left_unfinished_by_a_dead_starter_is_acted_on(
+    http: httpx.AsyncClient, store: Store, temporal_client: Client
+) -> None:
+    body = body_of("pull_request.opened")
+    hdrs = headers(body, "pull_request")
+    delivery = hdrs["X-GitHub-Delivery"]
+    # What a starter killed between recording and starting leaves behind.
+    await store.pool.execute(
+        "INSERT INTO webhook_deliveries (delivery_id, event, received_at)"
+        " VALUES ($1, 'pull_request', now() - interval '5 minutes')", delivery)
+    answer = await http.post("/webhooks/github", content=body, headers=hdrs)
+    assert answer.json()["outcome"] == "deployed"
+    assert await workflow_exists(temporal_client, body)
+    # A fresh, unfinished row (a concurrent redelivery in flight) still counts as seen.
+    body2 = body_of("pull_request.opened")
+    hdrs2 = headers(body2, "pull_request")
+    await store.pool.execute("INSERT INTO webhook_deliveries (delivery_id, event)"
+                             " VALUES ($1, 'pull_request')", hdrs2["X-GitHub-Delivery"])
+    answer = await http.post("/webhooks/github", content=body2, headers=hdrs2)
+    assert answer.json()["outcome"] == "duplicate"
