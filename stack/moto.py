@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stack.ports import free_port
+from stack.ports import free_port, stop_group
 
 
 class MotoServer:
@@ -49,12 +49,9 @@ class MotoServer:
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
+            # All its state is in memory and disposable; a SIGTERM exit spends ~1 s
+            # tearing the backends down for nothing.
+            stop_group(self._process, signal.SIGKILL)
         self._process = None
 
     def reset(self) -> None:

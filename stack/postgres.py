@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from stack.ports import free_port
+from stack.ports import free_port, stop_group
 
 SUPERUSER = "preview"
 
@@ -138,15 +138,8 @@ class PostgresServer:
         raise TimeoutError(f"postgres on port {self.port} not ready after {timeout}s")
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGINT)  # fast shutdown
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
+        if self._process is not None:
+            stop_group(self._process, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
         self._process = None
 
     def __enter__(self) -> PostgresServer:

@@ -35,7 +35,7 @@ from domain.naming import workflow_id
 from engine.client import connect
 from engine.settings import Settings
 from stack.moto import MotoServer
-from stack.ports import free_port
+from stack.ports import free_port, stop_group
 from stack.postgres import PostgresServer
 from stack.temporal import TemporalDevServer
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
@@ -62,13 +62,7 @@ class Service:
             )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
 
 
 class LocalStack:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from stack.ports import free_port
+from stack.ports import free_port, stop_group
 
 SEARCH_ATTRIBUTES = {
     "PreviewRepository": "Keyword",
@@ -101,15 +100,8 @@ class TemporalDevServer:
         raise TimeoutError(f"temporal dev server on {self.port} not serving after {timeout}s")
 
     def stop(self, kill: bool = False) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
+        if self._process is not None:
+            stop_group(self._process, signal.SIGKILL if kill else signal.SIGTERM)
         self._process = None
 
     def __enter__(self) -> TemporalDevServer:

@@ -7,14 +7,8 @@ tests or into the code under test.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
+import stack.moto
 from activities.aws import AwsClients
 from stack.ports import free_port
 
@@ -33,51 +28,16 @@ SECRET_KEY = "testing"
 ACM_VALIDATION_WAIT = 1
 
 
-class MotoServer:
+class MotoServer(stack.moto.MotoServer):
+    """The local stack's moto server, plus boto3 clients for checks from outside."""
+
     def __init__(self, port: int, log_path: Path) -> None:
-        self.port = port
-        self.endpoint_url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(log_path, port, env={"MOTO_ACM_VALIDATION_WAIT": str(ACM_VALIDATION_WAIT)})
         # One session for every test client: botocore loads each service model once.
         self.session = boto3.session.Session(
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
         )
         self._clients: dict[tuple[str, str, str | None], Any] = {}
-
-    def start(self, timeout: float = 30.0) -> MotoServer:
-        moto_bin = Path(sys.executable).parent / "moto_server"
-        env = {**os.environ, "MOTO_ACM_VALIDATION_WAIT": str(ACM_VALIDATION_WAIT)}
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [str(moto_bin), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=env,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"moto_server exited early; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
-                    return self
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"moto_server did not answer within {timeout}s") from None
-                time.sleep(0.05)  # polling a condition with a deadline
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            # All its state is in memory and disposable; a SIGTERM exit spends ~1 s
-            # tearing the backends down for nothing.
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-
-    def reset(self) -> None:
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10):
-            pass
 
     def client(self, service: str, region: str = REGION, account_id: str | None = None) -> Any:
         """A boto3 client on the moto server; `account_id` reads another (moto) account."""
