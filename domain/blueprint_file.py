@@ -125,8 +125,11 @@ def _locate_by_name(root: yaml.Node, message: str) -> tuple[yaml.Mark, tuple[int
     names = re.findall(r"'([^']+)'", message)
     if not names and ": " in message:
         names = re.split(r", | -> ", message.rsplit(": ", 1)[1])
+    app_cycle = "depend on each other in a cycle" in message
     for name in reversed(names):
-        found = [(s.start_mark, path) for s, path in _scalar_values(root) if s.value == name]
+        found = [(s.start_mark, path) for s, path in _scalar_values(root) if s.value == name
+                 # a cycle is broken by removing a dependency, so point at one
+                 and (not app_cycle or "depends_on" in path)]
         if found:
             return found[-1] if message.startswith("duplicate") else found[0]
     return root.start_mark, ()

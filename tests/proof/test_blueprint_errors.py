@@ -163,11 +163,6 @@ def test_a_cycle_through_a_database_name_is_not_a_cycle() -> None:
     assert parse_blueprint(text, FILENAME).applications[0].depends_on == ["main"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "domain/blueprint_file._locate_by_name points at the first scalar equal to a name the "
-    "message quotes; for 'web -> web', or when the application that closes the cycle is "
-    "declared first, that is an application's own `name:` (field applications[i].name), "
-    "not the depends_on entry to remove"))
 @pytest.mark.parametrize("text", [
     GOOD + "    depends_on: [web]\n",
     GOOD.replace("  - name: web\n    image: registry.local/shop/web\n",
