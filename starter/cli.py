@@ -16,6 +16,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
@@ -29,7 +30,9 @@ from domain.pull_request import PullRequest
 from engine.client import connect
 from engine.settings import Settings
 from starter.cli_api import register
+from starter.schedules import SWEEPER_SCHEDULE_ID, ensure_sweeper_schedule
 from workflows.preview import DestroyRequest, PreviewEnvironmentWorkflow, PreviewStatus
+from workflows.sweeper import OrphanSweepWorkflow, SweepRequest
 
 console = Console()
 SETTLED = {"ready", "failed", "sleeping", "destroyed"}
@@ -163,9 +166,31 @@ async def history_lines(client: Client, handle: WorkflowHandle[Any, Any]) -> lis
     return lines
 
 
+async def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
+    settings = Settings()
+    request = SweepRequest(dry_run=not args.apply)
+    if args.every_hours:
+        await ensure_sweeper_schedule(client, request, task_queue=settings.task_queue,
+                                      every=timedelta(hours=args.every_hours))
+        console.print(f"schedule {SWEEPER_SCHEDULE_ID}: every {args.every_hours} h, "
+                      f"{'removing orphans' if args.apply else 'dry run'}")
+        return 0
+    report = await client.execute_workflow(
+        OrphanSweepWorkflow.run, request, id=f"{SWEEPER_SCHEDULE_ID}-manual",
+        task_queue=settings.task_queue)
+    for system, found in report.found.items():
+        for env, items in found.items():
+            gone = "removed" if env in report.removed.get(system, {}) else "found"
+            console.print(f"{gone:8} {system:28} {env}: {', '.join(items)}")
+    if not any(report.found.values()):
+        console.print("no orphans")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
     "list": cmd_list, "status": cmd_status, "deploy": cmd_deploy, "destroy": cmd_destroy,
     "extend": cmd_extend, "sleep": cmd_sleep, "wake": cmd_wake, "history": cmd_history,
+    "sweep": cmd_sweep,
 }
 
 
@@ -191,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
     one("sleep", "scale to zero")
     one("wake", "scale back up")
     one("history", "the environment's events in plain words")
+    sweep = sub.add_parser("sweep", help="find (and with --apply remove) orphaned resources")
+    sweep.add_argument("--apply", action="store_true", help="remove, not only report")
+    sweep.add_argument("--every-hours", type=int, help="install it as a Temporal Schedule")
     register(sub)
     return root
 

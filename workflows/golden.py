@@ -9,7 +9,6 @@ not undo a promotion.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
@@ -17,15 +16,12 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
     ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
@@ -151,14 +147,6 @@ async def ensure_golden_schedule(
                               catchup_window=timedelta(hours=1)),
         state=ScheduleState(note=f"golden copy refresh of {request.source_name}"),
     )
-    try:
-        return await client.create_schedule(schedule_id, schedule)
-    except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(schedule_id)
+    from starter.schedules import ensure_schedule  # client-side only, never in a workflow
 
-        def update(current: ScheduleUpdateInput) -> ScheduleUpdate:
-            kept = dataclasses.replace(schedule, state=current.description.schedule.state)
-            return ScheduleUpdate(schedule=kept)
-
-        await handle.update(update)
-        return handle
+    return await ensure_schedule(client, schedule_id, schedule)

@@ -49,3 +49,23 @@ async def test_status_extend_history_and_destroy(
         result = await handle.result()
     assert result.state == PreviewState.destroyed
     assert harness.inventory.present == {}
+
+
+async def test_sweeper_schedule_is_installed_and_keeps_an_operators_pause(
+    temporal_client: Client, temporal_server: TemporalDevServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from starter.schedules import SWEEPER_SCHEDULE_ID
+
+    monkeypatch.setenv("PREVIEW_TEMPORAL_ADDRESS", temporal_server.address)
+    assert await cli.run(["sweep", "--every-hours", "6"]) == 0
+    handle = temporal_client.get_schedule_handle(SWEEPER_SCHEDULE_ID)
+    described = await handle.describe()
+    assert described.schedule.spec.intervals[0].every.total_seconds() == 6 * 3600
+    assert "dry run" in (described.schedule.state.note or "")
+    await handle.pause(note="operator pause")
+    assert await cli.run(["sweep", "--every-hours", "3", "--apply"]) == 0
+    described = await handle.describe()
+    assert described.schedule.spec.intervals[0].every.total_seconds() == 3 * 3600
+    assert described.schedule.state.paused, "an update must not undo an operator's pause"
+    await handle.delete()
