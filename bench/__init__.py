@@ -1,0 +1,1 @@
+"""Benchmarks: each writes bench/results/<name>.json; `python -m bench.report` tabulates them."""

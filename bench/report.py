@@ -1,0 +1,229 @@
+"""Writes bench/README.md: the latest figures of every benchmark in bench/results/.
+
+    .venv/bin/python -m bench.report            # regenerate bench/README.md
+    .venv/bin/python -m bench.report --check    # exit 1 if README.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+
+Rows = list[tuple[str, str]]
+
+ABOUT = {
+    "latency": ("bench/latency.py", "webhook → Ready of one preview (3 apps + 1 database) on "
+                "the real stack, critical path and orchestration overhead"),
+    "starter_throughput": ("bench/starter_throughput.py", "webhooks/s through `python -m "
+                           "starter` vs raw `Client.start_workflow`, same concurrency"),
+    "burst": ("bench/burst.py", "many PRs opened at once: time until all are Ready, worker "
+              "peak RSS, clean teardown"),
+    "history": ("bench/history.py", "workflow history events per lifecycle and after many "
+                "redeploys (continue-as-new)"),
+    "clone": ("bench/clone_bench.py", "preview database clone time: template clone vs "
+              "dump/restore vs `cp`"),
+}
+
+
+def _s(value: Any, unit: str = " s") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        text = f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) < 10 else f"{value:.1f}"
+        return f"{text}{unit}"
+    return f"{value}{unit}"
+
+
+def latency_rows(doc: dict[str, Any]) -> Rows:
+    fig, params = doc["figures"], doc.get("parameters", {})
+    total = fig["total_seconds"]
+    paths = fig.get("critical_paths", {})
+    top = next(iter(paths), "")
+    return [
+        (f"webhook → Ready, p50 / p95 ({total['n']} runs, data_policy "
+         f"{params.get('data_policy', '?')})", f"{_s(total['p50'])} / {_s(total['p95'])}"),
+        ("orchestration overhead p50 / p95 (total ÷ critical path's step run times)",
+         f"x{fig['orchestration_overhead']['p50']} / x{fig['orchestration_overhead']['p95']}"),
+        ("critical path run time p50 (most frequent path)",
+         f"{_s(fig['critical_path_run_seconds']['p50'])} "
+         f"({top}; {paths.get(top, 0)}/{total['n']} runs)"),
+        ("webhook answered (202) p50", _s(fig["webhook_answer_seconds"]["p50"])),
+        ("teardown (PR closed → workflow done, all gone) p50",
+         _s(fig["destroy_seconds"]["p50"])),
+        ("history events per create + destroy (real activities) p50",
+         _s(fig["history_events_create_and_destroy"]["p50"], "")),
+    ]
+
+
+def throughput_rows(doc: dict[str, Any]) -> Rows:
+    fig, params = doc["figures"], doc.get("parameters", {})
+    starter, base = fig["starter"], fig["baseline"]
+    how = (f"{params.get('requests')} requests x {params.get('rounds')} rounds, "
+           f"concurrency {params.get('concurrency')}")
+    return [
+        (f"starter webhooks/s, p99 latency ({how})",
+         f"{starter['per_second']}/s, p99 {_s(starter['latency_seconds']['p99'])}"),
+        ("baseline `start_workflow`/s (same signal-with-start), p99",
+         f"{base['per_second']}/s, p99 {_s(base['latency_seconds']['p99'])}"),
+        ("throughput ratio starter ÷ baseline (per round)",
+         f"{fig['throughput_ratio']} ({', '.join(map(str, fig['throughput_ratio_per_round']))})"),
+        ("p99 latency ratio starter ÷ baseline", str(fig["p99_latency_ratio"])),
+    ]
+
+
+def burst_rows(doc: dict[str, Any]) -> Rows:
+    fig, params = doc["figures"], doc.get("parameters", {})
+    left = fig.get("left_behind", {})
+    left_text = "nothing" if not any(left.values()) else json.dumps(left)
+    return [
+        (f"{fig['previews']} PRs opened at once ({params.get('blueprint')} blueprint): all "
+         "Ready after", f"{_s(fig['seconds_to_all_ready'])} ({fig['ready']} of "
+         f"{fig['previews']} Ready)"),
+        ("per-preview webhook → Ready p50 / p95",
+         f"{_s(fig['seconds_to_ready'].get('p50'))} / {_s(fig['seconds_to_ready'].get('p95'))}"),
+        ("worker peak RSS (VmHWM of the worker subprocess)",
+         f"{fig['worker_peak_rss_mib']} MiB"),
+        ("all closed at once → all destroyed", _s(fig["seconds_to_destroy_all"])),
+        ("activity retries during the burst",
+         ", ".join(f"{k} {v}" for k, v in fig.get("activity_retries", {}).items()) or "none"),
+        ("left behind (namespaces, databases, slots)", left_text),
+    ]
+
+
+def history_rows(doc: dict[str, Any]) -> Rows:
+    once, many = doc["figures"]["lifecycle"], doc["figures"]["many_redeploys"]
+    rows = [
+        ("events per lifecycle: create / + 1 redeploy / + destroy = total",
+         f"{once['events_after_create']} / +{once['events_of_one_redeploy']} / "
+         f"+{once['events_of_destroy']} = {once['events_total']}"),
+        (f"after {many['redeploys']} redeploys: events in the current run, runs "
+         f"(history_limit {many['history_limit']})",
+         f"{many['events_of_current_run']} events, {many['runs']} run(s)"),
+        ("largest run, all runs together",
+         f"{many['max_events_in_one_run']} events, {many['events_all_runs']} events"),
+        ("redeploy round trip p50 (recording activities)",
+         _s(many["redeploy_seconds"]["p50"])),
+    ]
+    probe = doc["figures"].get("deploy_and_wait_across_continue_as_new")
+    if probe and probe.get("probes"):
+        stuck = [p["stuck"] for p in probe["probes"] if p.get("stuck")]
+        where = ", ".join(f"redeploy {s['at_redeploy']} ({s['events_of_run']} events)"
+                          for s in stuck)
+        rows.append(("back-to-back `deploy_and_wait` updates across continue-as-new: stuck",
+                     f"{len(stuck)} of {len(probe['probes'])} previews"
+                     + (f" at {where}" if where else "")))
+    return rows
+
+
+def clone_rows(doc: dict[str, Any]) -> Rows:
+    rows: Rows = []
+    for mode in doc.get("modes", []):
+        durable = "fsync on" if mode.get("durable") else "fsync off"
+        for size in mode.get("sizes", []):
+            methods = size.get("methods", {})
+            mb = size.get("database_bytes", size.get("target_bytes", 0)) / 1e6
+            cache = f", {size['cache']} cache" if "cache" in size else ""
+            parts = [f"{name} {_s(m.get('median_seconds'))} (x{m.get('ratio_to_floor')})"
+                     for name, m in methods.items()]
+            rows.append((f"{mb:.0f} MB database, {durable}{cache}: median (x cp floor)",
+                         ", ".join(parts)))
+    return rows
+
+
+EXTRACTORS: dict[str, Callable[[dict[str, Any]], Rows]] = {
+    "latency": latency_rows,
+    "starter_throughput": throughput_rows,
+    "burst": burst_rows,
+    "history": history_rows,
+    "clone": clone_rows,
+}
+
+
+def machine_text(doc: dict[str, Any]) -> str:
+    m = doc.get("machine", {})
+    nproc = m.get("nproc", m.get("cpus", "?"))
+    memory = f"{m['memory_gib']} GiB" if "memory_gib" in m else "?"
+    load = m.get("load_average_at_start")
+    load_text = f", load {load[0]}" if load else ""
+    return f"{nproc} CPU, {memory}, {m.get('cpu_model', '?')}{load_text}"
+
+
+def render(results: Path = RESULTS) -> str:
+    docs = {}
+    for path in sorted(results.glob("*.json")):
+        try:
+            docs[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"skipping {path}: {error}", file=sys.stderr)
+    def kind(name: str) -> str:
+        """`burst_full` is another run of `burst`: same summary."""
+        return next((k for k in EXTRACTORS if name == k or name.startswith(k + "_")), name)
+
+    order = sorted(docs, key=lambda n: (list(EXTRACTORS).index(kind(n))
+                                        if kind(n) in EXTRACTORS else len(EXTRACTORS), n))
+    lines = [
+        "# Benchmarks",
+        "",
+        "Each benchmark writes `bench/results/<name>.json` with the exact command, the "
+        "machine, the date and every figure; this page is generated from those files by "
+        "`.venv/bin/python -m bench.report` (do not edit it by hand). Ratios are against a "
+        "baseline measured in the same run.",
+        "",
+        "| benchmark | what it measures |",
+        "|---|---|",
+    ]
+    lines += [f"| `{ABOUT[kind(k)][0]}` → `{k}.json` | {ABOUT[kind(k)][1]} |"
+              for k in order if kind(k) in ABOUT]
+    lines += ["", "## Latest figures", "", "| benchmark | figure | value |", "|---|---|---|"]
+    for name in order:
+        doc = docs[name]
+        try:
+            rows = EXTRACTORS[kind(name)](doc) if kind(name) in EXTRACTORS else []
+        except (KeyError, TypeError, IndexError) as error:
+            rows = [("(result file not understood)", f"{type(error).__name__}: {error}")]
+        if not rows:
+            rows = [("(no summary for this result)", "see the JSON file")]
+        for i, (figure, value) in enumerate(rows):
+            lines.append(f"| {name if i == 0 else ''} | {figure} | {value} |")
+    lines += ["", "## Where and how they ran", "",
+              "| benchmark | command | date | took | machine (at start) |",
+              "|---|---|---|---|---|"]
+    for name in order:
+        doc = docs[name]
+        date = doc.get("date") or doc.get("finished_at") or "?"
+        took = doc.get("total_seconds")
+        lines.append(f"| {name} | `{doc.get('command', '?')}` | {date} | "
+                     f"{_s(took)} | {machine_text(doc)} |")
+    notes = [(name, note) for name in order for note in docs[name].get("notes", [])]
+    if notes:
+        lines += ["", "## Notes from the result files", ""]
+        lines += [f"- **{name}**: {note}" for name, note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when README.md differs from what would be written")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        current = README.read_text() if README.exists() else ""
+        if current != text:
+            print("bench/README.md is out of date: run `python -m bench.report`")
+            raise SystemExit(1)
+        return
+    README.write_text(text)
+    print(f"wrote {README}")
+
+
+if __name__ == "__main__":
+    main()
