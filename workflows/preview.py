@@ -102,6 +102,7 @@ class PreviewEnvironmentWorkflow:
         self._saga = SagaRunner(self._s.ledger, input.timeouts)
         self._wake_requested = False
         self._sleep_requested = False
+        self._winding_down = False  # about to continue as new
 
     # -- messages -----------------------------------------------------------------
 
@@ -136,6 +137,8 @@ class PreviewEnvironmentWorkflow:
                              f"#{self._input.pull_request.number}, not {pr.repository}#{pr.number}")
         if self._s.destroy_reason is not None:
             raise ValueError("the environment is being destroyed")
+        if self._winding_down:
+            raise ValueError("this run is continuing as new: retry the update in a moment")
 
     @workflow.signal
     def destroy(self, request: DestroyRequest) -> None:
@@ -200,9 +203,15 @@ class PreviewEnvironmentWorkflow:
                         or info.get_current_history_length() >= input.history_limit):
                     # Keep history bounded: a long-lived preview starts a fresh run that
                     # carries everything it knows (ledger, deadlines, pending commit).
-                    await workflow.wait_condition(workflow.all_handlers_finished)
-                    workflow.continue_as_new(input.model_copy(update={
-                        "pull_request": self._s.pull_request, "carried": self._s}))
+                    # From now on new updates are refused (callers retry on the next run);
+                    # one already waiting for its deploy is served first, since only this
+                    # loop can run that deploy.
+                    self._winding_down = True
+                    await workflow.wait_condition(
+                        lambda: workflow.all_handlers_finished() or self._has_work())
+                    if workflow.all_handlers_finished():
+                        workflow.continue_as_new(input.model_copy(update={
+                            "pull_request": self._s.pull_request, "carried": self._s}))
         except asyncio.CancelledError:
             # Cancelled from outside: nothing may be left behind. Shield the teardown
             # so a second cancellation cannot interrupt it.
@@ -217,15 +226,15 @@ class PreviewEnvironmentWorkflow:
         assert pending is not None
         return CarriedState(pull_request=pending, pending=pending, ledger=self._s.ledger)
 
-    async def _wait_for_work(self) -> None:
-        def has_work() -> bool:
-            return (self._s.destroy_reason is not None or self._s.pending is not None
-                    or self._sleep_requested or self._wake_requested)
+    def _has_work(self) -> bool:
+        return (self._s.destroy_reason is not None or self._s.pending is not None
+                or self._sleep_requested or self._wake_requested)
 
+    async def _wait_for_work(self) -> None:
         timeout = self._seconds_to_next_timer()
         with contextlib.suppress(TimeoutError):  # a timer is due: _check_timers handles it
             await workflow.wait_condition(
-                has_work, timeout=timedelta(seconds=timeout) if timeout is not None else None
+                self._has_work, timeout=timedelta(seconds=timeout) if timeout is not None else None
             )
 
     def _deadlines(self) -> dict[str, datetime]:

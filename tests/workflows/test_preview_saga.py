@@ -6,13 +6,14 @@ real blueprint file through the real BlueprintFileActivities.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 
 from domain.blueprint import Blueprint
 from domain.naming import workflow_id
@@ -22,7 +23,7 @@ from stack.temporal import TemporalDevServer, temporal_cli
 from starter import lifecycle
 from tests.workflows.harness import BLUEPRINT, FAST, Harness, pull_request
 from tests.workflows.inventory import spec_key
-from workflows.preview import PreviewState, PreviewStatus
+from workflows.preview import PreviewEnvironmentWorkflow, PreviewState, PreviewStatus
 
 
 @pytest.fixture
@@ -235,4 +236,34 @@ async def test_sleep_wake_and_a_commit_wakes_a_sleeping_preview(harness: Harness
         assert harness.inventory.scaled == {"web": 1, "api": 1, "worker": 1}
         await lifecycle.destroy(harness.client, "acme/shop", 900, "done")
         await handle.result()
+    assert harness.inventory.present == {}
+
+
+async def test_deploy_updates_keep_working_across_continue_as_new(harness: Harness) -> None:
+    """An update arriving while the run waits to continue as new must not deadlock it."""
+    async with harness.worker():
+        handle = await lifecycle.deploy(harness.client, pull_request(810, "0" * 40),
+                                        task_queue=harness.task_queue, timeouts=FAST,
+                                        history_limit=120)
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        first_run = (await handle.describe()).run_id
+        latest = harness.client.get_workflow_handle_for(PreviewEnvironmentWorkflow.run,
+                                                        handle.id)
+        refused = 0
+        for i in range(1, 9):
+            sha = f"{i}" * 40
+            while True:  # a caller retries an update refused while the run winds down
+                try:
+                    status = await asyncio.wait_for(
+                        latest.execute_update(PreviewEnvironmentWorkflow.deploy_and_wait,
+                                              pull_request(810, sha)), timeout=60)
+                    break
+                except WorkflowUpdateFailedError as error:
+                    assert "continuing as new" in str(error.cause)
+                    refused += 1
+            assert status.head_sha == sha
+        last_run = (await latest.describe()).run_id
+        await lifecycle.destroy(harness.client, "acme/shop", 810, "done")
+        await latest.result()
+    assert last_run != first_run, "the run should have continued as new at least once"
     assert harness.inventory.present == {}
