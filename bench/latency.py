@@ -185,6 +185,9 @@ async def analyse(client: Client, events: list[HistoryEvent], plan: Plan,
         else:
             others.append({"activity": item["activity"], **timing})
 
+    if not steps:
+        raise RuntimeError("no plan step found in the history by its activity summary: "
+                           "did workflows/saga.py change how it writes summaries?")
     # The critical path: the step that completed last, then back through the dependency
     # that completed last (the one that let it be scheduled), down to a root.
     path: list[str] = []
