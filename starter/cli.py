@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from domain.naming import workflow_id
 from domain.pull_request import PullRequest
@@ -94,8 +94,16 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> int:
 
 async def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
     pr = PullRequest(repository=args.repository, number=args.number, head_sha=args.sha)
-    status = await _handle(client, args).execute_update(
-        PreviewEnvironmentWorkflow.deploy_and_wait, pr)
+    for attempt in range(20):
+        try:
+            status = await _handle(client, args).execute_update(
+                PreviewEnvironmentWorkflow.deploy_and_wait, pr)
+            break
+        except WorkflowUpdateFailedError as error:
+            # Refused while the run continues as new: the next run takes it.
+            if "continuing as new" not in str(error.cause) or attempt == 19:
+                raise
+            await asyncio.sleep(0.5)
     _print_status(status)
     return 0 if status.head_sha == args.sha else 1
 
