@@ -109,9 +109,12 @@ def history_rows(doc: dict[str, Any]) -> Rows:
          f"{many['events_of_current_run']} events, {many['runs']} run(s)"),
         ("largest run, all runs together",
          f"{many['max_events_in_one_run']} events, {many['events_all_runs']} events"),
-        ("redeploy round trip p50 (recording activities)",
-         _s(many["redeploy_seconds"]["p50"])),
+        ("redeploy round trip p50 / p99 (recording activities)",
+         f"{_s(many['redeploy_seconds']['p50'])} / {_s(many['redeploy_seconds']['p99'])}"),
     ]
+    if slowest := many.get("slowest_redeploys"):
+        rows.append(("slowest redeploys: seconds @ redeploy number",
+                     ", ".join(f"{_s(sec)} @ {n}" for sec, n in slowest)))
     probe = doc["figures"].get("deploy_and_wait_across_continue_as_new")
     if probe and probe.get("probes"):
         stuck = [p["stuck"] for p in probe["probes"] if p.get("stuck")]
@@ -151,8 +154,9 @@ def machine_text(doc: dict[str, Any]) -> str:
     m = doc.get("machine", {})
     nproc = m.get("nproc", m.get("cpus", "?"))
     memory = f"{m['memory_gib']} GiB" if "memory_gib" in m else "?"
-    load = m.get("load_average_at_start")
+    load, end = m.get("load_average_at_start"), m.get("load_average_at_end")
     load_text = f", load {load[0]}" if load else ""
+    load_text += f" → {end[0]}" if load and end else ""
     return f"{nproc} CPU, {memory}, {m.get('cpu_model', '?')}{load_text}"
 
 
@@ -194,7 +198,7 @@ def render(results: Path = RESULTS) -> str:
         for i, (figure, value) in enumerate(rows):
             lines.append(f"| {name if i == 0 else ''} | {figure} | {value} |")
     lines += ["", "## Where and how they ran", "",
-              "| benchmark | command | date | took | machine (at start) |",
+              "| benchmark | command | date | took | machine (1-min load average at start → end) |",
               "|---|---|---|---|---|"]
     for name in order:
         doc = docs[name]

@@ -138,7 +138,8 @@ class PreviewEnvironmentWorkflow:
         if self._s.destroy_reason is not None:
             raise ValueError("the environment is being destroyed")
         if self._winding_down:
-            raise ValueError("this run is continuing as new: retry the update in a moment")
+            raise ValueError("this run is continuing as new or finishing: retry the update "
+                             "in a moment")
 
     @workflow.signal
     def destroy(self, request: DestroyRequest) -> None:
@@ -217,6 +218,7 @@ class PreviewEnvironmentWorkflow:
             # so a second cancellation cannot interrupt it.
             await asyncio.shield(asyncio.ensure_future(self._destroy("workflow cancelled")))
             raise
+        self._winding_down = True  # no new update may wait for work this run won't do
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
 
