@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 from stack.ports import free_port, stop_group
 
@@ -24,7 +25,7 @@ class MotoServer:
         self._env = env or {}
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> MotoServer:
+    def start(self, timeout: float = 30.0) -> Self:
         moto_bin = Path(sys.executable).parent / "moto_server"
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
