@@ -11,8 +11,6 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
@@ -266,11 +264,7 @@ def create_app(
     sealer: Any = None,
     timeouts: ActivityTimeouts | None = None,
 ) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-
-    app = FastAPI(title="preview-engine", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="preview-engine", version="0.1.0")
     app.state.settings = settings
     app.state.temporal = temporal
     app.state.deliveries = deliveries
