@@ -26,9 +26,11 @@ from temporalio.client import Client, WorkflowHandle
 from activities.store import Store
 from domain.blueprint import Blueprint
 from domain.naming import environment_id, workflow_id
+from domain.pull_request import PullRequest
 from engine.sealing import Sealer
 from engine.settings import Settings
-from starter.app import create_app
+from starter import lifecycle
+from starter.app import create_app, plan_options
 from worker import Resources, Target, build_worker
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
 from workflows.saga import ActivityTimeouts
@@ -121,7 +123,8 @@ async def stack(
             transport=httpx.ASGITransport(app=app), base_url="http://starter"
         ) as http,
     ):
-        yield {"settings": settings, "http": http, "zone": zone, "store": store}
+        yield {"settings": settings, "http": http, "zone": zone, "store": store,
+               "timeouts": timeouts}
     await resources.close()
     await store.close()
     env.undo()
@@ -290,3 +293,67 @@ async def test_opened_synchronize_closed(
     history = (await raw.get_workflow_handle(handle.id).fetch_history()).to_json()
     assert SECRET_VALUE not in history
     assert SECRET_VALUE not in caplog.text
+
+
+def tagged(items: list[dict[str, Any]], env: str, key: str = "Tags") -> list[dict[str, Any]]:
+    return [i for i in items
+            if {"Key": "preview-environment", "Value": env} in (i.get(key) or [])]
+
+
+async def test_isolated_vpc_with_rds_clone_end_to_end(
+    stack: dict[str, Any], kube_cluster: Any, moto_server: Any, temporal_client: Client,
+) -> None:
+    """isolation: vpc + an RDS clone, created and destroyed through the workflow; boto3
+    then finds nothing carrying the preview's tag."""
+    suffix = uuid.uuid4().hex[:6]
+    repo, number = f"acme/vpc-{suffix}", 7
+    rds = moto_server.client("rds")
+    ec2 = moto_server.client("ec2")
+    rds.create_db_instance(
+        DBInstanceIdentifier=f"prod-{suffix}", Engine="postgres", DBInstanceClass="db.t4g.micro",
+        MasterUsername="app", MasterUserPassword="source-password", DBName="shop",
+        AllocatedStorage=20)
+    cluster_vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    await stack["store"].import_blueprint(Blueprint.model_validate({
+        "project": {"name": f"vpc-{suffix}", "repository": repo},
+        "environment": {"isolation": "vpc", "region": "eu-west-1"},
+        "applications": [{"name": "web", "image": "registry.local/vpc/web",
+                          "depends_on": ["main"]}],
+        "databases": [{"name": "main", "mode": "rds", "source": f"prod-{suffix}",
+                       "data_policy": "clone"}],
+        "network": {"base_domain": "preview.example.com", "cluster_vpc_id": cluster_vpc},
+    }), actor="e2e")
+    env = environment_id(repo, number)
+    pr = PullRequest(repository=repo, number=number, head_sha="b" * 40)
+    settings = stack["settings"]
+    handle = await lifecycle.deploy(temporal_client, pr, task_queue=settings.task_queue,
+                                    options=plan_options(settings), timeouts=stack["timeouts"])
+    await wait_for(handle, lambda s: s.state == "ready")
+
+    vpcs = tagged(ec2.describe_vpcs()["Vpcs"], env)
+    assert len(vpcs) == 1
+    instances = [i for i in rds.describe_db_instances()["DBInstances"]
+                 if tagged([i], env, "TagList")]
+    assert len(instances) == 1
+    secret = json.loads(kube_cluster.kubectl("get", "secret", "web-secrets", "-n", env,
+                                             "-o", "json"))
+    import base64
+    url = base64.b64decode(secret["data"]["DATABASE_URL"]).decode()
+    assert instances[0]["Endpoint"]["Address"] in url
+    peerings = [p for p in ec2.describe_vpc_peering_connections()["VpcPeeringConnections"]
+                if p["Status"]["Code"] == "active" and tagged([p], env)]
+    assert len(peerings) == 1
+
+    await lifecycle.destroy(temporal_client, repo, number, "e2e done")
+    assert (await handle.result()).state == "destroyed"
+    assert tagged(ec2.describe_vpcs()["Vpcs"], env) == []
+    assert tagged(ec2.describe_subnets()["Subnets"], env) == []
+    assert tagged(ec2.describe_security_groups()["SecurityGroups"], env) == []
+    assert tagged(ec2.describe_route_tables()["RouteTables"], env) == []
+    assert [p for p in ec2.describe_vpc_peering_connections()["VpcPeeringConnections"]
+            if tagged([p], env) and p["Status"]["Code"] not in ("deleted", "rejected")] == []
+    assert [i for i in rds.describe_db_instances()["DBInstances"]
+            if tagged([i], env, "TagList")] == []
+    assert [s for s in rds.describe_db_snapshots()["DBSnapshots"]
+            if tagged([s], env, "TagList")] == []
+    assert env not in kube_cluster.kubectl("get", "ns", "-o", "name")
