@@ -345,7 +345,8 @@ async def test_isolated_vpc_with_rds_clone_end_to_end(
     assert len(peerings) == 1
 
     await lifecycle.destroy(temporal_client, repo, number, "e2e done")
-    assert (await handle.result()).state == "destroyed"
+    result = await handle.result()
+    assert getattr(result, "state", None) == "destroyed"
     assert tagged(ec2.describe_vpcs()["Vpcs"], env) == []
     assert tagged(ec2.describe_subnets()["Subnets"], env) == []
     assert tagged(ec2.describe_security_groups()["SecurityGroups"], env) == []
