@@ -19,6 +19,7 @@ from workflows.preview import (
     DestroyRequest,
     PreviewEnvironmentWorkflow,
     PreviewInput,
+    PreviewStatus,
 )
 from workflows.saga import ActivityTimeouts
 
@@ -31,7 +32,7 @@ async def deploy(
     options: PlanOptions | None = None,
     timeouts: ActivityTimeouts | None = None,
     history_limit: int | None = None,
-) -> WorkflowHandle[PreviewEnvironmentWorkflow, object]:
+) -> WorkflowHandle[PreviewEnvironmentWorkflow, PreviewStatus]:
     """Signal-with-start: the PR's one workflow gets `deploy`, started if it is not running."""
     return await client.start_workflow(
         PreviewEnvironmentWorkflow.run,

@@ -345,8 +345,7 @@ async def test_isolated_vpc_with_rds_clone_end_to_end(
     assert len(peerings) == 1
 
     await lifecycle.destroy(temporal_client, repo, number, "e2e done")
-    result = await handle.result()
-    assert getattr(result, "state", None) == "destroyed"
+    assert (await handle.result()).state == "destroyed"
     assert tagged(ec2.describe_vpcs()["Vpcs"], env) == []
     assert tagged(ec2.describe_subnets()["Subnets"], env) == []
     assert tagged(ec2.describe_security_groups()["SecurityGroups"], env) == []
