@@ -20,6 +20,7 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
+from workflows.golden import GoldenRefreshRequest, GoldenRefreshWorkflow, refresh_workflow_id
 from workflows.sweeper import OrphanSweepWorkflow, SweepRequest
 
 SWEEPER_SCHEDULE_ID = "preview-orphan-sweeper"
@@ -58,3 +59,40 @@ async def ensure_sweeper_schedule(
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
         state=ScheduleState(note=f"orphan sweeper ({mode})"),
     ))
+
+
+async def ensure_golden_schedule(
+    client: Client,
+    request: GoldenRefreshRequest,
+    *,
+    task_queue: str,
+    every: timedelta | None = None,
+    cron: str | None = None,
+    schedule_id: str | None = None,
+    execution_timeout: timedelta = timedelta(hours=24),
+) -> ScheduleHandle:
+    """Create the source's refresh schedule, or bring an existing one up to date.
+
+    Runs never overlap (a refresh still running skips the next one). Updating keeps the
+    schedule's state, so a schedule an operator paused stays paused.
+    """
+    if (every is None) == (cron is None):
+        raise ValueError("give exactly one of `every` or `cron`")
+    schedule_id = schedule_id or refresh_workflow_id(request.source_name)
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            GoldenRefreshWorkflow.run,
+            request,
+            id=refresh_workflow_id(request.source_name),
+            task_queue=task_queue,
+            execution_timeout=execution_timeout,
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=every)] if every else [],
+            cron_expressions=[cron] if cron else [],
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP,
+                              catchup_window=timedelta(hours=1)),
+        state=ScheduleState(note=f"golden copy refresh of {request.source_name}"),
+    )
+    return await ensure_schedule(client, schedule_id, schedule)

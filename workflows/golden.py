@@ -12,17 +12,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleHandle,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleState,
-)
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
@@ -111,42 +100,3 @@ class GoldenRefreshWorkflow:
 
 def refresh_workflow_id(source_name: str) -> str:
     return f"golden-refresh/{source_name}"
-
-
-async def ensure_golden_schedule(
-    client: Client,
-    request: GoldenRefreshRequest,
-    *,
-    task_queue: str,
-    every: timedelta | None = None,
-    cron: str | None = None,
-    schedule_id: str | None = None,
-    execution_timeout: timedelta = timedelta(hours=24),
-) -> ScheduleHandle:
-    """Create the source's refresh schedule, or bring an existing one up to date.
-
-    Runs never overlap (a refresh still running skips the next one). Updating keeps the
-    schedule's state, so a schedule an operator paused stays paused.
-    """
-    if (every is None) == (cron is None):
-        raise ValueError("give exactly one of `every` or `cron`")
-    schedule_id = schedule_id or refresh_workflow_id(request.source_name)
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            GoldenRefreshWorkflow.run,
-            request,
-            id=refresh_workflow_id(request.source_name),
-            task_queue=task_queue,
-            execution_timeout=execution_timeout,
-        ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=every)] if every else [],
-            cron_expressions=[cron] if cron else [],
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP,
-                              catchup_window=timedelta(hours=1)),
-        state=ScheduleState(note=f"golden copy refresh of {request.source_name}"),
-    )
-    from starter.schedules import ensure_schedule  # client-side only, never in a workflow
-
-    return await ensure_schedule(client, schedule_id, schedule)

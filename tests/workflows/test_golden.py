@@ -26,7 +26,8 @@ from domain.blueprint import MaskingMethod, MaskingRule
 from engine.keyring import Keyring
 from engine.sealing import Sealer
 from stack.postgres import PostgresServer
-from workflows.golden import GoldenRefreshWorkflow, ensure_golden_schedule
+from starter.schedules import ensure_golden_schedule
+from workflows.golden import GoldenRefreshWorkflow
 
 SEALER = Sealer(Keyring.parse("test:" + base64.b64encode(b"w" * 32).decode()))
 RULES = [
