@@ -6,6 +6,7 @@ Temporal cluster, Kubernetes cluster, AWS account and GitHub needs no code chang
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 from pydantic import Field, SecretStr
@@ -98,6 +99,23 @@ class Settings(BaseSettings):
     # Starter service
     listen_host: str = Field("127.0.0.1", description="Starter bind address")
     listen_port: int = Field(8080, description="Starter port")
+
+
+    def as_environment(self) -> dict[str, str]:
+        """The PREVIEW_* variables that make `Settings()` in a child process equal this."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, dict):
+                value = json.dumps(value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"PREVIEW_{name.upper()}"] = str(value)
+        return env
 
 
 @lru_cache

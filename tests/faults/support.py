@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
@@ -71,20 +70,7 @@ def plan_for(pr: PullRequest, zone_id: str = "ZFAULTS", options: PlanOptions | N
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes `Settings()` in a subprocess equal to `settings`."""
-    env: dict[str, str] = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, dict):
-            value = json.dumps(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"PREVIEW_{name.upper()}"] = str(value)
-    return env
+    return settings.as_environment()
 
 
 def unique_number() -> int:

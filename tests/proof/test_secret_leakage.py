@@ -159,20 +159,7 @@ class Evidence:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The PREVIEW_* variables that make `Settings()` in a subprocess equal `settings`."""
-    env = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, dict):
-            value = json.dumps(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"PREVIEW_{name.upper()}"] = str(value)
-    return env
+    return settings.as_environment()
 
 
 class LogSlice:
