@@ -435,7 +435,12 @@ def masked_tables(columns: Iterable[Column]) -> list[tuple[str, str]]:
 
 
 def golden_generation_name(source_name: str, when: datetime, run_id: str = "") -> str:
-    """Database name of one golden generation: the source, a UTC timestamp, the run."""
+    """Database name of one golden generation: the source, a UTC timestamp, the run.
+
+    The run is a digest of the whole run id, not its first characters: Temporal's run
+    ids are UUIDv7, whose leading characters are a clock that two runs started in the
+    same minute share."""
     stamp = when.strftime("%Y%m%d%H%M%S")
-    parts = ["golden", source_name, stamp] + ([run_id.replace("-", "")[:8]] if run_id else [])
+    run = hashlib.sha256(run_id.encode()).hexdigest()[:8] if run_id else None
+    parts = ["golden", source_name, stamp] + ([run] if run else [])
     return pg_identifier(*parts)

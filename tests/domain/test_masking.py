@@ -217,5 +217,15 @@ def test_generation_names_are_valid_and_distinct(source: str, when: datetime,
 
 def test_generation_name_reads_well() -> None:
     when = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
-    assert masking.golden_generation_name("shop", when, "0f1e2d3c-aaaa") == (
-        "golden_shop_20250304050607_0f1e2d3c")
+    name = masking.golden_generation_name("shop", when, "0f1e2d3c-aaaa")
+    assert re.fullmatch(r"golden_shop_20250304050607_[0-9a-f]{8}", name)
+
+
+def test_runs_started_in_the_same_second_get_different_generations() -> None:
+    # Run ids from the Temporal server are UUIDv7: two runs started in the same second
+    # share their first 12 hex digits (the clock). Seen on the dev server:
+    first, second = ("01a21c94-ee84-73b7-ae95-bf83e2e314df",
+                     "01a21c94-eed0-79a3-8993-8f07330edafa")
+    when = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+    assert (masking.golden_generation_name("shop", when, first)
+            != masking.golden_generation_name("shop", when, second))
