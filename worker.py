@@ -26,6 +26,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from domain.resources import tenant_queue
 from engine.client import connect
 from engine.sealing import Sealer
 from engine.settings import Settings
@@ -62,7 +63,11 @@ class Target:
         return cls(kind, name)
 
     def task_queue(self, base: str) -> str:
-        return base if self.kind == "all" else f"{base}-{self.kind}-{self.name}"
+        if self.kind == "cluster":
+            return tenant_queue(base, "cluster", self.name)
+        if self.kind == "account":
+            return tenant_queue(base, "account", self.name)
+        return base
 
 
 @dataclass
@@ -117,6 +122,7 @@ async def build_activities(
             AwsSweepActivities(aws),
         ]
     if target.kind == "all":
+        from activities.aws import AwsClients
         from activities.github import FeedbackActivities
         from activities.postgres import PostgresActivities
 
@@ -126,6 +132,7 @@ async def build_activities(
                 settings.preview_database_url,
                 sealer,
                 settings.masking_key.get_secret_value().encode(),
+                aws=AwsClients(settings),  # publishes golden dumps to S3
             )
         )
         objects.append(await source_activities(settings, resources))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,7 +29,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import ROLLOUT_FAILED
+from activities.errors import ROLLOUT_FAILED, invalid_input
 from domain.naming import MANAGED_BY, Ownership
 from domain.resources import AwsTarget
 from engine.settings import Settings
@@ -283,3 +284,12 @@ def poll(check: Callable[[], T | None], *, what: str, waits: Waits) -> T:
             raise ApplicationError(f"still waiting for {what} after {waits.timeout:.0f}s")
         heartbeat(what)
         time.sleep(waits.interval)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` → (bucket, key)."""
+    parsed = urllib.parse.urlparse(uri)
+    key = parsed.path.lstrip("/")
+    if parsed.scheme != "s3" or not parsed.netloc or not key:
+        raise invalid_input(f"golden dump location {uri!r} is not an s3://bucket/key URI")
+    return parsed.netloc, key

@@ -6,13 +6,17 @@ a repository keep its preview definition next to its code, and runs the local st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from domain.blueprint import Blueprint
+from domain.plan import sweep_targets
+from domain.resources import LIST_SWEEP_TARGETS, SweepTargets
 from domain.source import LoadSourceRequest, SourceEnvironment
 
 
@@ -20,21 +24,32 @@ class BlueprintFileActivities:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def _find(self, repository: str) -> Blueprint | None:
+    def _documents(self) -> Iterator[tuple[Path, dict[str, Any]]]:
         for path in sorted(self.directory.glob("*.yaml")):
             data = yaml.safe_load(path.read_text())
-            if not isinstance(data, dict):
-                continue
+            if isinstance(data, dict):
+                yield path, data
+
+    @staticmethod
+    def _validate(path: Path, data: dict[str, Any]) -> Blueprint:
+        try:
+            return Blueprint.model_validate(data)
+        except ValueError as error:
+            raise ApplicationError(
+                f"{path}: invalid blueprint: {error}", type="InvalidInput", non_retryable=True,
+            ) from None
+
+    def _find(self, repository: str) -> Blueprint | None:
+        for path, data in self._documents():
             repo = str((data.get("project") or {}).get("repository", ""))
             if repo.lower() == repository.lower():
-                try:
-                    return Blueprint.model_validate(data)
-                except ValueError as error:
-                    raise ApplicationError(
-                        f"{path}: invalid blueprint: {error}", type="InvalidInput",
-                        non_retryable=True,
-                    ) from None
+                return self._validate(path, data)
         return None
+
+    @activity.defn(name=LIST_SWEEP_TARGETS)
+    async def list_sweep_targets(self) -> SweepTargets:
+        return sweep_targets(self._validate(path, data).environment
+                             for path, data in self._documents())
 
     @activity.defn(name="load_source_environment")
     async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:

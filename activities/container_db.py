@@ -44,7 +44,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.aws import AwsClients, is_error
+from activities.aws import AwsClients, is_error, parse_s3_uri
 from activities.errors import ROLLOUT_FAILED, foreign_resource, invalid_input
 from activities.kubernetes import (
     API_ERROR,
@@ -121,15 +121,6 @@ def restore_command() -> list[str]:
         "pg_restore --no-owner --no-privileges --exit-on-error --single-transaction "
         '--dbname="$PGDATABASE" "$DUMP_FILE"'
     )]
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/key` → (bucket, key)."""
-    parsed = urllib.parse.urlparse(uri)
-    key = parsed.path.lstrip("/")
-    if parsed.scheme != "s3" or not parsed.netloc or not key:
-        raise invalid_input(f"golden dump location {uri!r} is not an s3://bucket/key URI")
-    return parsed.netloc, key
 
 
 # --- names -------------------------------------------------------------------------------

@@ -56,11 +56,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.aws import AwsClients, parse_s3_uri
 from activities.errors import foreign_resource, invalid_input
 from domain import masking
 from domain.blueprint import DataPolicy, MaskingMethod, MaskingRule
 from domain.naming import MANAGED_BY, PG_IDENTIFIER
-from domain.resources import PostgresCloneSpec, StepInput, StepOutput
+from domain.resources import (
+    AwsTarget,
+    PostgresCloneSpec,
+    PreviewDatabase,
+    StepInput,
+    StepOutput,
+)
 from domain.secrets import SealedValue
 from engine.sealing import Sealer
 from stack.postgres import pg_bin_dir
@@ -74,6 +81,7 @@ VERIFY_GOLDEN = "verify_golden_generation"
 PROMOTE_GOLDEN = "promote_golden_generation"
 PRUNE_GOLDEN = "prune_golden_generations"
 DISCARD_GOLDEN = "discard_golden_generation"
+PUBLISH_GOLDEN = "publish_golden_dump"
 LIST_PREVIEW_DATABASES = "list_preview_databases"
 REMOVE_PREVIEW_DATABASE = "remove_preview_database"
 
@@ -122,6 +130,10 @@ class GoldenRefreshRequest(_Model):
     scan_min_length: int = Field(
         6, ge=1, description="Originals this long are searched in every text column too"
     )
+    dump_bucket: str | None = Field(
+        None, description="S3 bucket to publish the verified copy to as a pg_dump, for "
+        "container databases (see domain.masking.golden_dump_uri); None: not published"
+    )
 
 
 class GoldenStep(_Model):
@@ -152,19 +164,13 @@ class GoldenDiscardInput(GoldenStep):
     pass
 
 
+class GoldenPublishInput(GoldenStep):
+    dump_uri: str = Field(pattern=r"^s3://[^/]+/.+")
+
+
 class GoldenPruneInput(_Model):
     source_name: str = Field(pattern=_SOURCE_NAME)
     keep_generations: int = Field(3, ge=1, le=50)
-
-
-class PreviewDatabase(_Model):
-    """A preview database as the orphan sweeper sees it."""
-
-    database: str
-    environment: str
-    role: str | None = None
-    state: str = ""
-    exists: bool = True
 
 
 # --- connection details --------------------------------------------------------------
@@ -482,9 +488,12 @@ async def run_pipeline(stages: Sequence[_Stage], *, what: str, hide: Sequence[st
         )
 
 
-def _dump_argv(server: PgServer, database: str, *, file: Path | None = None) -> _Stage:
+def _dump_argv(server: PgServer, database: str, *, file: Path | None = None,
+               compress: bool = False) -> _Stage:
     url, env = server.libpq(database)
-    argv = [str(pg_bin_dir() / "pg_dump"), "--format=custom", "--compress=0", "--no-sync",
+    # Uncompressed for local pipes (CPU-bound otherwise); compressed to travel.
+    argv = [str(pg_bin_dir() / "pg_dump"), "--format=custom",
+            "--compress=6" if compress else "--compress=0", "--no-sync",
             "--no-subscriptions", "--no-publications", "--no-security-labels",
             f"--dbname={url}"]
     if file is not None:
@@ -667,7 +676,7 @@ class PostgresActivities:
 
     def __init__(
         self, admin_url: str, sealer: Sealer, masking_key: bytes, *,
-        golden_admin_url: str | None = None,
+        golden_admin_url: str | None = None, aws: AwsClients | None = None,
     ) -> None:
         if not masking_key:
             raise ValueError("masking_key must not be empty")
@@ -677,6 +686,7 @@ class PostgresActivities:
         self._key = masking_key
         self._pads = masking.hmac_pads(masking_key)
         self._ready: set[str] = set()
+        self._aws = aws  # S3, where golden copies are published for container databases
 
     def all_activities(self) -> list[Callable[..., Awaitable[Any]]]:
         return [
@@ -684,7 +694,7 @@ class PostgresActivities:
             self.restore_golden_generation, self.mask_golden_generation,
             self.verify_golden_generation, self.promote_golden_generation,
             self.prune_golden_generations, self.discard_golden_generation,
-            self.list_preview_databases, self.remove_preview_database,
+            self.publish_golden_dump, self.list_preview_databases, self.remove_preview_database,
         ]
 
     # connections -----------------------------------------------------------------
@@ -1330,6 +1340,32 @@ class PostgresActivities:
                 await conn.execute(
                     f"UPDATE {SCHEMA}.golden_generations SET promoted_at = now() "
                     "WHERE generation = $1", step.generation)
+
+    @activity.defn(name=PUBLISH_GOLDEN)
+    async def publish_golden_dump(self, step: GoldenPublishInput) -> None:
+        """Upload a dump of a verified generation, replacing the published one: an S3 PUT
+        is atomic, so a container database restores the old dump or the new, never half."""
+        if self._aws is None:
+            raise invalid_input("this worker cannot publish golden dumps: it has no S3 client")
+        async with _keepalive(f"publishing {step.generation}"):
+            async with self._admin(self._golden) as conn:
+                _, state = await self._golden_state(conn, step)
+            self._require(state, step, VERIFIED)
+            bucket, key = parse_s3_uri(step.dump_uri)
+            folder = Path(tempfile.mkdtemp(prefix="preview-golden-"))
+            try:
+                dump = folder / "golden.dump"
+                await run_pipeline([_dump_argv(self._golden, step.generation, file=dump,
+                                               compress=True)],
+                                   what=f"dumping golden generation {step.generation}",
+                                   hide=[self._golden.password or ""])
+                s3 = self._aws.client("s3", AwsTarget(region=self._aws.default_region))
+                await asyncio.to_thread(
+                    s3.upload_file, str(dump), bucket, key,
+                    ExtraArgs={"Metadata": {"generation": step.generation}})
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            _logger().info("published %s as %s", step.generation, step.dump_uri)
 
     @activity.defn(name=DISCARD_GOLDEN)
     async def discard_golden_generation(self, step: GoldenDiscardInput) -> None:

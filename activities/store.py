@@ -44,7 +44,14 @@ from domain.blueprint import (
     VariableScope,
 )
 from domain.blueprint_file import field_path
-from domain.resources import PreviewSlotSpec, StepInput, StepOutput
+from domain.plan import sweep_targets
+from domain.resources import (
+    LIST_SWEEP_TARGETS,
+    PreviewSlotSpec,
+    StepInput,
+    StepOutput,
+    SweepTargets,
+)
 from domain.secrets import SealedValue
 from domain.source import LoadSourceRequest, SourceEnvironment
 from domain.variables import SecretVariable, Target, VariableError, resolve_variables
@@ -1166,6 +1173,13 @@ class Store:
         assert blueprint is not None
         return blueprint
 
+    async def source_environments(self) -> list[Environment]:
+        """The source environment of every project (where its previews' resources live)."""
+        rows = await self.pool.fetch(
+            "SELECT e.document FROM projects p JOIN environments e "
+            "ON e.project_id = p.id AND e.name = p.source_environment ORDER BY p.name")
+        return [Environment.model_validate_json(r["document"]) for r in rows]
+
     async def source_environment(self, repository: str) -> SourceEnvironment | None:
         """The blueprint and sealed secrets previews of `repository` copy; None if unknown."""
         async with self.pool.acquire() as conn, conn.transaction(
@@ -1205,6 +1219,10 @@ class StoreActivities:
     @activity.defn(name=PreviewSlotSpec.absent)
     async def release_preview_slot(self, step: StepInput) -> None:
         await self._store.release_slot(step.spec_as(PreviewSlotSpec).owner.environment)
+
+    @activity.defn(name=LIST_SWEEP_TARGETS)
+    async def list_sweep_targets(self) -> SweepTargets:
+        return sweep_targets(await self._store.source_environments())
 
     @activity.defn(name="load_source_environment")
     async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:

@@ -7,7 +7,6 @@ activities only list and remove, and never touch anything without our mark.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 
 from activities.aws import AwsClients, Waits, heartbeat
@@ -24,18 +23,7 @@ from activities.rds import (
 )
 from activities.tls import delete_certificates, list_certificates
 from domain.naming import Ownership
-from domain.resources import AwsTarget
-
-
-class AwsSweepInput(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    target: AwsTarget
-
-
-class AwsEnvironmentInput(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    target: AwsTarget
-    environment: str
+from domain.resources import AwsEnvironmentInput, AwsSweepInput, AwsTarget
 
 
 class AwsSweepActivities:

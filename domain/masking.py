@@ -444,3 +444,9 @@ def golden_generation_name(source_name: str, when: datetime, run_id: str = "") -
     run = hashlib.sha256(run_id.encode()).hexdigest()[:8] if run_id else None
     parts = ["golden", source_name, stamp] + ([run] if run else [])
     return pg_identifier(*parts)
+
+
+def golden_dump_uri(bucket: str, source_name: str) -> str:
+    """Where the current golden copy of a source is published as a pg_dump (custom
+    format), for container databases to restore: one object, replaced at each refresh."""
+    return f"s3://{bucket}/golden/{source_name}/current.dump"

@@ -8,7 +8,7 @@ here and an activity pair in activities/, and the workflow does not change.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,10 +17,13 @@ from domain.blueprint import (
     Blueprint,
     Database,
     DatabaseMode,
+    DataPolicy,
+    Environment,
     ForkBehaviour,
     Isolation,
     TlsMode,
 )
+from domain.masking import golden_dump_uri
 from domain.naming import (
     Ownership,
     environment_id,
@@ -47,8 +50,10 @@ from domain.resources import (
     RdsCloneSpec,
     ResourceSpec,
     SecretSpec,
+    SweepTargets,
     UpstreamRef,
     VpcSpec,
+    tenant_queue,
 )
 from domain.secrets import SealedValue
 from domain.variables import SecretVariable, Target, resolve_variables
@@ -105,6 +110,8 @@ class PlanOptions(BaseModel):
         "ingress.preview.localhost", description="Load balancer host that DNS records point to"
     )
     url_scheme: str = "http"
+    golden_dump_bucket: str | None = Field(
+        None, description="S3 bucket of published golden copies (container databases' clones)")
 
 
 class _Context(BaseModel):
@@ -120,25 +127,46 @@ class _Context(BaseModel):
 
     @property
     def aws(self) -> AwsTarget:
-        env = self.blueprint.environment
-        account = env.cloud_account
-        if env.isolation == Isolation.account and account is not None:
-            return AwsTarget(
-                region=env.region,
-                account_id=account.account_id,
-                role_arn=account.role_arn,
-                external_id=account.external_id,
-            )
-        return AwsTarget(region=env.region)
+        return aws_target(self.blueprint.environment)
 
     def queue_for(self, system: str) -> str | None:
         """Tenant routing: isolated targets get a task queue of their own."""
         env = self.blueprint.environment
         if system == "kubernetes" and env.isolation == Isolation.cluster:
-            return f"{self.options.task_queue}-cluster-{env.cluster.name}"
+            return tenant_queue(self.options.task_queue, "cluster", env.cluster.name)
         if system == "aws" and env.isolation == Isolation.account and env.cloud_account:
-            return f"{self.options.task_queue}-account-{env.cloud_account.account_id}"
+            return tenant_queue(self.options.task_queue, "account", env.cloud_account.account_id)
         return None
+
+
+def aws_target(env: Environment) -> AwsTarget:
+    """Where an environment's AWS resources live: its region, in its own account when
+    isolated by account (reached through the tenant's role)."""
+    account = env.cloud_account
+    if env.isolation == Isolation.account and account is not None:
+        return AwsTarget(
+            region=env.region,
+            account_id=account.account_id,
+            role_arn=account.role_arn,
+            external_id=account.external_id,
+        )
+    return AwsTarget(region=env.region)
+
+
+def sweep_targets(environments: Iterable[Environment]) -> SweepTargets:
+    """Every cluster and AWS target previews of these source environments may leave
+    resources in, each once, in first-seen order: what the orphan sweeper looks at."""
+    clusters: dict[str, None] = {}
+    dedicated: dict[str, None] = {}
+    targets: dict[AwsTarget, None] = {}
+    for env in environments:
+        if env.isolation == Isolation.cluster:
+            dedicated.setdefault(env.cluster.name)
+        else:
+            clusters.setdefault(env.cluster.name)
+        targets.setdefault(aws_target(env))
+    return SweepTargets(clusters=list(clusters), dedicated_clusters=list(dedicated),
+                        aws_targets=list(targets))
 
 
 Rule = Callable[[_Context], list[Step]]
@@ -246,10 +274,24 @@ def _database(ctx: _Context, db: Database) -> Step:
             storage_class=ctx.options.storage_class,
             data_policy=db.data_policy,
             seed_sql=db.seed_sql,
+            golden_dump_s3_uri=_golden_dump(ctx, db),
         )
         deps, queue = ("namespace",), ctx.queue_for("kubernetes")
         summary = f"container PostgreSQL {db.name}"
     return Step(key=key, spec=spec, depends_on=deps, task_queue=queue, summary=summary)
+
+
+def _golden_dump(ctx: _Context, db: Database) -> str | None:
+    """A cloned container database restores its source's published golden dump."""
+    if db.data_policy not in (DataPolicy.clone, DataPolicy.masked_clone):
+        return None
+    if not ctx.options.golden_dump_bucket:
+        raise PlanError(
+            f"database {db.name!r}: a container database with data_policy "
+            f"{db.data_policy.value} restores the golden copy of {db.source!r} from S3, "
+            "and no bucket is configured: set PREVIEW_GOLDEN_DUMP_BUCKET (and publish the "
+            "golden copy there: GoldenRefreshRequest.dump_bucket)")
+    return golden_dump_uri(ctx.options.golden_dump_bucket, db.source)
 
 
 def _databases(ctx: _Context) -> list[Step]:

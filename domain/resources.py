@@ -277,6 +277,11 @@ class StepInput(BaseModel):
 # --- sweeper inputs ---------------------------------------------------------------
 
 
+def tenant_queue(base: str, kind: Literal["cluster", "account"], name: str) -> str:
+    """The task queue of a dedicated cluster's or account's own worker (docs/tenants.md)."""
+    return f"{base}-{kind}-{name}"
+
+
 class KubeSweepInput(BaseModel):
     """Which cluster the orphan sweeper lists."""
 
@@ -288,3 +293,42 @@ class KubeEnvironmentInput(BaseModel):
 
     cluster: str = "default"
     environment: str
+
+
+class AwsSweepInput(BaseModel):
+    """Which AWS target (region, and account for isolated tenants) the sweeper lists."""
+
+    model_config = ConfigDict(frozen=True)
+    target: AwsTarget
+
+
+class AwsEnvironmentInput(BaseModel):
+    """One environment whose AWS resources the sweeper removes from one target."""
+
+    model_config = ConfigDict(frozen=True)
+    target: AwsTarget
+    environment: str
+
+
+class PreviewDatabase(BaseModel):
+    """A preview database as the orphan sweeper sees it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    database: str
+    environment: str
+    role: str | None = None
+    state: str = ""
+    exists: bool = True
+
+
+LIST_SWEEP_TARGETS = "list_sweep_targets"
+
+
+class SweepTargets(BaseModel):
+    """Every cluster and AWS target the registered projects' previews may use."""
+
+    model_config = ConfigDict(frozen=True)
+    clusters: list[str] = Field(default_factory=list, description="Reached by the lifecycle worker")
+    dedicated_clusters: list[str] = Field(default_factory=list,
+                                          description="`isolation: cluster`: their own worker")
+    aws_targets: list[AwsTarget] = Field(default_factory=list)

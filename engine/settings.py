@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         "ingress-nginx", description="Namespace whose pods may reach previews"
     )
     storage_class: str = Field("standard", description="Storage class for container databases")
+    golden_dump_bucket: str | None = Field(
+        None, description="S3 bucket where golden copies are published for container databases"
+    )
 
     # Webhooks and Git hosting
     github_webhook_secret: SecretStr = Field(

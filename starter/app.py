@@ -64,6 +64,7 @@ def plan_options(settings: Settings) -> PlanOptions:
         task_queue=settings.task_queue,
         ingress_namespace=settings.ingress_controller_namespace,
         storage_class=settings.storage_class,
+        golden_dump_bucket=settings.golden_dump_bucket,
     )
 
 

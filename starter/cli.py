@@ -27,6 +27,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from domain.naming import workflow_id
 from domain.pull_request import PullRequest
+from domain.resources import AwsTarget
 from engine.client import connect
 from engine.settings import Settings
 from starter.cli_api import register
@@ -176,7 +177,12 @@ async def history_lines(client: Client, handle: WorkflowHandle[Any, Any]) -> lis
 
 async def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
     settings = Settings()
-    request = SweepRequest(dry_run=not args.apply)
+    # The shared clusters are the lifecycle worker's (PREVIEW_KUBE_CONTEXTS); tenants'
+    # clusters and accounts are found in the projects' blueprints by the workflow.
+    request = SweepRequest(dry_run=not args.apply,
+                           clusters=["default", *settings.kube_contexts],
+                           dedicated_clusters=args.dedicated_cluster or [],
+                           aws_targets=[AwsTarget(region=settings.aws_region)])
     if args.every_hours:
         await ensure_sweeper_schedule(client, request, task_queue=settings.task_queue,
                                       every=timedelta(hours=args.every_hours))
@@ -190,9 +196,11 @@ async def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
         for env, items in found.items():
             gone = "removed" if env in report.removed.get(system, {}) else "found"
             console.print(f"{gone:8} {system:28} {env}: {', '.join(items)}")
+    for system, reason in report.failed.items():
+        console.print(f"[red]not swept[/red] {system}: {reason}")
     if not any(report.found.values()):
         console.print("no orphans")
-    return 0
+    return 1 if report.failed else 0
 
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
@@ -227,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="find (and with --apply remove) orphaned resources")
     sweep.add_argument("--apply", action="store_true", help="remove, not only report")
     sweep.add_argument("--every-hours", type=int, help="install it as a Temporal Schedule")
+    sweep.add_argument("--dedicated-cluster", action="append", metavar="NAME",
+                       help="also sweep this tenant cluster through its own worker (tenants "
+                            "of registered projects are found without it)")
     register(sub)
     return root
 

@@ -1,10 +1,12 @@
 """The scheduled refresh of one source's golden copy, and the schedule that runs it.
 
-restore → mask → verify → promote, each an idempotent activity with retries; the
+restore → mask → verify → (publish) → promote, each an idempotent activity with retries; the
 pointer to the current golden copy moves only in `promote`, so a refresh that fails
 anywhere before it leaves the previous golden copy in service (and its half-made
 generation is discarded). Pruning old generations comes after, and its failure does
-not undo a promotion.
+not undo a promotion. Publishing (when the request names a bucket) uploads a dump of the
+verified copy for container databases, which restore it from S3; it comes before the
+promotion so a refresh whose dump cannot be published changes nothing.
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ with workflow.unsafe.imports_passed_through():
         MASKING_NOT_VERIFIED,
         PROMOTE_GOLDEN,
         PRUNE_GOLDEN,
+        PUBLISH_GOLDEN,
         RESTORE_GOLDEN,
         VERIFY_GOLDEN,
         GoldenDiscardInput,
         GoldenMaskInput,
         GoldenPromoteInput,
         GoldenPruneInput,
+        GoldenPublishInput,
         GoldenRefreshRequest,
         GoldenRestoreInput,
         GoldenVerifyInput,
     )
-    from domain.masking import golden_generation_name
+    from domain.masking import golden_dump_uri, golden_generation_name
 
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -65,6 +69,10 @@ class GoldenRefreshWorkflow:
             await self._call(VERIFY_GOLDEN, GoldenVerifyInput(
                 **step, source_url=request.source_url, masking=request.masking,
                 scan_min_length=request.scan_min_length), LONG)
+            if request.dump_bucket:
+                await self._call(PUBLISH_GOLDEN, GoldenPublishInput(
+                    **step, dump_uri=golden_dump_uri(request.dump_bucket, request.source_name)),
+                    LONG)
             await self._call(PROMOTE_GOLDEN, GoldenPromoteInput(
                 **step, masking=request.masking), SHORT)
         except BaseException:

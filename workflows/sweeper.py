@@ -3,7 +3,10 @@
 Runs on a Temporal Schedule. It lists what every system holds under our ownership
 marks (Kubernetes namespaces per cluster, AWS resources per target, preview databases),
 compares with the environments whose workflow is still running, and removes the rest;
-in dry-run mode it only reports.
+in dry-run mode it only reports. Which clusters and AWS targets to look at comes from
+the request and, unless told otherwise, from every registered project's source
+environment, so a tenant's dedicated cluster or account is swept without being listed.
+A system that cannot be reached is reported and the others are still swept.
 """
 
 from __future__ import annotations
@@ -14,26 +17,51 @@ from typing import TypeVar
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.postgres import PreviewDatabase
-    from activities.sweeper_aws import AwsEnvironmentInput, AwsSweepInput
-    from domain.resources import AwsTarget, KubeEnvironmentInput, KubeSweepInput
+    from domain.resources import (
+        LIST_SWEEP_TARGETS,
+        AwsEnvironmentInput,
+        AwsSweepInput,
+        AwsTarget,
+        KubeEnvironmentInput,
+        KubeSweepInput,
+        PreviewDatabase,
+        SweepTargets,
+        tenant_queue,
+    )
 
 
 class SweepRequest(BaseModel):
     dry_run: bool = True
-    clusters: list[str] = Field(default_factory=lambda: ["default"])
-    aws_targets: list[AwsTarget] = Field(default_factory=list)
+    clusters: list[str] = Field(
+        default_factory=lambda: ["default"],
+        description="Clusters the lifecycle worker reaches (PREVIEW_KUBE_CONTEXTS)")
+    dedicated_clusters: list[str] = Field(
+        default_factory=list,
+        description="Clusters of `isolation: cluster` tenants, swept by their own worker")
+    aws_targets: list[AwsTarget] = Field(
+        default_factory=list,
+        description="AWS targets; one naming an account is swept by that account's worker")
     databases: bool = True
+    discover: bool = Field(
+        True, description="Also sweep every cluster and AWS target a project's source "
+                          "environment names")
+    tenant_timeout: timedelta = Field(
+        timedelta(minutes=10),
+        description="How long a tenant's step waits for that tenant's worker to pick it up "
+                    "before the tenant is reported unreachable")
 
 
 class SweepReport(BaseModel):
     dry_run: bool
     live: list[str]
-    # system ("kubernetes:default", "aws:eu-west-1", "postgres") → env id → resources
+    # system ("kubernetes:default", "aws:default:eu-west-1", "postgres") → env id → resources
     found: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     removed: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    # system → why it was not (completely) swept
+    failed: dict[str, str] = Field(default_factory=dict)
 
 
 T = TypeVar("T")
@@ -41,39 +69,70 @@ T = TypeVar("T")
 
 @workflow.defn
 class OrphanSweepWorkflow:
+    def __init__(self) -> None:
+        self._tenant_timeout: timedelta | None = None
+
     @workflow.run
     async def run(self, request: SweepRequest) -> SweepReport:
-        live = await _call("live_environments", None, list[str], "list live previews")
+        self._tenant_timeout = request.tenant_timeout
+        live = await self._call("live_environments", None, list[str], "list live previews")
         report = SweepReport(dry_run=request.dry_run, live=live)
+        given = SweepTargets(clusters=request.clusters,
+                             dedicated_clusters=request.dedicated_clusters,
+                             aws_targets=request.aws_targets)
+        found = SweepTargets()
+        if request.discover:
+            found = await self._call(LIST_SWEEP_TARGETS, None, SweepTargets,
+                                     "list clusters and AWS targets of every project")
+        targets = _merge(given, found)
 
-        for cluster in request.clusters:
+        # A tenant's cluster or account is reached only by that tenant's worker, as the
+        # planner routes its steps; everything else runs on this workflow's own queue.
+        base = workflow.info().task_queue
+        clusters = [(c, None) for c in targets.clusters] + [
+            (c, tenant_queue(base, "cluster", c)) for c in targets.dedicated_clusters]
+        for cluster, queue in clusters:
             system = f"kubernetes:{cluster}"
-            found = await _call("list_kube_environments", KubeSweepInput(cluster=cluster),
-                                dict[str, list[str]], f"list {system}")
-            for env in self._orphans(report, system, found):
-                report.removed.setdefault(system, {})[env] = await _call(
-                    "remove_kube_environment",
-                    KubeEnvironmentInput(cluster=cluster, environment=env),
-                    list[str], f"remove orphan {env} from {system}")
+            try:
+                found_kube = await self._call(
+                    "list_kube_environments", KubeSweepInput(cluster=cluster),
+                    dict[str, list[str]], f"list {system}", queue)
+                for env in self._orphans(report, system, found_kube):
+                    report.removed.setdefault(system, {})[env] = await self._call(
+                        "remove_kube_environment",
+                        KubeEnvironmentInput(cluster=cluster, environment=env),
+                        list[str], f"remove orphan {env} from {system}", queue)
+            except ActivityError as error:
+                report.failed[system] = _reason(error)
 
-        for target in request.aws_targets:
+        for target in targets.aws_targets:
             system = f"aws:{target.account_id or 'default'}:{target.region}"
-            found = await _call("list_aws_environments", AwsSweepInput(target=target),
-                                dict[str, list[str]], f"list {system}")
-            for env in self._orphans(report, system, found):
-                report.removed.setdefault(system, {})[env] = await _call(
-                    "remove_aws_environment", AwsEnvironmentInput(target=target, environment=env),
-                    list[str], f"remove orphan {env} from {system}")
+            queue = tenant_queue(base, "account", target.account_id) if target.account_id else None
+            try:
+                found_aws = await self._call(
+                    "list_aws_environments", AwsSweepInput(target=target),
+                    dict[str, list[str]], f"list {system}", queue)
+                for env in self._orphans(report, system, found_aws):
+                    report.removed.setdefault(system, {})[env] = await self._call(
+                        "remove_aws_environment",
+                        AwsEnvironmentInput(target=target, environment=env),
+                        list[str], f"remove orphan {env} from {system}", queue)
+            except ActivityError as error:
+                report.failed[system] = _reason(error)
 
         if request.databases:
-            databases = await _call("list_preview_databases", None, list[PreviewDatabase],
-                                    "list preview databases")
-            found = {}
-            for db in databases:
-                found.setdefault(db.environment, []).append(f"database {db.database}")
-            for env in self._orphans(report, "postgres", found):
-                report.removed.setdefault("postgres", {})[env] = await _call(
-                    "remove_preview_database", env, list[str], f"remove orphan database {env}")
+            try:
+                databases = await self._call("list_preview_databases", None,
+                                             list[PreviewDatabase], "list preview databases")
+                found_db: dict[str, list[str]] = {}
+                for db in databases:
+                    found_db.setdefault(db.environment, []).append(f"database {db.database}")
+                for env in self._orphans(report, "postgres", found_db):
+                    report.removed.setdefault("postgres", {})[env] = await self._call(
+                        "remove_preview_database", env, list[str],
+                        f"remove orphan database {env}")
+            except ActivityError as error:
+                report.failed["postgres"] = _reason(error)
         return report
 
     @staticmethod
@@ -83,11 +142,30 @@ class OrphanSweepWorkflow:
         report.found[system] = orphans
         return [] if report.dry_run else list(orphans)
 
+    async def _call(self, activity: str, arg: object, result_type: type[T], summary: str,
+                    task_queue: str | None = None) -> T:
+        args = [] if arg is None else [arg]
+        return await workflow.execute_activity(
+            activity, args=args, result_type=result_type, summary=summary,
+            task_queue=task_queue,
+            # Only a tenant's queue may have no worker at all; ours always has this one.
+            schedule_to_start_timeout=self._tenant_timeout if task_queue else None,
+            start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+        )
 
-async def _call(activity: str, arg: object, result_type: type[T], summary: str) -> T:
-    args = [] if arg is None else [arg]
-    return await workflow.execute_activity(
-        activity, args=args, result_type=result_type, summary=summary,
-        start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=timedelta(minutes=2),
-        retry_policy=RetryPolicy(maximum_attempts=5),
-    )
+
+def _merge(given: SweepTargets, found: SweepTargets) -> SweepTargets:
+    def union(a: list[T], b: list[T]) -> list[T]:
+        return list(dict.fromkeys([*a, *b]))
+
+    dedicated = union(given.dedicated_clusters, found.dedicated_clusters)
+    # A dedicated cluster is reached through its tenant's worker only, never ours.
+    shared = [c for c in union(given.clusters, found.clusters) if c not in dedicated]
+    return SweepTargets(clusters=shared, dedicated_clusters=dedicated,
+                        aws_targets=union(given.aws_targets, found.aws_targets))
+
+
+def _reason(error: ActivityError) -> str:
+    cause = error.cause
+    return f"{type(cause).__name__}: {cause}" if cause else str(error)

@@ -31,13 +31,16 @@ from domain.blueprint import (
     Application,
     AppliesTo,
     Blueprint,
+    ClusterRef,
     Database,
     Environment,
     EnvironmentKind,
+    Isolation,
     VariableKind,
     VariableScope,
 )
 from domain.blueprint_file import parse_blueprint
+from domain.resources import SweepTargets
 from domain.secrets import SealedValue
 from domain.source import LoadSourceRequest, SourceEnvironment
 from domain.variables import Target, resolve_variables
@@ -544,3 +547,28 @@ async def test_load_source_environment_activity(store: Store, project: str) -> N
     error = raised.value
     assert error.type == "UnknownRepository" and error.non_retryable
     assert "someone/unknown" in error.message and "preview blueprint import" in error.message
+
+
+async def test_sweep_targets_come_from_every_projects_source_environment(
+    store: Store, project: str
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    tenant = Environment(isolation=Isolation.cluster, cluster=ClusterRef(name=f"t-{suffix}"))
+    await store.environments.create(project, tenant.model_copy(update={"name": "isolated"}),
+                                    "t")
+    activities = StoreActivities(store)
+    run = ActivityEnvironment().run
+    # Only the source environment's targets count: previews are copies of it alone.
+    before = await run(activities.list_sweep_targets)
+    assert isinstance(before, SweepTargets)
+    assert f"t-{suffix}" not in before.dedicated_clusters and "default" in before.clusters
+
+    record = await store.get_project(project)
+    spec = ProjectSpec(**record.model_dump(exclude={"created_at", "updated_at"}))
+    await store.update_project(project, spec.model_copy(
+        update={"source_environment": "isolated"}), "t")
+    after = await run(activities.list_sweep_targets)
+    assert f"t-{suffix}" in after.dedicated_clusters
+    assert f"t-{suffix}" not in after.clusters
+    await store.delete_project(project, "t")
+    assert f"t-{suffix}" not in (await run(activities.list_sweep_targets)).dedicated_clusters

@@ -7,17 +7,30 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from domain.blueprint import Blueprint
-from domain.plan import Plan, PlanError, Step, plan_preview, topological
+from domain.blueprint import Blueprint, Environment
+from domain.masking import golden_dump_uri
+from domain.plan import (
+    Plan,
+    PlanError,
+    PlanOptions,
+    Step,
+    plan_preview,
+    sweep_targets,
+    topological,
+)
 from domain.pull_request import PullRequest
 from domain.resources import (
     ApplicationSpec,
+    AwsSpec,
+    AwsTarget,
     ConfigMapSpec,
+    ContainerDatabaseSpec,
     NamespaceSpec,
     PostgresCloneSpec,
     RdsCloneSpec,
     SecretSpec,
     VpcSpec,
+    tenant_queue,
 )
 from domain.secrets import SealedValue
 from domain.variables import SecretVariable
@@ -67,6 +80,23 @@ def test_apps_with_container_database() -> None:
     secret = plan.step("secret/web").spec
     assert isinstance(secret, SecretSpec)
     assert secret.upstream["DATABASE_URL"].step == "database/main"
+
+
+def test_a_cloned_container_database_restores_the_published_golden_dump() -> None:
+    cloned = blueprint(databases=[{"name": "main", "mode": "container", "source": "shop",
+                                   "data_policy": "masked_clone"}])
+    plan = plan_preview(cloned, PR, options=PlanOptions(golden_dump_bucket="goldens"))
+    spec = plan.step("database/main").spec
+    assert isinstance(spec, ContainerDatabaseSpec)
+    assert spec.golden_dump_s3_uri == "s3://goldens/golden/shop/current.dump"
+    assert spec.golden_dump_s3_uri == golden_dump_uri("goldens", "shop")  # where it's published
+    # Without a bucket the plan says what to configure instead of failing in the cluster.
+    with pytest.raises(PlanError, match=r"'main'.*PREVIEW_GOLDEN_DUMP_BUCKET"):
+        plan_preview(cloned, PR)
+    empty = plan_preview(blueprint(databases=[{"name": "main", "mode": "container"}]), PR,
+                         options=PlanOptions(golden_dump_bucket="goldens"))
+    spec = empty.step("database/main").spec
+    assert isinstance(spec, ContainerDatabaseSpec) and spec.golden_dump_s3_uri is None
 
 
 def test_apps_with_rds_clone_in_a_dedicated_vpc() -> None:
@@ -172,3 +202,39 @@ def test_vpc_ranges_differ_per_preview_and_stay_inside_the_pool() -> None:
     assert all(ipaddress.ip_network(r).subnet_of(pool) for r in ranges)  # type: ignore[arg-type]
     assert len(ranges) >= 48  # 1024 blocks: collisions are rare, and refused when they happen
     assert vpc_cidr(str(pool), "env-1") == vpc_cidr(str(pool), "env-1")
+
+
+def test_sweep_targets_name_each_cluster_and_account_once_with_its_routing() -> None:
+    account = {"account_id": "222222222222", "role_arn": "arn:aws:iam::222222222222:role/p",
+               "external_id": "ext-id"}
+    environments = [Environment.model_validate(e) for e in (
+        {},
+        {"region": "us-east-1"},
+        {"isolation": "cluster", "cluster": {"name": "hipaa"}},
+        {"isolation": "cluster", "cluster": {"name": "hipaa"}, "region": "us-east-1"},
+        {"isolation": "vpc", "cluster": {"name": "eu-2"}},
+        {"isolation": "account", "cloud_account": account},
+        # An account named without account isolation is not a tenant's: the shared one acts.
+        {"cloud_account": account},
+    )]
+    targets = sweep_targets(environments)
+    assert targets.clusters == ["default", "eu-2"]
+    assert targets.dedicated_clusters == ["hipaa"]
+    assert targets.aws_targets == [
+        AwsTarget(region="eu-west-1"),
+        AwsTarget(region="us-east-1"),
+        AwsTarget(region="eu-west-1", account_id="222222222222",
+                  role_arn=account["role_arn"], external_id="ext-id"),
+    ]
+    # The planner's own routing agrees: an isolated account's steps carry its target.
+    plan = plan_preview(blueprint(
+        environment={"isolation": "account", "cloud_account": account},
+        databases=[{"name": "main", "mode": "rds", "source": "prod-db",
+                    "data_policy": "clone"}],
+        network={"base_domain": "preview.example.com", "hosted_zone_id": "Z1",
+                 "tls": "per_host", "cluster_vpc_id": "vpc-123"}), PR)
+    aws_steps = [s for s in plan.steps if isinstance(s.spec, AwsSpec)]
+    assert aws_steps and {s.spec.target for s in aws_steps
+                          if isinstance(s.spec, AwsSpec)} == {targets.aws_targets[2]}
+    assert {s.task_queue for s in aws_steps} == {tenant_queue("previews", "account",
+                                                              "222222222222")}

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+import yaml
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.aws import AwsClients
+from activities.blueprints import BlueprintFileActivities
 from activities.kubernetes import ClusterClients, KubernetesActivities
 from activities.network import NetworkActivities
 from activities.postgres import PostgresActivities
@@ -41,7 +44,7 @@ TARGET = AwsTarget(region="eu-west-1")
 
 async def test_sweeper_removes_orphans_only(
     temporal_client: Client, test_settings: Settings, kube_cluster: Any, moto_server: Any,
-    postgres_server: Any, monkeypatch: pytest.MonkeyPatch,
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "sweep")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sweep")
@@ -77,26 +80,32 @@ async def test_sweeper_removes_orphans_only(
     admin = await asyncpg.connect(postgres_server.admin_url)
     await admin.execute(f'CREATE DATABASE "{pg_identifier(orphan, "theirs")}"')
 
+    # The AWS target is not in the request: the sweeper finds it in the project's blueprint.
+    (tmp_path / "preview.yaml").write_text(yaml.safe_dump({
+        "project": {"name": "sweep", "repository": repo},
+        "environment": {"region": TARGET.region},
+        "applications": [{"name": "web", "image": "registry.local/web"}]}))
     worker = Worker(
         temporal_client, task_queue=queue, workflows=[OrphanSweepWorkflow],
         activities=activities_of(VisibilityActivities(temporal_client), kube,
-                                 AwsSweepActivities(aws), postgres),
+                                 AwsSweepActivities(aws), postgres,
+                                 BlueprintFileActivities(tmp_path)),
         activity_executor=ThreadPoolExecutor(8),
     )
     async with worker:
         dry = await temporal_client.execute_workflow(
-            OrphanSweepWorkflow.run, SweepRequest(dry_run=True, aws_targets=[TARGET]),
+            OrphanSweepWorkflow.run, SweepRequest(dry_run=True),
             id=f"sweep-dry-{uuid.uuid4()}", task_queue=queue)
         assert live in dry.live
         assert orphan in dry.found["kubernetes:default"]
         assert orphan in dry.found["aws:default:eu-west-1"]
         assert orphan in dry.found["postgres"]
         assert all(live not in found for found in dry.found.values())
-        assert dry.removed == {}
+        assert dry.removed == {} and dry.failed == {}
         assert orphan in kube_cluster.kubectl("get", "ns", "-o", "name")  # dry run: untouched
 
         report = await temporal_client.execute_workflow(
-            OrphanSweepWorkflow.run, SweepRequest(dry_run=False, aws_targets=[TARGET]),
+            OrphanSweepWorkflow.run, SweepRequest(dry_run=False),
             id=f"sweep-{uuid.uuid4()}", task_queue=queue)
     # Other test modules' leftovers on the shared servers are orphans too: what matters is
     # that ours went and the live one stayed.

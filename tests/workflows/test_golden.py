@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -20,13 +22,16 @@ from temporalio.client import (
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
+from activities.aws import AwsClients
 from activities.errors import INVALID_INPUT
 from activities.postgres import GoldenRefreshRequest, PostgresActivities
 from domain.blueprint import MaskingMethod, MaskingRule
+from domain.masking import golden_dump_uri
 from engine.keyring import Keyring
 from engine.sealing import Sealer
-from stack.postgres import PostgresServer
+from stack.postgres import PostgresServer, pg_bin_dir
 from starter.schedules import ensure_golden_schedule
+from tests.plugins.moto import REGION, MotoServer
 from workflows.golden import GoldenRefreshWorkflow
 
 SEALER = Sealer(Keyring.parse("test:" + base64.b64encode(b"w" * 32).decode()))
@@ -169,3 +174,58 @@ async def test_schedule_is_created_updated_and_runs(
 
     with pytest.raises(ValueError):
         await ensure_golden_schedule(temporal_client, request, task_queue=worker)
+
+
+async def test_a_refresh_publishes_its_masked_dump_for_container_databases(
+    temporal_client: Client, source_url: str, postgres_server: PostgresServer,
+    moto_server: MotoServer, tmp_path: Path,
+) -> None:
+    aws = AwsClients(endpoint_url=moto_server.endpoint_url, region=REGION,
+                     session=moto_server.session)
+    acts = PostgresActivities(postgres_server.admin_url, SEALER, b"workflow-test-key", aws=aws)
+    s3 = moto_server.client("s3")
+    bucket = f"goldens-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    uri = golden_dump_uri(bucket, "wfp")
+    key = uri.removeprefix(f"s3://{bucket}/")
+    request = GoldenRefreshRequest(source_url=source_url, source_name="wfp", masking=RULES,
+                                   dump_bucket=bucket)
+    task_queue = f"golden-publish-{uuid.uuid4().hex[:8]}"
+    async with Worker(temporal_client, task_queue=task_queue,
+                      workflows=[GoldenRefreshWorkflow], activities=acts.all_activities()):
+        generation = await temporal_client.execute_workflow(
+            GoldenRefreshWorkflow.run, request, id=f"golden-test-{uuid.uuid4()}",
+            task_queue=task_queue)
+        published = s3.head_object(Bucket=bucket, Key=key)
+        assert published["Metadata"] == {"generation": generation}
+
+        # What a container database would restore: masked, joins intact.
+        dump = tmp_path / "current.dump"
+        s3.download_file(bucket, key, str(dump))
+        target = f"restored_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(postgres_server.admin_url)
+        try:
+            await admin.execute(f"CREATE DATABASE {target}")
+        finally:
+            await admin.close()
+        subprocess.run([str(pg_bin_dir() / "pg_restore"), "--no-owner", "--exit-on-error",
+                        f"--dbname={postgres_server.url(target)}", str(dump)], check=True)
+        restored = await asyncpg.connect(postgres_server.url(target))
+        try:
+            assert await restored.fetchval(
+                "SELECT count(*) FROM visits v JOIN people p ON p.email = v.email") == 300
+            assert await restored.fetchval(
+                "SELECT count(*) FROM people WHERE email LIKE '%@example.org' "
+                "OR name LIKE 'Person Number%'") == 0
+        finally:
+            await restored.close()
+
+        # A refresh that fails leaves the published dump as it was.
+        bad = request.model_copy(update={"masking": [
+            *RULES, MaskingRule(table="people", column="missing", method=MaskingMethod.null)]})
+        with pytest.raises(WorkflowFailureError):
+            await temporal_client.execute_workflow(
+                GoldenRefreshWorkflow.run, bad, id=f"golden-test-{uuid.uuid4()}",
+                task_queue=task_queue)
+        assert s3.head_object(Bucket=bucket, Key=key)["ETag"] == published["ETag"]
+        assert await pointer(postgres_server, "wfp") == generation
