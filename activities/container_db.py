@@ -59,6 +59,7 @@ from activities.kubernetes import (
     _warn_not_ours,
     heartbeat,
     is_ours,
+    poll_delays,
 )
 from domain.blueprint import DataPolicy
 from domain.resources import AwsTarget, ContainerDatabaseSpec, StepInput, StepOutput
@@ -409,6 +410,7 @@ class ContainerDatabaseActivities:
     def _wait_ready(self, api: KubeApi, spec: ContainerDatabaseSpec, objects: Objects) -> None:
         ref = objects.stateful_set
         deadline = time.monotonic() + self.ready_timeout
+        delays = poll_delays(self.poll_interval)
         while True:
             sts = api.get(ref)
             if sts is None:
@@ -439,7 +441,7 @@ class ContainerDatabaseActivities:
                     f"{waiting or f'{ready}/1 ready'}",
                     type=ROLLOUT_FAILED, non_retryable=True,
                 )
-            time.sleep(self.poll_interval)
+            time.sleep(next(delays))
 
     @staticmethod
     def _claim_waiting(api: KubeApi, spec: ContainerDatabaseSpec, ref: Ref) -> str | None:
@@ -452,6 +454,7 @@ class ContainerDatabaseActivities:
 
     def _wait_job(self, api: KubeApi, ref: Ref) -> None:
         deadline = time.monotonic() + self.load_timeout
+        delays = poll_delays(self.poll_interval)
         while True:
             job = api.get(ref)
             if job is None:
@@ -469,16 +472,17 @@ class ContainerDatabaseActivities:
                 raise ApplicationError(
                     f"{ref.what} still running after {self.load_timeout:.0f}s", type=API_ERROR
                 )
-            time.sleep(self.poll_interval)
+            time.sleep(next(delays))
 
     def _discard_job(self, api: KubeApi, ref: Ref) -> None:
         api.delete(ref)
         deadline = time.monotonic() + 120
+        delays = poll_delays(self.poll_interval)
         while api.get(ref) is not None:
             heartbeat({"job": ref.what, "discarding": True})
             if time.monotonic() >= deadline:
                 raise ApplicationError(f"{ref.what} (failed) is not gone yet", type=API_ERROR)
-            time.sleep(self.poll_interval)
+            time.sleep(next(delays))
 
     # -- ensure absent --------------------------------------------------------------------
 
@@ -505,6 +509,7 @@ class ContainerDatabaseActivities:
         The claim itself waits (pvc-protection) for the database pod to be gone.
         """
         started = time.monotonic()
+        delays = poll_delays(self.poll_interval)
         while True:
             claim = api.get(ref)
             if claim is not None and not is_ours(claim, spec.owner):
@@ -525,7 +530,7 @@ class ContainerDatabaseActivities:
                     + (f" (still Bound: {', '.join(bound)})" if bound else " (claim remains)"),
                     type=API_ERROR,
                 )
-            time.sleep(self.poll_interval)
+            time.sleep(next(delays))
 
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of this module, for the worker."""

@@ -19,7 +19,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,6 +325,15 @@ def heartbeat(*details: Any) -> None:
         activity.heartbeat(*details)
 
 
+def poll_delays(cap: float, first: float = 0.1) -> Iterator[float]:
+    """Waits between polls of something converging: short at first, since most rollouts
+    and deletions end within a second or two, then every `cap` seconds."""
+    delay = min(first, cap)
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
 def is_ours(obj: Json, owner: Ownership) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return bool(
@@ -494,6 +503,7 @@ class KubernetesActivities:
         # Deletion is asynchronous: the namespace stays Terminating until every
         # object in it is gone. Report done only once the API answers 404.
         started = time.monotonic()
+        delays = poll_delays(self.poll_interval)
         while (live := api.get(ns)) is not None:
             waited = time.monotonic() - started
             status = live.get("status") or {}
@@ -511,7 +521,7 @@ class KubernetesActivities:
                     + (f" ({blocking})" if blocking else ""),
                     type=NAMESPACE_TERMINATING,
                 )
-            time.sleep(self.poll_interval)
+            time.sleep(next(delays))
 
     # -- config map -------------------------------------------------------------------
 
@@ -699,6 +709,7 @@ class KubernetesActivities:
     def _wait_for_rollout(self, api: KubeApi, spec: ApplicationSpec) -> None:
         ref = _ref("Deployment", spec.name, spec.namespace)
         deadline = time.monotonic() + spec.rollout_timeout_seconds
+        delays = poll_delays(self.poll_interval)
         while True:
             state = self._rollout_state(api, ref)
             heartbeat(state.progress)
@@ -715,7 +726,7 @@ class KubernetesActivities:
                     f"{state.waiting or _progress_text(state.progress)}",
                     type=ROLLOUT_FAILED, non_retryable=True,
                 )
-            time.sleep(self.poll_interval)
+            time.sleep(next(delays))
 
     def _rollout_state(self, api: KubeApi, ref: Ref) -> RolloutState:
         dep = api.get(ref)

@@ -19,6 +19,9 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    # Loaded with the workflow, not later by pydantic inside the sandbox (which warns).
+    import domain.secrets
+    import domain.variables  # noqa: F401
     from activities.errors import NON_RETRYABLE
     from activities.planning import PLAN_PREVIEW, PlanRequest
     from domain.blueprint import PreviewPolicy

@@ -8,6 +8,7 @@ test. Each test works in namespaces of its own environment id.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT, ROLLOUT_FAILED
-from activities.kubernetes import ClusterClients, KubernetesActivities, _redact
+from activities.kubernetes import ClusterClients, KubernetesActivities, _redact, poll_delays
 from domain.blueprint import HealthCheck, Resources
 from domain.naming import Ownership
 from domain.resources import (
@@ -630,3 +631,8 @@ def test_foreign_ingress_is_refused(env: Env) -> None:
     assert error.type == FOREIGN_RESOURCE
     env.step(env.acts.remove_ingress, spec)
     assert "defaultBackend" in env.must_get("ingress", "web", ns)["spec"]
+
+
+def test_polls_start_fast_and_settle_at_the_interval() -> None:
+    assert list(itertools.islice(poll_delays(2.0), 8)) == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
+    assert list(itertools.islice(poll_delays(0.05), 3)) == [0.05, 0.05, 0.05]

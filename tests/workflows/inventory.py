@@ -7,6 +7,7 @@ real activities against the real servers instead.
 
 from __future__ import annotations
 
+import asyncio
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,19 @@ class Inventory:
         self.fail_if: list[Callable[[str, Spec], bool]] = []
         self.feedback: list[Feedback] = []
         self.scaled: dict[str, int] = {}
+        # activity name → (reached, release): the activity signals `reached`, then waits
+        # for the test to set `release`, so a test can act while a step is in flight.
+        self.holds: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
+
+    def hold(self, activity_name: str) -> tuple[asyncio.Event, asyncio.Event]:
+        self.holds[activity_name] = (asyncio.Event(), asyncio.Event())
+        return self.holds[activity_name]
+
+    async def _held(self, activity_name: str) -> None:
+        if activity_name in self.holds:
+            reached, release = self.holds[activity_name]
+            reached.set()
+            await release.wait()
 
     def _maybe_fail(self, activity_name: str, spec: Spec) -> None:
         if (
@@ -83,6 +97,7 @@ class Inventory:
         @activity.defn(name=name)
         async def absent(input: StepInput) -> None:
             self.calls.append(f"{name}:{spec_key(input.spec)}")
+            await self._held(name)
             self._maybe_fail(name, input.spec)
             self.present.pop(spec_key(input.spec), None)
 

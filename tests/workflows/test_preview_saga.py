@@ -267,3 +267,39 @@ async def test_deploy_updates_keep_working_across_continue_as_new(harness: Harne
         await latest.result()
     assert last_run != first_run, "the run should have continued as new at least once"
     assert harness.inventory.present == {}
+
+
+async def test_reopened_while_tearing_down_builds_again_in_the_same_run(
+    harness: Harness, temporal_client: Client
+) -> None:
+    async with harness.worker():
+        handle = await harness.deploy(pull_request(510, "1" * 40))
+        first = await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        run_id = (await handle.describe()).run_id
+        reached, release = harness.inventory.hold("remove_namespace")
+        await lifecycle.destroy(temporal_client, "acme/shop", 510, "closed")
+        await asyncio.wait_for(reached.wait(), 30)  # the last undo is in flight
+        # Reopened now: the starter's signal-with-start lands on this run.
+        await harness.deploy(pull_request(510, "2" * 40))
+        release.set()
+
+        again = await harness.wait_state(
+            handle, lambda s: s.state == PreviewState.ready and s.head_sha == "2" * 40)
+        assert (await handle.describe()).run_id == run_id
+        assert again.steps_done == again.steps_total == first.steps_total
+        assert again.last_error is None and again.urls == first.urls
+        # Torn down completely, then built again from nothing: everything is back once.
+        calls = harness.inventory.calls
+        removed = [i for i, c in enumerate(calls) if c.startswith("remove_namespace:")]
+        assert len(removed) == 1
+        assert len([c for c in calls if c.startswith("ensure_namespace:")]) == 2
+        rebuilt = calls[removed[0]:]
+        assert {"ensure_namespace", "ensure_application", "ensure_database_clone"} <= {
+            c.split(":")[0] for c in rebuilt}
+        assert {key.split(":")[0] for key in harness.inventory.present} >= {
+            "namespace", "application", "postgres_clone"}
+
+        await lifecycle.destroy(temporal_client, "acme/shop", 510, "closed for good")
+        result = await handle.result()
+    assert result.state == PreviewState.destroyed
+    assert harness.inventory.present == {}
