@@ -70,6 +70,7 @@ class LocalStack:
         self.state_dir = state_dir
         self.stoppers: list[Any] = []
         self.env: dict[str, str] = {}
+        self.settings = Settings()
         self.starter_url = ""
         self.pids: list[int] = []
 
@@ -113,15 +114,19 @@ class LocalStack:
             self._started(kube.stop)
         console.print(f"[green]✓[/] Kubernetes      {kube.server}  (KUBECONFIG={kube.kubeconfig})")
 
+        # The worker and the starter get exactly these settings (and the demo uses them).
+        self.settings = Settings(
+            temporal_address=temporal.address,
+            database_url=postgres.url("preview_control"),
+            preview_database_url=postgres.admin_url,
+            aws_endpoint_url=moto.endpoint_url,
+            kubeconfig=str(kube.kubeconfig),
+            listen_port=listen_port,
+            codec_cors_origin=temporal.ui_url,
+        )
         self.env = {
             **os.environ,
-            "PREVIEW_TEMPORAL_ADDRESS": temporal.address,
-            "PREVIEW_DATABASE_URL": postgres.url("preview_control"),
-            "PREVIEW_PREVIEW_DATABASE_URL": postgres.admin_url,
-            "PREVIEW_AWS_ENDPOINT_URL": moto.endpoint_url,
-            "PREVIEW_KUBECONFIG": str(kube.kubeconfig),
-            "PREVIEW_LISTEN_PORT": str(listen_port),
-            "PREVIEW_CODEC_CORS_ORIGIN": temporal.ui_url,
+            **self.settings.as_environment(),
             "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
             "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
         }
@@ -212,10 +217,7 @@ async def follow(handle: WorkflowHandle[Any, Any], until: set[str], title: str) 
 
 
 async def demo(stack: LocalStack, exit_after: bool) -> None:
-    settings = Settings(
-        temporal_address=stack.env["PREVIEW_TEMPORAL_ADDRESS"],
-        database_url=stack.env["PREVIEW_DATABASE_URL"],
-    )
+    settings = stack.settings
     await import_example(settings)
     console.print(f"[green]✓[/] imported blueprint {EXAMPLE.relative_to(ROOT)}")
 

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -25,13 +26,21 @@ from rich.table import Table
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
+from domain.blueprint import DataPolicy
+from domain.blueprint_file import parse_blueprint
+from domain.masking import golden_dump_uri
 from domain.naming import workflow_id
 from domain.pull_request import PullRequest
 from domain.resources import AwsTarget
 from engine.client import connect
 from engine.settings import Settings
 from starter.cli_api import register
-from starter.schedules import SWEEPER_SCHEDULE_ID, ensure_sweeper_schedule
+from starter.schedules import (
+    SWEEPER_SCHEDULE_ID,
+    ensure_golden_schedule,
+    ensure_sweeper_schedule,
+)
+from workflows.golden import GoldenRefreshRequest, GoldenRefreshWorkflow, refresh_workflow_id
 from workflows.preview import DestroyRequest, PreviewEnvironmentWorkflow, PreviewStatus
 from workflows.sweeper import OrphanSweepWorkflow, SweepRequest
 
@@ -203,10 +212,47 @@ async def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def golden_request(args: argparse.Namespace, settings: Settings) -> GoldenRefreshRequest:
+    """The refresh of one database's golden copy, as its blueprint describes it."""
+    path = Path(args.blueprint)
+    blueprint = parse_blueprint(path.read_text(), str(path))
+    database = next((d for d in blueprint.databases if d.name == args.database), None)
+    if database is None:
+        names = ", ".join(d.name for d in blueprint.databases) or "none"
+        raise SystemExit(f"{path}: no database {args.database!r} (databases: {names})")
+    if database.data_policy not in (DataPolicy.clone, DataPolicy.masked_clone):
+        raise SystemExit(f"{path}: database {database.name!r} has data_policy "
+                         f"{database.data_policy.value}: only clones have a golden copy")
+    return GoldenRefreshRequest(
+        source_url=args.source_url, source_name=database.source, masking=database.masking,
+        keep_generations=args.keep, dump_bucket=settings.golden_dump_bucket)
+
+
+async def cmd_golden(client: Client, args: argparse.Namespace) -> int:
+    settings = Settings()
+    request = golden_request(args, settings)
+    if args.every_hours:
+        handle = await ensure_golden_schedule(client, request, task_queue=settings.task_queue,
+                                              every=timedelta(hours=args.every_hours))
+        console.print(f"schedule {handle.id}: refresh of {request.source_name} every "
+                      f"{args.every_hours} h")
+        return 0
+    with console.status(f"refreshing the golden copy of {request.source_name}"):
+        generation = await client.execute_workflow(
+            GoldenRefreshWorkflow.run, request, id=refresh_workflow_id(request.source_name),
+            task_queue=settings.task_queue)
+    published = ""
+    if settings.golden_dump_bucket:
+        uri = golden_dump_uri(settings.golden_dump_bucket, request.source_name)
+        published = f", published to {uri}"
+    console.print(f"golden copy of {request.source_name} is now {generation}{published}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
     "list": cmd_list, "status": cmd_status, "deploy": cmd_deploy, "destroy": cmd_destroy,
     "extend": cmd_extend, "sleep": cmd_sleep, "wake": cmd_wake, "history": cmd_history,
-    "sweep": cmd_sweep,
+    "sweep": cmd_sweep, "golden": cmd_golden,
 }
 
 
@@ -238,6 +284,16 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dedicated-cluster", action="append", metavar="NAME",
                        help="also sweep this tenant cluster through its own worker (tenants "
                             "of registered projects are found without it)")
+    golden = sub.add_parser("golden", help="refresh a database's masked golden copy (now, "
+                                           "or on a schedule with --every-hours)")
+    golden.add_argument("--blueprint", default="preview.yaml",
+                        help="the blueprint whose database names the source and masking")
+    golden.add_argument("--database", required=True, help="the database's name there")
+    golden.add_argument("--source-url", required=True,
+                        help="libpq URL of the source (prefer a PGPASSFILE to a password: "
+                             "this value is kept in workflow history, encrypted)")
+    golden.add_argument("--keep", type=int, default=3, help="generations to keep")
+    golden.add_argument("--every-hours", type=int, help="install it as a Temporal Schedule")
     register(sub)
     return root
 

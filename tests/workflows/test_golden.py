@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import yaml
 from temporalio.client import (
     Client,
     ScheduleActionStartWorkflow,
@@ -30,9 +31,11 @@ from domain.masking import golden_dump_uri
 from engine.keyring import Keyring
 from engine.sealing import Sealer
 from stack.postgres import PostgresServer, pg_bin_dir
+from stack.temporal import TemporalDevServer
+from starter import cli
 from starter.schedules import ensure_golden_schedule
 from tests.plugins.moto import REGION, MotoServer
-from workflows.golden import GoldenRefreshWorkflow
+from workflows.golden import GoldenRefreshWorkflow, refresh_workflow_id
 
 SEALER = Sealer(Keyring.parse("test:" + base64.b64encode(b"w" * 32).decode()))
 RULES = [
@@ -95,6 +98,22 @@ async def generations(server: PostgresServer, source: str) -> dict[str, bool]:
         await conn.close()
 
 
+async def count_in_golden(server: PostgresServer, generation: str, sql: str) -> int:
+    """Run a count on a golden copy, which normally admits no connection."""
+    conn = await asyncpg.connect(server.admin_url)
+    try:
+        await conn.execute(f"ALTER DATABASE {generation} ALLOW_CONNECTIONS true")
+        golden = await asyncpg.connect(server.url(generation))
+        try:
+            found: int = await golden.fetchval(sql)
+            return found
+        finally:
+            await golden.close()
+            await conn.execute(f"ALTER DATABASE {generation} ALLOW_CONNECTIONS false")
+    finally:
+        await conn.close()
+
+
 async def test_refresh_promotes_and_a_failed_one_changes_nothing(
     temporal_client: Client, worker: str, source_url: str, postgres_server: PostgresServer,
 ) -> None:
@@ -104,20 +123,10 @@ async def test_refresh_promotes_and_a_failed_one_changes_nothing(
         GoldenRefreshWorkflow.run, request, id=f"golden-test-{uuid.uuid4()}", task_queue=worker)
     assert await pointer(postgres_server, "wft") == generation
     assert await generations(postgres_server, "wft") == {generation: False}
-    conn = await asyncpg.connect(postgres_server.admin_url)
-    try:
-        await conn.execute(f"ALTER DATABASE {generation} ALLOW_CONNECTIONS true")
-        golden = await asyncpg.connect(postgres_server.url(generation))
-        try:
-            assert await golden.fetchval(
-                "SELECT count(*) FROM visits v JOIN people p ON p.email = v.email") == 300
-            assert await golden.fetchval(
-                "SELECT count(*) FROM people WHERE email LIKE '%@example.org'") == 0
-        finally:
-            await golden.close()
-            await conn.execute(f"ALTER DATABASE {generation} ALLOW_CONNECTIONS false")
-    finally:
-        await conn.close()
+    assert await count_in_golden(postgres_server, generation, (
+        "SELECT count(*) FROM visits v JOIN people p ON p.email = v.email")) == 300
+    assert await count_in_golden(postgres_server, generation, (
+        "SELECT count(*) FROM people WHERE email LIKE '%@example.org'")) == 0
 
     bad = request.model_copy(update={"masking": [
         *RULES, MaskingRule(table="people", column="missing", method=MaskingMethod.null)]})
@@ -229,3 +238,45 @@ async def test_a_refresh_publishes_its_masked_dump_for_container_databases(
                 task_queue=task_queue)
         assert s3.head_object(Bucket=bucket, Key=key)["ETag"] == published["ETag"]
         assert await pointer(postgres_server, "wfp") == generation
+
+
+async def test_the_cli_refreshes_a_blueprint_database_now_or_on_a_schedule(
+    temporal_client: Client, temporal_server: TemporalDevServer, worker: str, source_url: str,
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    blueprint = tmp_path / "preview.yaml"
+    blueprint.write_text(yaml.safe_dump({
+        "project": {"name": "people", "repository": "acme/people"},
+        "applications": [{"name": "web", "image": "registry.local/web"}],
+        "databases": [
+            {"name": "main", "source": "wfc", "data_policy": "masked_clone",
+             "masking": [r.model_dump(mode="json") for r in RULES]},
+            {"name": "cache"},
+        ]}))
+    monkeypatch.setenv("PREVIEW_TEMPORAL_ADDRESS", temporal_server.address)
+    monkeypatch.setenv("PREVIEW_TASK_QUEUE", worker)
+    args = ["golden", "--blueprint", str(blueprint), "--source-url", source_url]
+
+    assert await cli.run([*args, "--database", "main"]) == 0
+    generation = await pointer(postgres_server, "wfc")
+    assert generation and f"golden copy of wfc is now {generation}" in capsys.readouterr().out
+    # The blueprint's masking rules were applied: no original e-mail is left.
+    assert await count_in_golden(postgres_server, generation, (
+        "SELECT count(*) FROM people WHERE email LIKE '%@example.org'")) == 0
+    with pytest.raises(SystemExit, match=r"no database 'nope' \(databases: main, cache\)"):
+        await cli.run([*args, "--database", "nope"])
+    with pytest.raises(SystemExit, match="'cache' has data_policy empty"):
+        await cli.run([*args, "--database", "cache"])
+
+    assert await cli.run([*args, "--database", "main", "--every-hours", "12"]) == 0
+    handle = temporal_client.get_schedule_handle(refresh_workflow_id("wfc"))
+    try:
+        described = await handle.describe()
+        action = described.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        assert action.workflow == "GoldenRefreshWorkflow" and action.task_queue == worker
+        assert described.schedule.spec.intervals == [
+            ScheduleIntervalSpec(every=timedelta(hours=12))]
+    finally:
+        await handle.delete()
