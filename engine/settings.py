@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         SecretStr("master-1:bG9jYWwtbWFzdGVyLWtleS1mb3ItZGV2ZWxvcG1lbnQ="),
         description="Master keys wrapping secret data keys `id:base64key,...`; the last wraps",
     )
+    kms_key_id: str | None = Field(
+        None, description="AWS KMS key (id, ARN or alias) that wraps secret data keys instead; "
+        "the master keys then only unwrap older values",
+    )
 
     # Control-plane store
     database_url: str = Field(

@@ -497,6 +497,22 @@ async def delete_secret(
     await store.delete_secret(project, ref, principal.actor)
 
 
+class Rewrapped(BaseModel):
+    rewrapped: int = Field(description="Secrets whose data key was wrapped again")
+    key_id: str = Field(description="The master key that now wraps every secret")
+
+
+@router.post("/secrets/rewrap", response_model=Rewrapped, tags=["secrets"],
+             responses=_responses(403))
+async def rewrap_secrets(
+    principal: AdminAuth, store: StoreDep, sealer: Annotated[Sealer, Depends(get_sealer)],
+) -> Rewrapped:
+    """After a master-key rotation (or a switch to KMS): wrap every secret's data key with
+    the current master key. Values are never decrypted; run it until it answers 0."""
+    count = await store.rewrap_secrets(sealer, principal.actor)
+    return Rewrapped(rewrapped=count, key_id=sealer.current_id)
+
+
 # ---------------------------------------------------------------------------- blueprints
 
 _BLUEPRINT_BODY = {

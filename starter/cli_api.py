@@ -207,6 +207,14 @@ def secrets_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def secrets_rewrap(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        answer = _check(client.post("/secrets/rewrap")).json()
+    print(f"{answer['rewrapped']} secrets re-wrapped; every secret is wrapped by "
+          f"{answer['key_id']}")
+    return 0
+
+
 def blueprint_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     read_blueprint_file(path)  # fail early, offline, with the file's own line numbers
@@ -349,6 +357,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("project")
     p.add_argument("key")
     _ref_options(p)
+    command(group, "rewrap", secrets_rewrap,
+            "after rotating the master key: wrap every secret with the new one (admin)")
 
     blueprint = subparsers.add_parser("blueprint", help="preview.yaml import and export")
     group = blueprint.add_subparsers(dest="blueprint_command", required=True)

@@ -34,11 +34,12 @@ from schemathesis import checks
 from activities.store import Store
 from domain.blueprint_file import parse_blueprint
 from engine.keyring import Keyring
-from engine.sealing import Sealer
+from engine.sealing import KmsMasterKey, Sealer
 from stack.ports import free_port
 from stack.postgres import PostgresServer
 from starter import cli_api
 from starter.api import router
+from tests.plugins.moto import MotoServer
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "preview.yaml"
 ADMIN = "admin-token-for-tests"
@@ -644,3 +645,57 @@ def test_generated_requests_get_documented_answers(case: Any, live_api: str) -> 
                 checks.content_type_conformance, checks.response_schema_conformance,
                 checks.response_headers_conformance],
     )
+
+
+# ---------------------------------------------------------------------------- master keys
+
+
+async def test_moving_secrets_to_a_kms_master_key(
+    postgres_server: PostgresServer, moto_server: MotoServer,
+) -> None:
+    # A store of its own: every secret in it moves to KMS.
+    name = f"api_kms_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres_server.admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    pool = await asyncpg.create_pool(postgres_server.url(name), min_size=1, max_size=4)
+    store = Store(pool, SEALER)
+    await store.migrate()
+    kms = moto_server.client("kms")
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    app = build_app(store)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test/api") as api:
+            assert (await import_example(api)).status_code == 201
+            put = await api.put(f"/projects/{PROJECT}/secrets/API_KEY", json={"value": SECRET},
+                                headers=auth())
+            assert put.status_code == 201 and put.json()["key_id"] == "k1"
+            token = await project_token(api, PROJECT)
+            assert_error(await api.post("/secrets/rewrap", headers=auth(token)), 403,
+                         "forbidden", "admin")
+
+            # The operator sets PREVIEW_KMS_KEY_ID and restarts: new secrets go to KMS,
+            # and one call moves the old ones (without decrypting any value).
+            app.state.sealer = Sealer(Keyring.parse("k1:" + base64.b64encode(b"k" * 32).decode()),
+                                      KmsMasterKey(key_id, kms))
+            answer = await api.post("/secrets/rewrap", headers=auth())
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"rewrapped": 1, "key_id": f"kms:{key_id}"}
+            again = await api.post("/secrets/rewrap", headers=auth())
+            assert again.json()["rewrapped"] == 0
+            meta = await api.get(f"/projects/{PROJECT}/secrets/API_KEY", headers=auth())
+            assert meta.json()["key_id"] == f"kms:{key_id}" and SECRET not in meta.text
+        # The local key is no longer needed to read it.
+        kms_only = Sealer(Keyring.parse("other:" + base64.b64encode(b"o" * 32).decode()),
+                          KmsMasterKey(key_id, kms))
+        source = await store.source_environment("Codertocat/Hello-World")
+        assert source is not None
+        (secret,) = [s for s in source.secrets if s.key == "API_KEY"]
+        assert kms_only.unseal(secret.sealed) == SECRET
+        audit = await pool.fetch("SELECT * FROM audit_log WHERE action = 'secret.rewrap'")
+        assert len(audit) == 1 and SECRET not in str(dict(audit[0]))
+    finally:
+        await pool.close()
