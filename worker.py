@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -30,6 +30,10 @@ from domain.resources import tenant_queue
 from engine.client import connect
 from engine.sealing import Sealer
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from activities.kubernetes import StoredKubeconfig
+    from activities.store import Store
 
 log = logging.getLogger("preview.worker")
 MAX_CONCURRENT_ACTIVITIES = 64
@@ -75,6 +79,7 @@ class Resources:
     """Clients that live as long as the worker and are closed with it."""
 
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    store: Store | None = None
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -96,12 +101,22 @@ async def build_activities(
         from activities.kubernetes import ClusterClients, KubernetesActivities
 
         kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
+        stored = None
         if target.kind == "cluster":
-            # A tenant's worker knows its own cluster and no other.
-            if target.name not in kubeconfigs:
-                raise SystemExit(f"cluster {target.name!r} is not in PREVIEW_KUBE_CONTEXTS")
-            kubeconfigs = {target.name: kubeconfigs[target.name]}
-        clusters = ClusterClients(kubeconfigs)
+            # A tenant's worker knows its own cluster and no other: from its settings,
+            # or else the kubeconfig stored sealed for it (`preview clusters set`).
+            if target.name in kubeconfigs:
+                kubeconfigs = {target.name: kubeconfigs[target.name]}
+            else:
+                kubeconfigs = {}
+                store = await _store(settings, resources)
+                if await store.cluster_credentials(target.name) is None:
+                    raise SystemExit(f"cluster {target.name!r} is neither in "
+                                     "PREVIEW_KUBE_CONTEXTS nor stored (preview clusters set)")
+                stored = stored_kubeconfigs(store, sealer, only=target.name)
+        elif settings.blueprint_source == "store":
+            stored = stored_kubeconfigs(await _store(settings, resources), sealer)
+        clusters = ClusterClients(kubeconfigs, stored=stored)
         resources.closers.append(clusters.close)
         objects += [KubernetesActivities(clusters, sealer),
                     ContainerDatabaseActivities(clusters, sealer, AwsClients(settings))]
@@ -150,11 +165,39 @@ async def source_activities(settings: Settings, resources: Resources) -> object:
         from activities.blueprints import BlueprintFileActivities
 
         return BlueprintFileActivities(Path(settings.blueprint_dir))
-    from activities.store import Store, StoreActivities
+    from activities.store import StoreActivities
 
-    store = await Store.connect(settings.database_url)
-    resources.closers.append(store.close)
-    return StoreActivities(store)
+    return StoreActivities(await _store(settings, resources))
+
+
+async def _store(settings: Settings, resources: Resources) -> Store:
+    """The worker's one connection pool to the control-plane store."""
+    if resources.store is None:
+        from activities.store import Store
+
+        resources.store = await Store.connect(settings.database_url)
+        resources.closers.append(resources.store.close)
+    return resources.store
+
+
+def stored_kubeconfigs(store: Store, sealer: Sealer, *, only: str | None = None,
+                       ) -> Callable[[str], StoredKubeconfig | None]:
+    """Looks up a cluster's sealed kubeconfig in the store, from an activity's thread."""
+    from domain.clusters import check_kubeconfig
+
+    loop = asyncio.get_running_loop()
+
+    def lookup(name: str) -> StoredKubeconfig | None:
+        if only is not None and name != only:
+            return None
+        found = asyncio.run_coroutine_threadsafe(store.cluster_credentials(name), loop)
+        credentials = found.result(timeout=60)
+        if credentials is None:
+            return None
+        text = sealer.unseal(credentials.sealed)
+        return check_kubeconfig(text, credentials.context), credentials.context
+
+    return lookup
 
 
 def workflows_for(target: Target) -> list[type]:

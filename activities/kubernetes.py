@@ -90,16 +90,23 @@ NAMESPACE_TERMINATING = "NamespaceTerminating"
 # --- clients ------------------------------------------------------------------------
 
 
+# A cluster's kubeconfig kept sealed in the store: (parsed kubeconfig, context or None).
+StoredKubeconfig = tuple[dict[str, Any], str | None]
+
+
 class ClusterClients:
     """Cluster name → `ApiClient`, built on first use and cached.
 
     `kubeconfigs` maps each cluster name (the specs' `cluster` field) to a kubeconfig
-    path; `None` means the in-cluster service account. Nothing falls back to a default
-    cluster: a name that is not configured is a non-retryable error.
+    path, optionally `path#context`; `None` means the in-cluster service account. A name
+    not there is looked up with `stored` (the sealed kubeconfigs of the store), if given.
+    Nothing falls back to a default cluster: an unknown name is a non-retryable error.
     """
 
-    def __init__(self, kubeconfigs: Mapping[str, str | None]) -> None:
+    def __init__(self, kubeconfigs: Mapping[str, str | None], *,
+                 stored: Callable[[str], StoredKubeconfig | None] | None = None) -> None:
         self._kubeconfigs = dict(kubeconfigs)
+        self._stored = stored
         self._clients: dict[str, k8s_client.ApiClient] = {}
         self._lock = threading.Lock()  # activities run on a thread pool
 
@@ -116,14 +123,29 @@ class ClusterClients:
             api = self._clients.get(cluster)
             if api is not None:
                 return api
-            if cluster not in self._kubeconfigs:
-                raise invalid_input(
-                    f"cluster {cluster!r} is not configured (known: {', '.join(self.names)}); "
-                    "add it to PREVIEW_KUBE_CONTEXTS"
-                )
+        if cluster in self._kubeconfigs:
             api = self._build(self._kubeconfigs[cluster])
-            self._clients[cluster] = api
-            return api
+        else:
+            # Outside the lock: the store is asked on the worker's event loop.
+            stored = self._stored(cluster) if self._stored else None
+            if stored is None:
+                raise invalid_input(
+                    f"cluster {cluster!r} is not configured (known: {', '.join(self.names)}"
+                    + ("; nor stored" if self._stored else "")
+                    + "); add it to PREVIEW_KUBE_CONTEXTS or `preview clusters set` it"
+                )
+            config, context = stored
+            configuration = k8s_client.Configuration()
+            k8s_config.load_kube_config_from_dict(
+                config, context=context, client_configuration=configuration,
+                persist_config=False)
+            api = k8s_client.ApiClient(configuration)
+        with self._lock:
+            # Another thread may have built it meanwhile: keep one, close the other.
+            kept = self._clients.setdefault(cluster, api)
+        if kept is not api:
+            api.close()
+        return kept
 
     @staticmethod
     def _build(kubeconfig: str | None) -> k8s_client.ApiClient:
@@ -131,8 +153,10 @@ class ClusterClients:
             configuration = k8s_client.Configuration()
             k8s_config.load_incluster_config(client_configuration=configuration)
             return k8s_client.ApiClient(configuration)
+        path, _, context = kubeconfig.partition("#")
         # persist_config=False: never write refreshed tokens back into the file.
-        return k8s_config.new_client_from_config(config_file=kubeconfig, persist_config=False)
+        return k8s_config.new_client_from_config(config_file=path, context=context or None,
+                                                 persist_config=False)
 
     def close(self) -> None:
         with self._lock:
@@ -754,23 +778,39 @@ class KubernetesActivities:
             return RolloutState(True, progress)
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         progressing = conditions.get("Progressing") or {}
+        pod_problem = self._pod_problem(api, dep)
+        # e.g. pods forbidden by the namespace's quota: then there is no pod to look at.
+        replica_failure = self._replica_failure(api, dep, conditions)
         if progressing.get("status") == "False" and (
             progressing.get("reason") == "ProgressDeadlineExceeded"
         ):
-            why = self._pod_problem(api, dep)
-            message = f"ProgressDeadlineExceeded: {progressing.get('message')}"
-            return RolloutState(False, progress, fatal=f"{message}; {why[1]}" if why else message)
-        pod_problem = self._pod_problem(api, dep)
+            reasons = [f"ProgressDeadlineExceeded: {progressing.get('message')}",
+                       *(r for r in (replica_failure, pod_problem and pod_problem[1]) if r)]
+            return RolloutState(False, progress, fatal="; ".join(reasons))
         if pod_problem and pod_problem[0]:
             return RolloutState(False, progress, fatal=pod_problem[1])
-        replica_failure = conditions.get("ReplicaFailure") or {}
-        waiting = pod_problem[1] if pod_problem else None
-        if replica_failure.get("status") == "True":
-            # e.g. pods forbidden by the namespace's quota: no pod to look at.
-            waiting = f"{replica_failure.get('reason')}: {replica_failure.get('message')}"
+        waiting = replica_failure or (pod_problem[1] if pod_problem else None)
         if waiting:
             progress["reason"] = waiting
         return RolloutState(False, progress, waiting=waiting)
+
+    @staticmethod
+    def _replica_failure(api: KubeApi, dep: Json, conditions: Mapping[str, Json]) -> str | None:
+        """Why pods cannot be created, from the Deployment or, before the deployment
+        controller copies it there, from its ReplicaSets."""
+        candidates = [conditions.get("ReplicaFailure") or {}]
+        if candidates[0].get("status") != "True":
+            meta = dep["metadata"]
+            selector = (dep["spec"].get("selector") or {}).get("matchLabels") or {}
+            for rs in api.list("ReplicaSet", meta["namespace"], selector):
+                owners = (rs.get("metadata") or {}).get("ownerReferences") or []
+                if any(o.get("uid") == meta.get("uid") for o in owners):
+                    candidates += [c for c in (rs.get("status") or {}).get("conditions") or []
+                                   if c.get("type") == "ReplicaFailure"]
+        for condition in candidates:
+            if condition.get("status") == "True":
+                return f"{condition.get('reason')}: {condition.get('message')}"
+        return None
 
     @staticmethod
     def _pod_problem(api: KubeApi, dep: Json) -> tuple[bool, str] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets as token_source
 from collections.abc import Sequence
 from datetime import datetime
@@ -44,6 +45,7 @@ from domain.blueprint import (
     VariableScope,
 )
 from domain.blueprint_file import field_path
+from domain.clusters import CLUSTER_NAME, KubeconfigError, check_kubeconfig
 from domain.plan import sweep_targets
 from domain.resources import (
     LIST_SWEEP_TARGETS,
@@ -208,6 +210,26 @@ class SecretMetadata(_Model):
     updated_by: str
 
 
+class ClusterMetadata(_Model):
+    """A stored cluster kubeconfig, without the kubeconfig."""
+
+    name: str
+    context: str | None = Field(description="The kubeconfig context used; None: its current")
+    key_id: str = Field(description="Id of the master key that wraps the kubeconfig's data key")
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str
+
+
+class ClusterCredentials(_Model):
+    """What a worker needs to reach a stored cluster: the sealed kubeconfig."""
+
+    name: str
+    context: str | None
+    sealed: SealedValue
+
+
 class TokenRecord(_Model):
     id: int
     name: str
@@ -306,6 +328,13 @@ def _project(row: asyncpg.Record) -> ProjectRecord:
         network=Network.model_validate_json(row["network"]),
         policy=PreviewPolicy.model_validate_json(row["policy"]),
         created_at=row["created_at"], updated_at=row["updated_at"],
+    )
+
+
+def _cluster(row: asyncpg.Record) -> ClusterMetadata:
+    return ClusterMetadata(
+        name=row["name"], context=row["context"], key_id=row["key_id"], version=row["version"],
+        created_at=row["created_at"], updated_at=row["updated_at"], updated_by=row["updated_by"],
     )
 
 
@@ -918,30 +947,89 @@ class Store:
         each its own transaction, so a large store does not hold one long lock; running it
         again after an interruption finishes the job.
         """
-        rewrapped, last_id = 0, 0
-        while True:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    "SELECT id, sealed FROM secrets WHERE id > $1 ORDER BY id LIMIT $2 "
-                    "FOR UPDATE", last_id, batch,
-                )
-                if not rows:
-                    break
-                changed = 0
-                for row in rows:
-                    old = SealedValue.model_validate_json(row["sealed"])
-                    new = sealer.rewrap(old)
-                    if new != old:
-                        await conn.execute("UPDATE secrets SET sealed = $2::jsonb WHERE id = $1",
-                                           row["id"], _json(new))
-                        changed += 1
-                last_id = rows[-1]["id"]
-                if changed:
-                    await _audit(conn, actor, "secret.rewrap",
-                                 f"{changed} secrets re-wrapped", None)
-                rewrapped += changed
-        log.info("re-wrapped %d secret data keys", rewrapped)
+        rewrapped = 0
+        # Secrets, and the kubeconfigs of dedicated clusters, sealed the same way.
+        for table, key, what in (("secrets", "id", "secrets"),
+                                 ("clusters", "name", "cluster kubeconfigs")):
+            last: Any = 0 if key == "id" else ""
+            while True:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    rows = await conn.fetch(
+                        f"SELECT {key}, sealed FROM {table} WHERE {key} > $1 ORDER BY {key} "
+                        "LIMIT $2 FOR UPDATE", last, batch,
+                    )
+                    if not rows:
+                        break
+                    changed = 0
+                    for row in rows:
+                        old = SealedValue.model_validate_json(row["sealed"])
+                        new = sealer.rewrap(old)
+                        if new != old:
+                            await conn.execute(
+                                f"UPDATE {table} SET sealed = $2::jsonb WHERE {key} = $1",
+                                row[key], _json(new))
+                            changed += 1
+                    last = rows[-1][key]
+                    if changed:
+                        await _audit(conn, actor, "secret.rewrap",
+                                     f"{changed} {what} re-wrapped", None)
+                    rewrapped += changed
+        log.info("re-wrapped %d data keys", rewrapped)
         return rewrapped
+
+    # -- dedicated clusters' kubeconfigs -------------------------------------------
+
+    async def put_cluster(self, name: str, kubeconfig: str, context: str | None, actor: str,
+                          *, sealer: Sealer | None = None) -> tuple[ClusterMetadata, bool]:
+        """Check, seal and store a cluster's kubeconfig; True when it was created."""
+        sealer = sealer or self._sealer
+        if sealer is None:
+            raise RuntimeError("Store has no Sealer: pass one to Store(...) or put_cluster(...)")
+        if not re.fullmatch(CLUSTER_NAME, name) or name == "default":
+            raise Invalid(f"cluster name {name!r} must be a DNS label other than 'default' "
+                          "(the lifecycle worker's own cluster)", field="name")
+        try:
+            check_kubeconfig(kubeconfig, context)
+        except KubeconfigError as error:
+            raise Invalid(f"kubeconfig of cluster {name!r}: {error}", field="kubeconfig",
+                          object=f"cluster {name!r}") from None
+        sealed = sealer.seal(kubeconfig)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO clusters (name, context, sealed, updated_by) "
+                "VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (name) DO UPDATE SET "
+                "context = EXCLUDED.context, sealed = EXCLUDED.sealed, "
+                "version = clusters.version + 1, updated_at = now(), "
+                "updated_by = EXCLUDED.updated_by RETURNING *, (xmax = 0) AS created",
+                name, context, _json(sealed), actor)
+            created = bool(row["created"])
+            await _audit(conn, actor, "cluster.create" if created else "cluster.update",
+                         f"cluster {name!r}", None)
+        return _cluster(row), created
+
+    async def list_clusters(self, *, limit: int = 50, offset: int = 0) -> Page[ClusterMetadata]:
+        limit, offset = _clamp(limit, offset)
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            total = await conn.fetchval("SELECT count(*) FROM clusters")
+            rows = await conn.fetch("SELECT * FROM clusters ORDER BY name LIMIT $1 OFFSET $2",
+                                    limit, offset)
+        return Page[ClusterMetadata](items=[_cluster(r) for r in rows], total=total,
+                                     limit=limit, offset=offset)
+
+    async def delete_cluster(self, name: str, actor: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("DELETE FROM clusters WHERE name = $1 RETURNING 1",
+                                   name) is None:
+                raise NotFound(f"cluster {name!r} not found", object=f"cluster {name!r}")
+            await _audit(conn, actor, "cluster.delete", f"cluster {name!r}", None)
+
+    async def cluster_credentials(self, name: str) -> ClusterCredentials | None:
+        """The sealed kubeconfig of a stored cluster, for the worker that acts in it."""
+        row = await self.pool.fetchrow("SELECT * FROM clusters WHERE name = $1", name)
+        if row is None:
+            return None
+        return ClusterCredentials(name=row["name"], context=row["context"],
+                                  sealed=SealedValue.model_validate_json(row["sealed"]))
 
     # -- API tokens -----------------------------------------------------------------
 

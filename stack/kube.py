@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
+
+from stack.ports import free_ports
 
 VERSIONS: dict[str, str] = {
     "kubernetes": "v1.36.3",
@@ -455,20 +456,6 @@ def write_kubeconfig(path: Path, server: str, pki: Pki, name: str = "preview-tes
 # --------------------------------------------------------------------------- running
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held open together so they differ)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _set_pdeathsig() -> None:
     """Children die with the process that started them, even on SIGKILL (Linux).
 
@@ -682,7 +669,7 @@ class ControlPlane:
             "scheduler",
             "kwok",
         ]
-        self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         pki = self._pki = generate_pki(sd / "pki")
         write_kubeconfig(self.kubeconfig, self.server, pki)
         p = self.ports

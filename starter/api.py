@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException  # what FastAPI raises for unread
 
 from activities.store import (
     AuditEntry,
+    ClusterMetadata,
     Collection,
     ImportResult,
     Invalid,
@@ -56,6 +57,7 @@ from domain.blueprint import (
     VariableScope,
 )
 from domain.blueprint_file import BlueprintFileError, dump_blueprint, field_path, parse_blueprint
+from domain.clusters import CLUSTER_NAME, MAX_KUBECONFIG_BYTES
 from engine.sealing import Sealer
 
 log = logging.getLogger(__name__)
@@ -511,6 +513,53 @@ async def rewrap_secrets(
     the current master key. Values are never decrypted; run it until it answers 0."""
     count = await store.rewrap_secrets(sealer, principal.actor)
     return Rewrapped(rewrapped=count, key_id=sealer.current_id)
+
+
+# ---------------------------------------------------------------------------- clusters
+
+ClusterName = Annotated[str, Path(pattern=CLUSTER_NAME, max_length=63,
+                                  description="Name that blueprints use in cluster.name")]
+
+
+class ClusterWrite(BaseModel):
+    """A dedicated cluster's kubeconfig (write-only: no response ever contains it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kubeconfig: SecretStr = Field(max_length=MAX_KUBECONFIG_BYTES,
+                                  description="The kubeconfig file's text; never returned")
+    context: str | None = Field(None, max_length=253,
+                                description="Context to use; default: its current-context")
+
+
+@router.put("/clusters/{name}", status_code=201, response_model=ClusterMetadata,
+            tags=["clusters"],
+            responses={201: {"description": "Created; metadata only"},
+                       204: {"description": "Replaced (version incremented)"},
+                       **_responses(403)})
+async def put_cluster(
+    name: ClusterName, body: ClusterWrite, principal: AdminAuth, store: StoreDep,
+    sealer: Annotated[Sealer, Depends(get_sealer)],
+) -> Any:
+    """Seal and store the kubeconfig of a dedicated cluster (`isolation: cluster`): the
+    workers of that cluster reach it without a file of their own."""
+    metadata, created = await store.put_cluster(
+        name, body.kubeconfig.get_secret_value(), body.context, principal.actor, sealer=sealer)
+    return metadata if created else Response(status_code=204)
+
+
+@router.get("/clusters", response_model=Page[ClusterMetadata], tags=["clusters"],
+            responses=_responses(403))
+async def list_clusters(
+    _: AdminAuth, store: StoreDep, limit: Limit = 50, offset: Offset = 0
+) -> Page[ClusterMetadata]:
+    """Stored clusters: metadata only."""
+    return await store.list_clusters(limit=limit, offset=offset)
+
+
+@router.delete("/clusters/{name}", status_code=204, response_class=Response,
+               tags=["clusters"], responses=_responses(403, 404))
+async def delete_cluster(name: ClusterName, principal: AdminAuth, store: StoreDep) -> None:
+    await store.delete_cluster(name, principal.actor)
 
 
 # ---------------------------------------------------------------------------- blueprints

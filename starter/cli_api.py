@@ -215,6 +215,30 @@ def secrets_rewrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def clusters_set(args: argparse.Namespace) -> int:
+    path = Path(args.kubeconfig)
+    body = {"kubeconfig": path.read_text(), "context": args.context}
+    with _client(args) as client:
+        response = _check(client.put(f"/clusters/{args.name}", json=body))
+    print(f"cluster {args.name} {'created' if response.status_code == 201 else 'updated'} "
+          f"(kubeconfig sealed; {path} is no longer needed by the workers)")
+    return 0
+
+
+def clusters_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        items = list(_pages(client, "/clusters", {}))
+    _print(args, items, ["name", "context", "key_id", "version", "updated_at", "updated_by"])
+    return 0
+
+
+def clusters_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _check(client.delete(f"/clusters/{args.name}"))
+    print(f"cluster {args.name} deleted")
+    return 0
+
+
 def blueprint_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     read_blueprint_file(path)  # fail early, offline, with the file's own line numbers
@@ -359,6 +383,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _ref_options(p)
     command(group, "rewrap", secrets_rewrap,
             "after rotating the master key: wrap every secret with the new one (admin)")
+
+    clusters = subparsers.add_parser("clusters", help="dedicated clusters' sealed kubeconfigs")
+    group = clusters.add_subparsers(dest="clusters_command", required=True)
+    p = command(group, "set", clusters_set, "store a cluster's kubeconfig, sealed (admin)")
+    p.add_argument("name", help="the name blueprints use in environment.cluster.name")
+    p.add_argument("--kubeconfig", required=True, help="the kubeconfig file")
+    p.add_argument("--context", help="the context to use (default: its current-context)")
+    command(group, "list", clusters_list, "stored clusters (metadata only)")
+    command(group, "delete", clusters_delete, "forget a cluster").add_argument("name")
 
     blueprint = subparsers.add_parser("blueprint", help="preview.yaml import and export")
     group = blueprint.add_subparsers(dest="blueprint_command", required=True)

@@ -10,6 +10,7 @@ boto3 reading each moto account.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -31,6 +33,7 @@ from activities.errors import INVALID_INPUT
 from activities.kubernetes import ClusterClients, KubernetesActivities
 from activities.network import NetworkActivities
 from activities.rds import RdsActivities
+from activities.store import Store
 from domain.blueprint import Blueprint
 from domain.naming import Ownership
 from domain.plan import Plan, PlanOptions, plan_preview
@@ -46,9 +49,12 @@ from domain.resources import (
 )
 from engine.keyring import Keyring
 from engine.sealing import Sealer
+from engine.settings import Settings
 from stack import kube
+from stack.postgres import PostgresServer
 from tests.plugins.kube import KubeCluster, _find_kubectl
 from tests.plugins.moto import REGION, MotoServer
+from worker import Resources, Target, build_activities
 
 pytestmark = pytest.mark.kube
 
@@ -355,3 +361,44 @@ def test_account_isolated_preview_acts_only_in_the_tenant_account(
 
     teardown(bank, registry, kinds=AwsSpec)
     assert aws_footprint(moto_reset, env_id, zone, TENANT) == []
+
+
+async def test_a_tenant_worker_reaches_its_cluster_through_the_stored_sealed_kubeconfig(
+    kube_cluster: KubeCluster, hipaa_cluster: KubeCluster, postgres_server: PostgresServer,
+) -> None:
+    """No kubeconfig file for the tenant: `preview clusters set` sealed it into the store,
+    and `python -m worker --target cluster:NAME` builds its activities from there."""
+    database = f"iso_store_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_server.admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    settings = Settings(database_url=postgres_server.url(database),
+                        kubeconfig=str(kube_cluster.kubeconfig), kube_contexts={})
+    store = await Store.connect(settings.database_url, Sealer.from_settings(settings))
+    tenant = f"sealed-{uuid.uuid4().hex[:6]}"
+    resources = Resources()
+    try:
+        await store.migrate()
+        await store.put_cluster(tenant, hipaa_cluster.kubeconfig.read_text(), None, "ops")
+        activities = by_name(*await build_activities(
+            settings, Target.parse(f"cluster:{tenant}"), resources))
+
+        name = f"t-{uuid.uuid4().hex[:8]}"
+        spec = NamespaceSpec(owner=Ownership(environment=name), cluster=tenant, name=name)
+        # Sync activities run on the worker's threads; the store answers on its loop.
+        await asyncio.to_thread(run, activities["ensure_namespace"], StepInput(spec=spec))
+        assert name in namespaces(hipaa_cluster) and name not in namespaces(kube_cluster)
+        # It knows no other cluster, not even the lifecycle worker's own.
+        elsewhere = spec.model_copy(update={"cluster": "default"})
+        with pytest.raises(ApplicationError, match="'default' is not configured"):
+            await asyncio.to_thread(run, activities["ensure_namespace"],
+                                    StepInput(spec=elsewhere))
+        await asyncio.to_thread(run, activities["remove_namespace"], StepInput(spec=spec))
+        assert name not in namespaces(hipaa_cluster)
+        with pytest.raises(SystemExit, match="neither in PREVIEW_KUBE_CONTEXTS nor stored"):
+            await build_activities(settings, Target.parse("cluster:unknown"), Resources())
+    finally:
+        await resources.close()
+        await store.close()

@@ -550,8 +550,10 @@ def test_rollout_that_cannot_schedule_fails_with_the_reason(env: Env) -> None:
 
 def test_rollout_blocked_by_quota_fails_with_the_reason(env: Env) -> None:
     ns = env.namespace(cpu_quota="1").name  # the pod asks for 2 CPUs
+    # The reason is found on the Deployment or, until the deployment controller copies
+    # it there (slow on a loaded machine), on its ReplicaSet: the deadline leaves time.
     spec = app_spec(env, ns, config_map=None, secret=None, replicas=1,
-                    resources=Resources(cpu="2", memory="128Mi"), rollout_timeout_seconds=3)
+                    resources=Resources(cpu="2", memory="128Mi"), rollout_timeout_seconds=8)
     error = env.failure(env.acts.ensure_application, spec)
     assert error.type == ROLLOUT_FAILED and error.non_retryable
     assert "exceeded quota" in error.message

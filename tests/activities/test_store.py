@@ -51,7 +51,7 @@ from stack.postgres import PostgresServer
 EXAMPLE = Path(__file__).parents[2] / "examples" / "preview.yaml"
 SECRET = "s3cr3t-Value-that-must-never-leak-7f1c"
 TABLES = ["projects", "environments", "applications", "databases", "variables", "secrets",
-          "api_tokens", "webhook_deliveries", "audit_log", "schema_version"]
+          "api_tokens", "webhook_deliveries", "audit_log", "schema_version", "clusters"]
 
 
 def key(n: int) -> str:
@@ -572,3 +572,69 @@ async def test_sweep_targets_come_from_every_projects_source_environment(
     assert f"t-{suffix}" not in after.clusters
     await store.delete_project(project, "t")
     assert f"t-{suffix}" not in (await run(activities.list_sweep_targets)).dedicated_clusters
+
+
+# ---------------------------------------------------------------------------- clusters
+
+KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters:
+- name: hipaa
+  cluster: {server: "https://127.0.0.1:6443", certificate-authority-data: Q0FDRVJU}
+users:
+- name: ops
+  user: {client-key-data: S0VZLXRvcC1zZWNyZXQtOTE3Mw==, client-certificate-data: Q0VSVA==}
+contexts:
+- name: hipaa-ops
+  context: {cluster: hipaa, user: ops}
+current-context: hipaa-ops
+"""
+KEY_DATA = "S0VZLXRvcC1zZWNyZXQtOTE3Mw=="
+
+
+async def test_cluster_kubeconfigs_are_sealed_checked_and_never_shown(store: Store) -> None:
+    name = f"hipaa-{uuid.uuid4().hex[:6]}"
+    metadata, created = await store.put_cluster(name, KUBECONFIG, None, "ops")
+    assert created and metadata.name == name and metadata.version == 1
+    assert metadata.key_id == "old" and KEY_DATA not in metadata.model_dump_json()
+    again, created = await store.put_cluster(name, KUBECONFIG, "hipaa-ops", "ops")
+    assert not created and again.version == 2 and again.context == "hipaa-ops"
+    credentials = await store.cluster_credentials(name)
+    assert credentials is not None and SEALER.unseal(credentials.sealed) == KUBECONFIG
+    assert name in [c.name for c in (await store.list_clusters(limit=500)).items]
+    # Nothing in the database shows it in clear: not the table, not the audit log.
+    assert KEY_DATA not in await dump_everything(store.pool)
+    assert KEY_DATA not in str([dict(r) for r in await store.pool.fetch(
+        "SELECT * FROM clusters")])
+
+    refusals = [
+        ("default", KUBECONFIG, None, "other than 'default'"),
+        ("Not_A_Label", KUBECONFIG, None, "DNS label"),
+        (name, "clusters: [", None, "not valid YAML at line"),
+        (name, "just text", None, "YAML mapping"),
+        (name, KUBECONFIG, "nope", "context 'nope' is not in the kubeconfig"),
+        (name, KUBECONFIG.replace("cluster: hipaa,", "cluster: gone,"), None,
+         "names a cluster the kubeconfig lacks"),
+    ]
+    for bad_name, text, context, message in refusals:
+        with pytest.raises(Invalid, match=message) as refused:
+            await store.put_cluster(bad_name, text, context, "ops")
+        assert KEY_DATA not in refused.value.message
+    assert (await store.cluster_credentials(name)) is not None  # refusals changed nothing
+
+    # A master-key rotation re-wraps cluster kubeconfigs too.
+    rotated = Sealer(Keyring.parse(f"old:{key(1)},new:{key(2)}"))
+    assert await store.rewrap_secrets(rotated) >= 1
+    moved = await store.cluster_credentials(name)
+    assert moved is not None and moved.sealed.key_id == "new"
+    assert Sealer(Keyring.parse(f"new:{key(2)}")).unseal(moved.sealed) == KUBECONFIG
+    await store.rewrap_secrets(Sealer(Keyring.parse(f"new:{key(2)},old:{key(1)}")))
+
+    await store.delete_cluster(name, "ops")
+    assert await store.cluster_credentials(name) is None
+    with pytest.raises(NotFound):
+        await store.delete_cluster(name, "ops")
+    actions = [r["action"] for r in await store.pool.fetch(
+        "SELECT action FROM audit_log WHERE object = $1 ORDER BY id", f"cluster {name!r}")]
+    assert actions == ["cluster.create", "cluster.update", "cluster.delete"]

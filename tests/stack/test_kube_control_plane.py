@@ -15,6 +15,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from stack import kube
+from stack.ports import free_port, free_ports
 from tests.plugins.kube import KubeCluster, Kubectl
 
 pytestmark = pytest.mark.kube
@@ -203,3 +204,9 @@ def test_two_control_planes_side_by_side(
     # Every process of the second plane is gone; stop() again is a no-op.
     assert all(p.popen.poll() is not None for p in procs)
     plane.stop()
+
+
+def test_ports_handed_out_are_never_handed_out_again() -> None:
+    # Each is bound only later by its server: two parts must never be given the same one.
+    given = free_ports(40) + [free_port() for _ in range(40)]
+    assert len(set(given)) == len(given) == 80
