@@ -114,8 +114,8 @@ async def build_activities(
                     raise SystemExit(f"cluster {target.name!r} is neither in "
                                      "PREVIEW_KUBE_CONTEXTS nor stored (preview clusters set)")
                 stored = stored_kubeconfigs(store, sealer, only=target.name)
-        elif settings.blueprint_source == "store":
-            stored = stored_kubeconfigs(await _store(settings, resources), sealer)
+        # The lifecycle worker never reads stored kubeconfigs: they belong to dedicated
+        # clusters, which only their own tenant's worker may reach.
         clusters = ClusterClients(kubeconfigs, stored=stored)
         resources.closers.append(clusters.close)
         objects += [KubernetesActivities(clusters, sealer),

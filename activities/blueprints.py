@@ -48,8 +48,13 @@ class BlueprintFileActivities:
 
     @activity.defn(name=LIST_SWEEP_TARGETS)
     async def list_sweep_targets(self) -> SweepTargets:
-        return sweep_targets(self._validate(path, data).environment
-                             for path, data in self._documents())
+        environments, skipped = [], []
+        for path, data in self._documents():
+            try:
+                environments.append(self._validate(path, data).environment)
+            except ApplicationError:
+                skipped.append(f"{path.name}: not a valid blueprint")  # the rest still count
+        return sweep_targets(environments).model_copy(update={"skipped": skipped})
 
     @activity.defn(name="load_source_environment")
     async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:

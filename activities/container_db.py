@@ -35,7 +35,7 @@ import hashlib
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -61,7 +61,8 @@ from activities.kubernetes import (
     is_ours,
     poll_delays,
 )
-from domain.blueprint import DataPolicy
+from domain import masking
+from domain.blueprint import DataPolicy, MaskingRule
 from domain.resources import AwsTarget, ContainerDatabaseSpec, StepInput, StepOutput
 from engine.sealing import Sealer
 
@@ -258,14 +259,14 @@ class ContainerDatabaseActivities:
             assert spec.seed_sql is not None  # _validate
             return {SEED_KEY: spec.seed_sql}
         assert spec.golden_dump_s3_uri is not None  # _validate
-        return {DUMP_URL_KEY: self._presign(spec.golden_dump_s3_uri)}
+        return {DUMP_URL_KEY: self._presign(spec.golden_dump_s3_uri, spec.masking)}
 
-    def _presign(self, uri: str) -> str:
+    def _presign(self, uri: str, masking_rules: Sequence[MaskingRule] = ()) -> str:
         bucket, key = parse_s3_uri(uri)
         s3: S3Client = self.aws.client("s3", AwsTarget(region=self.aws.default_region))
         try:
             # A missing dump is a user problem (no golden refresh yet), not a Job to fail.
-            s3.head_object(Bucket=bucket, Key=key)
+            head = s3.head_object(Bucket=bucket, Key=key)
         except ClientError as error:
             if is_error(error, "404", "NoSuchKey", "NoSuchBucket"):
                 raise invalid_input(
@@ -273,10 +274,32 @@ class ContainerDatabaseActivities:
                     "first, or choose another data policy"
                 ) from None
             raise
+        if masking_rules:
+            self._check_masking(s3, uri, head.get("Metadata") or {}, masking_rules)
         return s3.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key},
             ExpiresIn=int(self.dump_url_ttl.total_seconds()),
         )
+
+    @staticmethod
+    def _check_masking(s3: S3Client, uri: str, metadata: Mapping[str, str],
+                       wanted: Sequence[MaskingRule]) -> None:
+        """A masked clone restores only a dump masked with (at least) its rules: another
+        project cloning the same source may have published it with fewer."""
+        digest = metadata.get("masking")
+        applied = "[]"
+        if digest:
+            bucket, rules_key = parse_s3_uri(masking.golden_masking_uri(uri, digest))
+            try:
+                applied = s3.get_object(Bucket=bucket, Key=rules_key)["Body"].read().decode()
+            except ClientError as error:
+                if not is_error(error, "404", "NoSuchKey"):
+                    raise
+        unmet = masking.unmet_rules(wanted, applied)
+        if unmet:
+            names = ", ".join(f"{r.table}.{r.column} ({r.method.value})" for r in unmet)
+            raise invalid_input(f"golden dump {uri} was not masked with: {names}; add them "
+                                "to its refresh and run it again")
 
     def _apply_secret(
         self, api: KubeApi, spec: ContainerDatabaseSpec, ref: Ref, values: Mapping[str, str]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -109,6 +111,9 @@ class ClusterClients:
         self._stored = stored
         self._clients: dict[str, k8s_client.ApiClient] = {}
         self._lock = threading.Lock()  # activities run on a thread pool
+        # The client library writes a stored kubeconfig's certificates and key to files:
+        # into a private folder of ours (0700), removed with these clients.
+        self._files: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClusterClients:
@@ -135,10 +140,12 @@ class ClusterClients:
                     + "); add it to PREVIEW_KUBE_CONTEXTS or `preview clusters set` it"
                 )
             config, context = stored
+            with self._lock:
+                self._files = self._files or tempfile.mkdtemp(prefix="preview-kube-")
             configuration = k8s_client.Configuration()
             k8s_config.load_kube_config_from_dict(
                 config, context=context, client_configuration=configuration,
-                persist_config=False)
+                persist_config=False, temp_file_path=self._files)
             api = k8s_client.ApiClient(configuration)
         with self._lock:
             # Another thread may have built it meanwhile: keep one, close the other.
@@ -163,6 +170,9 @@ class ClusterClients:
             for api in self._clients.values():
                 api.close()
             self._clients.clear()
+            if self._files:
+                shutil.rmtree(self._files, ignore_errors=True)
+                self._files = None
 
 
 @dataclass(frozen=True)
@@ -801,10 +811,14 @@ class KubernetesActivities:
         candidates = [conditions.get("ReplicaFailure") or {}]
         if candidates[0].get("status") != "True":
             meta = dep["metadata"]
+            revision = (meta.get("annotations") or {}).get(REVISION_ANNOTATION)
             selector = (dep["spec"].get("selector") or {}).get("matchLabels") or {}
             for rs in api.list("ReplicaSet", meta["namespace"], selector):
-                owners = (rs.get("metadata") or {}).get("ownerReferences") or []
-                if any(o.get("uid") == meta.get("uid") for o in owners):
+                rs_meta = rs.get("metadata") or {}
+                owned = any(o.get("uid") == meta.get("uid")
+                            for o in rs_meta.get("ownerReferences") or [])
+                current = (rs_meta.get("annotations") or {}).get(REVISION_ANNOTATION)
+                if owned and revision and current == revision:  # not an older rollout's
                     candidates += [c for c in (rs.get("status") or {}).get("conditions") or []
                                    if c.get("type") == "ReplicaFailure"]
         for condition in candidates:

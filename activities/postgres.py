@@ -52,11 +52,12 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.aws import AwsClients, parse_s3_uri
+from activities.aws import AwsClients, is_error, parse_s3_uri
 from activities.errors import foreign_resource, invalid_input
 from domain import masking
 from domain.blueprint import DataPolicy, MaskingMethod, MaskingRule
@@ -166,6 +167,7 @@ class GoldenDiscardInput(GoldenStep):
 
 class GoldenPublishInput(GoldenStep):
     dump_uri: str = Field(pattern=r"^s3://[^/]+/.+")
+    masking: list[MaskingRule] = Field(default_factory=list)
 
 
 class GoldenPruneInput(_Model):
@@ -740,7 +742,8 @@ class PostgresActivities:
                       "database": spec.database, "user": spec.role}
             url = self._preview.as_user(spec.role, password, spec.database)
             return StepOutput(values=values,
-                              secrets={"password": sealed, "url": self._sealer.seal(url)})
+                              secrets={"password": sealed,
+                                       "url": await asyncio.to_thread(self._sealer.seal, url)})
 
     @activity.defn(name=PostgresCloneSpec.absent)
     async def remove_database_clone(self, step: StepInput) -> None:
@@ -821,7 +824,8 @@ class PostgresActivities:
             raise foreign_resource(f"PostgreSQL role {spec.role}", env)
         if claim is None:
             password = _new_password()
-            sealed = self._sealer.seal(password)
+            # Off the event loop: with KMS, sealing is a network call.
+            sealed = await asyncio.to_thread(self._sealer.seal, password)
             await conn.execute(
                 f"INSERT INTO {SCHEMA}.databases (database, environment, role, source_name, "
                 "password) VALUES ($1, $2, $3, $4, $5::jsonb)",
@@ -830,7 +834,7 @@ class PostgresActivities:
         await conn.execute(f"UPDATE {SCHEMA}.databases SET role = $2 WHERE database = $1",
                            spec.database, spec.role)
         sealed = SealedValue.model_validate_json(claim["password"])
-        return self._sealer.unseal(sealed), sealed
+        return await asyncio.to_thread(self._sealer.unseal, sealed), sealed
 
     async def _ensure_role(self, conn: asyncpg.Connection, spec: PostgresCloneSpec, env: str,
                            password: str) -> None:
@@ -1360,9 +1364,21 @@ class PostgresActivities:
                                    what=f"dumping golden generation {step.generation}",
                                    hide=[self._golden.password or ""])
                 s3 = self._aws.client("s3", AwsTarget(region=self._aws.default_region))
+                # The rules first (content-addressed, never changed), then the dump naming
+                # them: a restore checks it was masked with what it asks for.
+                digest, rules = masking.masking_record(step.masking)
+                _, rules_key = parse_s3_uri(masking.golden_masking_uri(step.dump_uri, digest))
+                try:
+                    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=rules_key,
+                                            Body=rules.encode(), ContentType="application/json")
+                except ClientError as error:
+                    if is_error(error, "NoSuchBucket"):
+                        raise invalid_input(f"cannot publish golden copies to {step.dump_uri}: "
+                                            f"bucket {bucket!r} does not exist") from None
+                    raise
                 await asyncio.to_thread(
                     s3.upload_file, str(dump), bucket, key,
-                    ExtraArgs={"Metadata": {"generation": step.generation}})
+                    ExtraArgs={"Metadata": {"generation": step.generation, "masking": digest}})
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             _logger().info("published %s as %s", step.generation, step.dump_uri)

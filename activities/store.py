@@ -13,6 +13,7 @@ and its source environment therefore always exports.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -868,7 +869,7 @@ class Store:
         except ValidationError as error:
             message, field = _validation_message(error)
             raise Invalid(message, field=field) from None
-        sealed = sealer.seal(value)
+        sealed = await asyncio.to_thread(sealer.seal, value)  # KMS: a network call
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._lock_project(conn, project)
             ref = await self._complete_ref(conn, row, ref)
@@ -941,7 +942,8 @@ class Store:
             await _audit(conn, actor, "secret.delete", f"secret {_ref_text(ref)}", project)
 
     async def rewrap_secrets(self, sealer: Sealer, actor: str = "system", batch: int = 200) -> int:
-        """Re-wrap every data key under the sealer's current master key; return how many.
+        """Re-wrap every data key (secrets' and stored kubeconfigs') under the sealer's
+        current master key; return how many.
 
         Values stay sealed throughout (only data keys are unwrapped). Works in batches,
         each its own transaction, so a large store does not hold one long lock; running it
@@ -949,8 +951,9 @@ class Store:
         """
         rewrapped = 0
         # Secrets, and the kubeconfigs of dedicated clusters, sealed the same way.
-        for table, key, what in (("secrets", "id", "secrets"),
-                                 ("clusters", "name", "cluster kubeconfigs")):
+        for table, key, what, action in (("secrets", "id", "secrets", "secret.rewrap"),
+                                         ("clusters", "name", "cluster kubeconfigs",
+                                          "cluster.rewrap")):
             last: Any = 0 if key == "id" else ""
             while True:
                 async with self.pool.acquire() as conn, conn.transaction():
@@ -963,7 +966,7 @@ class Store:
                     changed = 0
                     for row in rows:
                         old = SealedValue.model_validate_json(row["sealed"])
-                        new = sealer.rewrap(old)
+                        new = await asyncio.to_thread(sealer.rewrap, old)
                         if new != old:
                             await conn.execute(
                                 f"UPDATE {table} SET sealed = $2::jsonb WHERE {key} = $1",
@@ -971,8 +974,8 @@ class Store:
                             changed += 1
                     last = rows[-1][key]
                     if changed:
-                        await _audit(conn, actor, "secret.rewrap",
-                                     f"{changed} {what} re-wrapped", None)
+                        await _audit(conn, actor, action, f"{changed} {what} re-wrapped",
+                                     None)
                     rewrapped += changed
         log.info("re-wrapped %d data keys", rewrapped)
         return rewrapped
@@ -993,7 +996,7 @@ class Store:
         except KubeconfigError as error:
             raise Invalid(f"kubeconfig of cluster {name!r}: {error}", field="kubeconfig",
                           object=f"cluster {name!r}") from None
-        sealed = sealer.seal(kubeconfig)
+        sealed = await asyncio.to_thread(sealer.seal, kubeconfig)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO clusters (name, context, sealed, updated_by) "
@@ -1261,12 +1264,19 @@ class Store:
         assert blueprint is not None
         return blueprint
 
-    async def source_environments(self) -> list[Environment]:
-        """The source environment of every project (where its previews' resources live)."""
+    async def source_environments(self) -> tuple[list[Environment], list[str]]:
+        """The source environment of every project (where its previews' resources live),
+        and the projects whose environment no longer validates."""
         rows = await self.pool.fetch(
-            "SELECT e.document FROM projects p JOIN environments e "
+            "SELECT p.name, e.document FROM projects p JOIN environments e "
             "ON e.project_id = p.id AND e.name = p.source_environment ORDER BY p.name")
-        return [Environment.model_validate_json(r["document"]) for r in rows]
+        found, skipped = [], []
+        for row in rows:
+            try:
+                found.append(Environment.model_validate_json(row["document"]))
+            except ValidationError:
+                skipped.append(f"project {row['name']!r}: its environment is not valid")
+        return found, skipped
 
     async def source_environment(self, repository: str) -> SourceEnvironment | None:
         """The blueprint and sealed secrets previews of `repository` copy; None if unknown."""
@@ -1310,7 +1320,8 @@ class StoreActivities:
 
     @activity.defn(name=LIST_SWEEP_TARGETS)
     async def list_sweep_targets(self) -> SweepTargets:
-        return sweep_targets(await self._store.source_environments())
+        environments, skipped = await self._store.source_environments()
+        return sweep_targets(environments).model_copy(update={"skipped": skipped})
 
     @activity.defn(name="load_source_environment")
     async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:

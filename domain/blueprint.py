@@ -256,6 +256,13 @@ class Environment(Model):
     region: str = "eu-west-1"
     isolation: Isolation = Isolation.namespace
 
+    @model_validator(mode="after")
+    def _dedicated_cluster_is_named(self) -> Environment:
+        if self.isolation == Isolation.cluster and self.cluster.name == "default":
+            raise ValueError("isolation cluster needs environment.cluster.name: the tenant's "
+                             "own cluster, not 'default' (the shared one)")
+        return self
+
 
 class Blueprint(Model):
     """One source environment and how its previews are made."""

@@ -36,6 +36,22 @@ def _named(items: Any, section: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+# What a stored kubeconfig may say. No `exec`/`auth-provider` (they run commands or
+# plugins on the worker), no file paths such as `client-key` or `tokenFile` (they read
+# the worker's files, e.g. its own service-account token): inline credentials only.
+CLUSTER_FIELDS = {"server", "certificate-authority-data", "tls-server-name",
+                  "insecure-skip-tls-verify"}
+USER_FIELDS = {"client-certificate-data", "client-key-data", "token", "username", "password"}
+CONTEXT_FIELDS = {"cluster", "user", "namespace"}
+
+
+def _only(body: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(str(k) for k in body if k not in allowed)
+    if extra:
+        raise KubeconfigError(f"{where} uses {', '.join(extra)}: a stored kubeconfig may only "
+                              f"hold inline credentials ({', '.join(sorted(allowed))})")
+
+
 def check_kubeconfig(text: str, context: str | None = None) -> dict[str, Any]:
     """The parsed kubeconfig, if it can reach a cluster through `context` (or its
     current-context); otherwise KubeconfigError saying what is missing."""
@@ -52,17 +68,23 @@ def check_kubeconfig(text: str, context: str | None = None) -> dict[str, Any]:
     clusters = _named(config.get("clusters") or [], "clusters")
     users = _named(config.get("users") or [], "users")
     contexts = _named(config.get("contexts") or [], "contexts")
+    for kind, named, allowed in (("cluster", clusters, CLUSTER_FIELDS),
+                                 ("user", users, USER_FIELDS),
+                                 ("context", contexts, CONTEXT_FIELDS)):
+        for name, body in named.items():
+            _only(body, allowed, f"{kind} {name!r}")
     chosen = context or config.get("current-context")
-    if not chosen:
+    if not chosen or not isinstance(chosen, str):
         raise KubeconfigError("no context given and no current-context set")
     if chosen not in contexts:
         raise KubeconfigError(f"context {chosen!r} is not in the kubeconfig "
                               f"(contexts: {', '.join(sorted(contexts)) or 'none'})")
     target = contexts[chosen]
-    if target.get("cluster") not in clusters:
+    cluster, user = target.get("cluster"), target.get("user")
+    if not isinstance(cluster, str) or cluster not in clusters:
         raise KubeconfigError(f"context {chosen!r} names a cluster the kubeconfig lacks")
-    if "user" in target and target["user"] not in users:
+    if user is not None and (not isinstance(user, str) or user not in users):
         raise KubeconfigError(f"context {chosen!r} names a user the kubeconfig lacks")
-    if not clusters[target["cluster"]].get("server"):
+    if not isinstance(clusters[cluster].get("server"), str):
         raise KubeconfigError(f"the cluster of context {chosen!r} has no server")
     return config

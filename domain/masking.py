@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -434,14 +435,20 @@ def masked_tables(columns: Iterable[Column]) -> list[tuple[str, str]]:
 # --- golden generations ---------------------------------------------------------------
 
 
-def golden_generation_name(source_name: str, when: datetime, run_id: str = "") -> str:
+def golden_generation_name(source_name: str, when: datetime, run_id: str = "", *,
+                           digest: bool = True) -> str:
     """Database name of one golden generation: the source, a UTC timestamp, the run.
 
     The run is a digest of the whole run id, not its first characters: Temporal's run
     ids are UUIDv7, whose leading characters are a clock that two runs started in the
-    same minute share."""
+    same minute share. (`digest=False` gives the older name, for runs that began with it.)"""
     stamp = when.strftime("%Y%m%d%H%M%S")
-    run = hashlib.sha256(run_id.encode()).hexdigest()[:8] if run_id else None
+    if not run_id:
+        run = None
+    elif digest:
+        run = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    else:
+        run = run_id.replace("-", "")[:8]
     parts = ["golden", source_name, stamp] + ([run] if run else [])
     return pg_identifier(*parts)
 
@@ -450,3 +457,25 @@ def golden_dump_uri(bucket: str, source_name: str) -> str:
     """Where the current golden copy of a source is published as a pg_dump (custom
     format), for container databases to restore: one object, replaced at each refresh."""
     return f"s3://{bucket}/golden/{source_name}/current.dump"
+
+
+def masking_record(rules: Sequence[MaskingRule]) -> tuple[str, str]:
+    """(digest, canonical JSON) of a set of masking rules, as published next to a golden
+    dump so a restore can check the dump was masked with what it asks for."""
+    canonical = json.dumps(sorted(rule_json(r) for r in rules))
+    return hashlib.sha256(canonical.encode()).hexdigest(), canonical
+
+
+def rule_json(rule: MaskingRule) -> str:
+    return json.dumps(rule.model_dump(mode="json"), sort_keys=True)
+
+
+def golden_masking_uri(dump_uri: str, digest: str) -> str:
+    """Where the rules a published dump was masked with are kept (content-addressed)."""
+    return f"{dump_uri.rsplit('/', 1)[0]}/masking/{digest}.json"
+
+
+def unmet_rules(wanted: Sequence[MaskingRule], applied_json: str) -> list[MaskingRule]:
+    """The rules a clone asks for that the golden copy was not masked with."""
+    applied = set(json.loads(applied_json))
+    return [r for r in wanted if rule_json(r) not in applied]

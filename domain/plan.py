@@ -275,6 +275,7 @@ def _database(ctx: _Context, db: Database) -> Step:
             data_policy=db.data_policy,
             seed_sql=db.seed_sql,
             golden_dump_s3_uri=_golden_dump(ctx, db),
+            masking=db.masking if db.data_policy == DataPolicy.masked_clone else [],
         )
         deps, queue = ("namespace",), ctx.queue_for("kubernetes")
         summary = f"container PostgreSQL {db.name}"

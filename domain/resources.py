@@ -125,6 +125,8 @@ class ContainerDatabaseSpec(KubeSpec):
     data_policy: DataPolicy = DataPolicy.empty
     seed_sql: str | None = None
     golden_dump_s3_uri: str | None = None
+    masking: list[MaskingRule] = Field(
+        default_factory=list, description="masked_clone: rules the golden dump must have had")
 
 
 # --- AWS --------------------------------------------------------------------------
@@ -332,3 +334,5 @@ class SweepTargets(BaseModel):
     dedicated_clusters: list[str] = Field(default_factory=list,
                                           description="`isolation: cluster`: their own worker")
     aws_targets: list[AwsTarget] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list,
+                               description="Projects whose environment could not be read")

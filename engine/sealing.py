@@ -36,21 +36,30 @@ class KmsMasterKey:
     """An AWS KMS key that makes and wraps data keys (boto3 KMS client injected)."""
 
     def __init__(self, key_id: str, client: Any) -> None:
-        self.key_id = key_id
+        self.key_id = key_id  # as configured: an id, an ARN or an alias
         self.client = client
+        self._arn: str | None = None
+
+    @property
+    def arn(self) -> str:
+        """The key's ARN, resolved once: values record the key itself, so moving an alias
+        to a new key leaves older values readable and marks them for re-wrapping."""
+        if self._arn is None:
+            self._arn = str(self.client.describe_key(KeyId=self.key_id)["KeyMetadata"]["Arn"])
+        return self._arn
 
     @property
     def id(self) -> str:
-        return KMS_PREFIX + self.key_id
+        return KMS_PREFIX + self.arn
 
     def new_data_key(self) -> tuple[bytes, bytes]:
         """(plaintext data key, its KMS-wrapped form)."""
-        made = self.client.generate_data_key(KeyId=self.key_id, KeySpec="AES_256",
+        made = self.client.generate_data_key(KeyId=self.arn, KeySpec="AES_256",
                                              EncryptionContext=KMS_CONTEXT)
         return made["Plaintext"], made["CiphertextBlob"]
 
     def wrap(self, data_key: bytes) -> bytes:
-        wrapped: bytes = self.client.encrypt(KeyId=self.key_id, Plaintext=data_key,
+        wrapped: bytes = self.client.encrypt(KeyId=self.arn, Plaintext=data_key,
                                              EncryptionContext=KMS_CONTEXT)["CiphertextBlob"]
         return wrapped
 
@@ -87,9 +96,14 @@ class Sealer:
         if not settings.kms_key_id:
             return cls(keyring)
         import boto3
+        from botocore.config import Config
 
+        # Short timeouts: a secret write or unseal should fail fast, not hang, when KMS
+        # is unreachable.
         client = boto3.client("kms", region_name=settings.aws_region,
-                              endpoint_url=settings.aws_endpoint_url)
+                              endpoint_url=settings.aws_endpoint_url,
+                              config=Config(connect_timeout=5, read_timeout=10,
+                                            retries={"max_attempts": 3, "mode": "standard"}))
         return cls(keyring, KmsMasterKey(settings.kms_key_id, client))
 
     @property

@@ -36,6 +36,7 @@ from activities.store import (
     Collection,
     ImportResult,
     Invalid,
+    NotFound,
     Page,
     ProjectRecord,
     ProjectSpec,
@@ -53,6 +54,7 @@ from domain.blueprint import (
     Database,
     DnsName,
     Environment,
+    Isolation,
     VariableKind,
     VariableScope,
 )
@@ -307,6 +309,35 @@ async def delete_project(project: ProjectName, principal: AdminAuth, store: Stor
 # ------------------------------------------------------- environments, applications, databases
 
 
+def _placement(environment: Environment) -> tuple[Any, ...]:
+    """Where an environment's previews run, when that is not the shared place."""
+    dedicated = environment.isolation in (Isolation.cluster, Isolation.account)
+    return (environment.isolation if dedicated else None, environment.cluster.name,
+            environment.cloud_account)
+
+
+SHARED = _placement(Environment())
+
+
+async def _guard_placement(principal: Principal, store: Store, project: str,
+                           environment: Environment, name: str | None = None) -> None:
+    """A dedicated cluster or cloud account is another tenant's unless an admin says so:
+    a project token may keep the placement it was given, never choose one."""
+    wanted = _placement(environment)
+    if principal.admin or wanted == SHARED:
+        return
+    try:
+        stored = await store.environments.get(project, name or environment.name)
+    except NotFound:
+        stored = None
+    if stored is not None and _placement(stored) == wanted:
+        return
+    raise _forbidden(
+        "only an admin token may place an environment on a dedicated cluster or cloud "
+        "account (environment.isolation, .cluster, .cloud_account)",
+        object=f"environment {environment.name!r} of project {project!r}")
+
+
 def _collection_routes(path: str, model: Any, attr: str) -> None:
     """List/create/get/replace/delete routes for one kind of named project document."""
     tag: list[str | Enum] = [path]
@@ -325,6 +356,8 @@ def _collection_routes(path: str, model: Any, attr: str) -> None:
         project: ProjectName, item: Annotated[model, Body()],  # type: ignore[valid-type]
         principal: ProjectAuth, store: StoreDep,
     ) -> Any:
+        if isinstance(item, Environment):
+            await _guard_placement(principal, store, project, item)
         return await collection(store).create(project, item, principal.actor)
 
     async def get_item(
@@ -337,6 +370,8 @@ def _collection_routes(path: str, model: Any, attr: str) -> None:
         item: Annotated[model, Body()],  # type: ignore[valid-type]
         principal: ProjectAuth, store: StoreDep,
     ) -> Any:
+        if isinstance(item, Environment):
+            await _guard_placement(principal, store, project, item, name)
         return await collection(store).replace(project, name, item, principal.actor)
 
     async def delete_item(
@@ -500,7 +535,8 @@ async def delete_secret(
 
 
 class Rewrapped(BaseModel):
-    rewrapped: int = Field(description="Secrets whose data key was wrapped again")
+    rewrapped: int = Field(description="Sealed values (secrets, cluster kubeconfigs) whose "
+                           "data key was wrapped again")
     key_id: str = Field(description="The master key that now wraps every secret")
 
 
@@ -636,6 +672,7 @@ async def import_blueprint(
         raise _forbidden(f"this token is for project {principal.project!r}, not {name!r}; "
                          "only an admin token can register a new project",
                          object=f"project {name!r}")
+    await _guard_placement(principal, store, name, blueprint.environment)
     result = await store.import_blueprint(blueprint, principal.actor)
     response.status_code = 201 if result.created else 200
     return result

@@ -210,8 +210,8 @@ def secrets_delete(args: argparse.Namespace) -> int:
 def secrets_rewrap(args: argparse.Namespace) -> int:
     with _client(args) as client:
         answer = _check(client.post("/secrets/rewrap")).json()
-    print(f"{answer['rewrapped']} secrets re-wrapped; every secret is wrapped by "
-          f"{answer['key_id']}")
+    print(f"{answer['rewrapped']} sealed values (secrets, cluster kubeconfigs) re-wrapped; "
+          f"all are wrapped by {answer['key_id']}")
     return 0
 
 

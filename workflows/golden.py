@@ -59,8 +59,10 @@ class GoldenRefreshWorkflow:
     @workflow.run
     async def run(self, request: GoldenRefreshRequest) -> str:
         """Make, check and put in service a new generation; returns its database name."""
+        # A refresh that began before the name took a digest of the run id keeps its name.
         generation = golden_generation_name(request.source_name, workflow.now(),
-                                            workflow.info().run_id)
+                                            workflow.info().run_id,
+                                            digest=workflow.patched("generation-digest"))
         step = {"source_name": request.source_name, "generation": generation}
         try:
             await self._call(RESTORE_GOLDEN, GoldenRestoreInput(
@@ -71,8 +73,8 @@ class GoldenRefreshWorkflow:
                 scan_min_length=request.scan_min_length), LONG)
             if request.dump_bucket:
                 await self._call(PUBLISH_GOLDEN, GoldenPublishInput(
-                    **step, dump_uri=golden_dump_uri(request.dump_bucket, request.source_name)),
-                    LONG)
+                    **step, dump_uri=golden_dump_uri(request.dump_bucket, request.source_name),
+                    masking=request.masking), LONG)
             await self._call(PROMOTE_GOLDEN, GoldenPromoteInput(
                 **step, masking=request.masking), SHORT)
         except BaseException:

@@ -17,7 +17,7 @@ from typing import TypeVar
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from domain.resources import (
@@ -81,16 +81,25 @@ class OrphanSweepWorkflow:
                              dedicated_clusters=request.dedicated_clusters,
                              aws_targets=request.aws_targets)
         found = SweepTargets()
-        if request.discover:
-            found = await self._call(LIST_SWEEP_TARGETS, None, SweepTargets,
-                                     "list clusters and AWS targets of every project")
+        # Sweeps that began before tenants were discovered and routed replay as they ran.
+        routed = workflow.patched("sweep-tenants")
+        if request.discover and routed:
+            try:
+                found = await self._call(LIST_SWEEP_TARGETS, None, SweepTargets,
+                                         "list clusters and AWS targets of every project")
+            except ActivityError as error:
+                _reraise_cancellation(error)
+                report.failed["discovery"] = _reason(error)  # sweep what was given
+            if found.skipped:
+                report.failed["discovery"] = "; ".join(found.skipped)
         targets = _merge(given, found)
 
         # A tenant's cluster or account is reached only by that tenant's worker, as the
         # planner routes its steps; everything else runs on this workflow's own queue.
-        base = workflow.info().task_queue
+        base = workflow.info().task_queue if routed else None
         clusters = [(c, None) for c in targets.clusters] + [
-            (c, tenant_queue(base, "cluster", c)) for c in targets.dedicated_clusters]
+            (c, tenant_queue(base, "cluster", c) if base else None)
+            for c in targets.dedicated_clusters]
         for cluster, queue in clusters:
             system = f"kubernetes:{cluster}"
             try:
@@ -103,11 +112,13 @@ class OrphanSweepWorkflow:
                         KubeEnvironmentInput(cluster=cluster, environment=env),
                         list[str], f"remove orphan {env} from {system}", queue)
             except ActivityError as error:
+                _reraise_cancellation(error)
                 report.failed[system] = _reason(error)
 
         for target in targets.aws_targets:
             system = f"aws:{target.account_id or 'default'}:{target.region}"
-            queue = tenant_queue(base, "account", target.account_id) if target.account_id else None
+            queue = (tenant_queue(base, "account", target.account_id)
+                     if base and target.account_id else None)
             try:
                 found_aws = await self._call(
                     "list_aws_environments", AwsSweepInput(target=target),
@@ -118,6 +129,7 @@ class OrphanSweepWorkflow:
                         AwsEnvironmentInput(target=target, environment=env),
                         list[str], f"remove orphan {env} from {system}", queue)
             except ActivityError as error:
+                _reraise_cancellation(error)
                 report.failed[system] = _reason(error)
 
         if request.databases:
@@ -132,6 +144,7 @@ class OrphanSweepWorkflow:
                         "remove_preview_database", env, list[str],
                         f"remove orphan database {env}")
             except ActivityError as error:
+                _reraise_cancellation(error)
                 report.failed["postgres"] = _reason(error)
         return report
 
@@ -164,6 +177,12 @@ def _merge(given: SweepTargets, found: SweepTargets) -> SweepTargets:
     shared = [c for c in union(given.clusters, found.clusters) if c not in dedicated]
     return SweepTargets(clusters=shared, dedicated_clusters=dedicated,
                         aws_targets=union(given.aws_targets, found.aws_targets))
+
+
+def _reraise_cancellation(error: ActivityError) -> None:
+    """A cancelled sweep stops: it must not go on removing in the other systems."""
+    if is_cancelled_exception(error):
+        raise error
 
 
 def _reason(error: ActivityError) -> str:

@@ -33,7 +33,8 @@ from activities.container_db import (
 )
 from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT, ROLLOUT_FAILED
 from activities.kubernetes import ClusterClients, KubernetesActivities
-from domain.blueprint import DataPolicy
+from domain.blueprint import DataPolicy, MaskingMethod, MaskingRule
+from domain.masking import golden_dump_uri, golden_masking_uri, masking_record
 from domain.naming import Ownership
 from domain.resources import ContainerDatabaseSpec, NamespaceSpec, StepInput, StepOutput
 from engine.keyring import Keyring
@@ -471,3 +472,29 @@ def test_restore_command_restores_the_golden_dump_from_its_presigned_url(
                           DUMP_URL=gone, DUMP_FILE=str(tmp_path / "bad.dump"))
     assert bad.returncode != 0 and "404" in bad.stderr
     assert "Signature" not in bad.stderr and "gone.dump" not in bad.stderr
+
+
+def test_a_masked_clone_refuses_a_dump_masked_with_fewer_rules(
+    moto_reset: MotoServer, dbs: ContainerDatabaseActivities,
+) -> None:
+    email = MaskingRule(table="customers", column="email", method=MaskingMethod.hash)
+    name = MaskingRule(table="customers", column="name", method=MaskingMethod.fake)
+    s3 = moto_reset.client("s3")
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    uri = golden_dump_uri(BUCKET, "shop")
+    key = uri.removeprefix(f"s3://{BUCKET}/")
+    # Published as the golden refresh does: the rules, then the dump naming them.
+    digest, rules = masking_record([email])
+    s3.put_object(Bucket=BUCKET, Key=golden_masking_uri(uri, digest).removeprefix(
+        f"s3://{BUCKET}/"), Body=rules.encode())
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"dump", Metadata={"masking": digest})
+
+    assert dbs._presign(uri, [email]).startswith(moto_reset.endpoint_url)
+    with pytest.raises(ApplicationError, match=r"not masked with: customers\.name \(fake\)"):
+        dbs._presign(uri, [email, name])
+    # A dump published with no rules (an unmasked `clone` of the same source) never
+    # serves a masked clone.
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"dump")
+    with pytest.raises(ApplicationError, match=r"customers\.email"):
+        dbs._presign(uri, [email])
+    assert dbs._presign(uri).startswith(moto_reset.endpoint_url)  # an unmasked clone may

@@ -616,6 +616,18 @@ async def test_cluster_kubeconfigs_are_sealed_checked_and_never_shown(store: Sto
         (name, KUBECONFIG, "nope", "context 'nope' is not in the kubeconfig"),
         (name, KUBECONFIG.replace("cluster: hipaa,", "cluster: gone,"), None,
          "names a cluster the kubeconfig lacks"),
+        (name, KUBECONFIG.replace("current-context: hipaa-ops", "current-context: [a]"), None,
+         "no current-context"),
+        # Nothing that runs a command or reads a file on the worker.
+        (name, KUBECONFIG.replace("user: {client-key-data:",
+                                  "user: {exec: {command: sh}, client-key-data:"), None,
+         "user 'ops' uses exec"),
+        (name, KUBECONFIG.replace("user: {client-key-data:",
+                                  "user: {tokenFile: /var/run/token, client-key-data:"), None,
+         "uses tokenFile"),
+        (name, KUBECONFIG.replace("certificate-authority-data: Q0FDRVJU",
+                                  "certificate-authority: /etc/ca.crt"), None,
+         "cluster 'hipaa' uses certificate-authority:"),
     ]
     for bad_name, text, context, message in refusals:
         with pytest.raises(Invalid, match=message) as refused:

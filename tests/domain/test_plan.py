@@ -238,3 +238,8 @@ def test_sweep_targets_name_each_cluster_and_account_once_with_its_routing() -> 
                           if isinstance(s.spec, AwsSpec)} == {targets.aws_targets[2]}
     assert {s.task_queue for s in aws_steps} == {tenant_queue("previews", "account",
                                                               "222222222222")}
+
+
+def test_a_dedicated_cluster_must_be_named() -> None:
+    with pytest.raises(ValidationError, match=r"needs environment\.cluster\.name"):
+        blueprint(environment={"isolation": "cluster"})

@@ -28,6 +28,10 @@ def kms_key(moto_server: MotoServer) -> tuple[str, Any]:
     return client.create_key(Description="preview secrets")["KeyMetadata"]["KeyId"], client
 
 
+def arn(client: Any, key_id: str) -> str:
+    return str(client.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"])
+
+
 @given(st.text(max_size=200))
 @settings(max_examples=25)
 def test_local_sealing_round_trips_with_fresh_keys_and_nonces(value: str) -> None:
@@ -40,7 +44,7 @@ def test_kms_wraps_every_data_key(kms_key: tuple[str, Any]) -> None:
     key_id, client = kms_key
     sealer = Sealer(Keyring.parse(f"old:{key(1)}"), KmsMasterKey(key_id, client))
     sealed = sealer.seal("hunter2")
-    assert sealed.key_id == f"kms:{key_id}"
+    assert sealed.key_id == f"kms:{arn(client, key_id)}"
     assert sealer.unseal(sealed) == "hunter2"
     # Only KMS can unwrap it: not the local keys, and not KMS without our context.
     with pytest.raises(UnsealError, match="no KMS key is configured"):
@@ -57,7 +61,7 @@ def test_switching_to_kms_keeps_old_values_and_rewraps_them(kms_key: tuple[str, 
     sealer = Sealer(Keyring.parse(f"old:{key(1)}"), KmsMasterKey(key_id, client))
     assert sealer.unseal(before) == "sealed before KMS"
     moved = sealer.rewrap(before)
-    assert moved.key_id == f"kms:{key_id}" and sealer.rewrap(moved) is moved
+    assert moved.key_id == f"kms:{arn(client, key_id)}" and sealer.rewrap(moved) is moved
     assert (moved.nonce, moved.ciphertext) == (before.nonce, before.ciphertext)
     kms_only = Sealer(Keyring.parse(f"unrelated:{key(9)}"), KmsMasterKey(key_id, client))
     assert kms_only.unseal(moved) == "sealed before KMS"
@@ -83,6 +87,23 @@ def test_settings_choose_kms(kms_key: tuple[str, Any], moto_server: MotoServer,
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     settings = Settings(kms_key_id=key_id, aws_endpoint_url=moto_server.endpoint_url)
     sealer = Sealer.from_settings(settings)
-    assert sealer.current_id == f"kms:{key_id}"
+    assert sealer.current_id == f"kms:{arn(moto_server.client('kms'), key_id)}"
     assert sealer.unseal(sealer.seal("x")) == "x"
     assert Sealer.from_settings(Settings()).current_id == "master-1"
+
+
+def test_an_alias_moved_to_a_new_key_keeps_old_values_and_marks_them_stale(
+    kms_key: tuple[str, Any],
+) -> None:
+    first, client = kms_key
+    alias = f"alias/previews-{first[:8]}"
+    client.create_alias(AliasName=alias, TargetKeyId=first)
+    before = Sealer(Keyring.parse(f"old:{key(1)}"), KmsMasterKey(alias, client)).seal("v1")
+    assert before.key_id == f"kms:{arn(client, first)}"  # the key itself, not the alias
+
+    second = client.create_key()["KeyMetadata"]["KeyId"]
+    client.update_alias(AliasName=alias, TargetKeyId=second)
+    after = Sealer(Keyring.parse(f"old:{key(1)}"), KmsMasterKey(alias, client))
+    assert after.unseal(before) == "v1"  # decrypted by the key that wrapped it
+    moved = after.rewrap(before)
+    assert moved.key_id == f"kms:{arn(client, second)}" and after.unseal(moved) == "v1"

@@ -683,11 +683,12 @@ async def test_moving_secrets_to_a_kms_master_key(
                                       KmsMasterKey(key_id, kms))
             answer = await api.post("/secrets/rewrap", headers=auth())
             assert answer.status_code == 200, answer.text
-            assert answer.json() == {"rewrapped": 1, "key_id": f"kms:{key_id}"}
+            key_arn = kms.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+            assert answer.json() == {"rewrapped": 1, "key_id": f"kms:{key_arn}"}
             again = await api.post("/secrets/rewrap", headers=auth())
             assert again.json()["rewrapped"] == 0
             meta = await api.get(f"/projects/{PROJECT}/secrets/API_KEY", headers=auth())
-            assert meta.json()["key_id"] == f"kms:{key_id}" and SECRET not in meta.text
+            assert meta.json()["key_id"] == f"kms:{key_arn}" and SECRET not in meta.text
         # The local key is no longer needed to read it.
         kms_only = Sealer(Keyring.parse("other:" + base64.b64encode(b"o" * 32).decode()),
                           KmsMasterKey(key_id, kms))
@@ -731,3 +732,39 @@ async def test_cluster_kubeconfigs_are_write_only_and_admin_only(
                                   headers=auth()), 422, "invalid")
     assert (await client.delete(f"/clusters/{name}", headers=auth())).status_code == 204
     assert_error(await client.delete(f"/clusters/{name}", headers=auth()), 404, "not_found")
+
+
+async def test_only_an_admin_places_an_environment_on_a_dedicated_cluster_or_account(
+    client: httpx.AsyncClient, project: str,
+) -> None:
+    token = await project_token(client, project)
+    exported = (await client.get(f"/projects/{project}/blueprint", headers=auth())).json()
+
+    async def import_as(who: str, environment: dict[str, Any]) -> httpx.Response:
+        body = {**exported, "environment": {**exported["environment"], **environment}}
+        return await client.post("/blueprints", json=body, headers=auth(who))
+
+    hipaa = {"isolation": "cluster", "cluster": {"name": "hipaa"}}
+    # Someone else's cluster, or someone else's account: not for a project token.
+    assert_error(await import_as(token, hipaa), 403, "forbidden", "only an admin token")
+    account = {"isolation": "account", "cloud_account": {
+        "account_id": "222222222222", "role_arn": "arn:aws:iam::222222222222:role/p",
+        "external_id": "guessed"}}
+    assert_error(await import_as(token, account), 403, "forbidden", "dedicated")
+    # The admin places it; the project's own token may then keep that placement...
+    assert (await import_as(ADMIN, hipaa)).status_code == 200
+    assert (await import_as(token, hipaa)).status_code == 200
+    # ...but not move it elsewhere, by import or by editing the environment.
+    assert_error(await import_as(token, {"cluster": {"name": "other"}, "isolation": "cluster"}),
+                 403, "forbidden")
+    env = (await client.get(f"/projects/{project}/environments/production",
+                            headers=auth())).json()
+    moved = {**env, "cluster": {"name": "bank"}}
+    assert_error(await client.put(f"/projects/{project}/environments/production", json=moved,
+                                  headers=auth(token)), 403, "forbidden")
+    stored = await client.get(f"/projects/{project}/environments/production", headers=auth())
+    assert stored.json()["cluster"]["name"] == "hipaa"
+    # Back to the shared cluster is always allowed.
+    shared = {**env, "isolation": "namespace", "cluster": {"name": "default"}}
+    assert (await client.put(f"/projects/{project}/environments/production", json=shared,
+                             headers=auth(token))).status_code == 200

@@ -27,7 +27,7 @@ from activities.aws import AwsClients
 from activities.errors import INVALID_INPUT
 from activities.postgres import GoldenRefreshRequest, PostgresActivities
 from domain.blueprint import MaskingMethod, MaskingRule
-from domain.masking import golden_dump_uri
+from domain.masking import golden_dump_uri, golden_masking_uri, masking_record
 from engine.keyring import Keyring
 from engine.sealing import Sealer
 from stack.postgres import PostgresServer, pg_bin_dir
@@ -206,7 +206,10 @@ async def test_a_refresh_publishes_its_masked_dump_for_container_databases(
             GoldenRefreshWorkflow.run, request, id=f"golden-test-{uuid.uuid4()}",
             task_queue=task_queue)
         published = s3.head_object(Bucket=bucket, Key=key)
-        assert published["Metadata"] == {"generation": generation}
+        digest, rules = masking_record(RULES)
+        assert published["Metadata"] == {"generation": generation, "masking": digest}
+        rules_key = golden_masking_uri(uri, digest).removeprefix(f"s3://{bucket}/")
+        assert s3.get_object(Bucket=bucket, Key=rules_key)["Body"].read().decode() == rules
 
         # What a container database would restore: masked, joins intact.
         dump = tmp_path / "current.dump"
@@ -238,6 +241,18 @@ async def test_a_refresh_publishes_its_masked_dump_for_container_databases(
                 task_queue=task_queue)
         assert s3.head_object(Bucket=bucket, Key=key)["ETag"] == published["ETag"]
         assert await pointer(postgres_server, "wfp") == generation
+
+        # A refresh whose dump cannot be published is not put in service either.
+        nowhere = request.model_copy(update={"dump_bucket": f"{bucket}-missing"})
+        with pytest.raises(WorkflowFailureError) as failed:
+            await temporal_client.execute_workflow(
+                GoldenRefreshWorkflow.run, nowhere, id=f"golden-test-{uuid.uuid4()}",
+                task_queue=task_queue)
+        cause = failed.value.cause
+        assert isinstance(cause, ActivityError) and isinstance(cause.cause, ApplicationError)
+        assert "does not exist" in cause.cause.message
+        assert await pointer(postgres_server, "wfp") == generation
+        assert await generations(postgres_server, "wfp") == {generation: False}
 
 
 async def test_the_cli_refreshes_a_blueprint_database_now_or_on_a_schedule(

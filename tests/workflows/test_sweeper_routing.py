@@ -10,21 +10,25 @@ workflow's routing decides where each call lands. Nobody polls `Q-cluster-gone`.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
 
 from activities.blueprints import BlueprintFileActivities
 from domain.resources import (
     AwsEnvironmentInput,
     AwsSweepInput,
+    AwsTarget,
     KubeEnvironmentInput,
     KubeSweepInput,
     PreviewDatabase,
@@ -113,7 +117,11 @@ async def test_sweeper_routes_tenants_to_their_workers(
         Worker(temporal_client, task_queue=f"{queue}-account-{ACCOUNT}",
                activities=account.activities()),
     ]
-    request = SweepRequest(dry_run=False, tenant_timeout=timedelta(seconds=2))
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(
+        {"project": {"name": "broken", "repository": "acme/broken"},
+         "environment": {"isolation": "nowhere"}}))
+    # Long enough for a live tenant's worker on a loaded machine; "gone" has none.
+    request = SweepRequest(dry_run=False, tenant_timeout=timedelta(seconds=8))
     async with workers[0], workers[1], workers[2]:
         report = await temporal_client.execute_workflow(
             OrphanSweepWorkflow.run, request, id=f"sweep-{uuid.uuid4()}", task_queue=queue)
@@ -136,6 +144,51 @@ async def test_sweeper_routes_tenants_to_their_workers(
         f"aws:{ACCOUNT}:us-east-1": {"env-orphan-bank": ["leftover"]},
     }
     # The tenant without a worker is reported, not waited for, and nothing else suffered.
-    assert set(report.failed) == {"kubernetes:gone"}
+    assert set(report.failed) == {"kubernetes:gone", "discovery"}
     assert "timeout" in report.failed["kubernetes:gone"].lower()
+    assert report.failed["discovery"] == "broken.yaml: not a valid blueprint"
     assert "kubernetes:gone" not in report.found
+
+
+async def test_a_cancelled_sweep_removes_nothing_more(
+    temporal_client: Client, tmp_path: Path
+) -> None:
+    queue = f"sweep-cancel-{uuid.uuid4().hex[:8]}"
+    started, release = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+
+    @activity.defn(name="list_kube_environments")
+    async def list_kube(arg: KubeSweepInput) -> dict[str, list[str]]:
+        calls.append(f"list {arg.cluster}")
+        return {"env-orphan": ["leftover"]}
+
+    @activity.defn(name="remove_kube_environment")
+    async def remove_kube(arg: KubeEnvironmentInput) -> list[str]:
+        calls.append(f"remove {arg.environment}")
+        if not started.is_set():
+            started.set()
+            await release.wait()  # the operator cancels the sweep meanwhile
+        return ["leftover"]
+
+    @activity.defn(name="list_aws_environments")
+    async def list_aws(arg: AwsSweepInput) -> dict[str, list[str]]:
+        calls.append("list aws")
+        return {}
+
+    worker = Worker(temporal_client, task_queue=queue, workflows=[OrphanSweepWorkflow],
+                    activities=[list_kube, remove_kube, list_aws, live_environments,
+                                list_preview_databases])
+    request = SweepRequest(dry_run=False, discover=False, clusters=["default", "second"],
+                           aws_targets=[AwsTarget(region="eu-west-1")])
+    async with worker:
+        handle = await temporal_client.start_workflow(
+            OrphanSweepWorkflow.run, request, id=f"sweep-{uuid.uuid4()}", task_queue=queue)
+        try:
+            await asyncio.wait_for(started.wait(), 30)
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError) as failed:
+                await handle.result()
+        finally:
+            release.set()
+    assert isinstance(failed.value.cause, CancelledError)
+    assert calls == ["list default", "remove env-orphan"]  # not the second cluster, not AWS
