@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from domain.resources import tenant_queue
@@ -114,6 +115,10 @@ async def build_activities(
                     raise SystemExit(f"cluster {target.name!r} is neither in "
                                      "PREVIEW_KUBE_CONTEXTS nor stored (preview clusters set)")
                 stored = stored_kubeconfigs(store, sealer, only=target.name)
+                try:  # fail at start, not at the first step, if it cannot be used
+                    await asyncio.to_thread(stored, target.name)
+                except ApplicationError as error:
+                    raise SystemExit(error.message) from None
         # The lifecycle worker never reads stored kubeconfigs: they belong to dedicated
         # clusters, which only their own tenant's worker may reach.
         clusters = ClusterClients(kubeconfigs, stored=stored)
@@ -183,7 +188,8 @@ async def _store(settings: Settings, resources: Resources) -> Store:
 def stored_kubeconfigs(store: Store, sealer: Sealer, *, only: str | None = None,
                        ) -> Callable[[str], StoredKubeconfig | None]:
     """Looks up a cluster's sealed kubeconfig in the store, from an activity's thread."""
-    from domain.clusters import check_kubeconfig
+    from activities.errors import invalid_input
+    from domain.clusters import KubeconfigError, check_kubeconfig
 
     loop = asyncio.get_running_loop()
 
@@ -194,8 +200,12 @@ def stored_kubeconfigs(store: Store, sealer: Sealer, *, only: str | None = None,
         credentials = found.result(timeout=60)
         if credentials is None:
             return None
-        text = sealer.unseal(credentials.sealed)
-        return check_kubeconfig(text, credentials.context), credentials.context
+        try:
+            config = check_kubeconfig(sealer.unseal(credentials.sealed), credentials.context)
+        except KubeconfigError as error:  # stored before today's rules: fix, don't retry
+            raise invalid_input(f"stored kubeconfig of cluster {name!r}: {error}; store it "
+                                "again with `preview clusters set`") from None
+        return config, credentials.context
 
     return lookup
 

@@ -24,9 +24,14 @@ class BlueprintFileActivities:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def _documents(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+    def _documents(self) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+        """Each file with its mapping; None for one that is not readable YAML."""
         for path in sorted(self.directory.glob("*.yaml")):
-            data = yaml.safe_load(path.read_text())
+            try:
+                data = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                yield path, None
+                continue
             if isinstance(data, dict):
                 yield path, data
 
@@ -41,6 +46,8 @@ class BlueprintFileActivities:
 
     def _find(self, repository: str) -> Blueprint | None:
         for path, data in self._documents():
+            if data is None:
+                continue  # unreadable: cannot be this repository's (others may be)
             repo = str((data.get("project") or {}).get("repository", ""))
             if repo.lower() == repository.lower():
                 return self._validate(path, data)
@@ -51,6 +58,8 @@ class BlueprintFileActivities:
         environments, skipped = [], []
         for path, data in self._documents():
             try:
+                if data is None:
+                    raise ApplicationError(f"{path}: not readable YAML")
                 environments.append(self._validate(path, data).environment)
             except ApplicationError:
                 skipped.append(f"{path.name}: not a valid blueprint")  # the rest still count

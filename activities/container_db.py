@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import time
 import urllib.parse
@@ -262,31 +263,38 @@ class ContainerDatabaseActivities:
         return {DUMP_URL_KEY: self._presign(spec.golden_dump_s3_uri, spec.masking)}
 
     def _presign(self, uri: str, masking_rules: Sequence[MaskingRule] = ()) -> str:
+        """A URL of the dump to restore, checked first. `uri` is a dump, or (`.json`) the
+        pointer a golden refresh publishes: then the URL is of the generation's own dump,
+        which never changes, so the Job fetches exactly what was checked here."""
         bucket, key = parse_s3_uri(uri)
         s3: S3Client = self.aws.client("s3", AwsTarget(region=self.aws.default_region))
+        missing = (f"golden dump {uri} does not exist; run the golden refresh of the source "
+                   "first, or choose another data policy")
         try:
             # A missing dump is a user problem (no golden refresh yet), not a Job to fail.
-            head = s3.head_object(Bucket=bucket, Key=key)
+            if key.endswith(".json"):
+                pointer = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                key, digest = str(pointer["dump"]), pointer.get("masking")
+                s3.head_object(Bucket=bucket, Key=key)
+            else:
+                digest = (s3.head_object(Bucket=bucket, Key=key).get("Metadata") or {}).get(
+                    "masking")
         except ClientError as error:
             if is_error(error, "404", "NoSuchKey", "NoSuchBucket"):
-                raise invalid_input(
-                    f"golden dump {uri} does not exist; run the golden refresh of the source "
-                    "first, or choose another data policy"
-                ) from None
+                raise invalid_input(missing) from None
             raise
         if masking_rules:
-            self._check_masking(s3, uri, head.get("Metadata") or {}, masking_rules)
+            self._check_masking(s3, uri, digest, masking_rules)
         return s3.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key},
             ExpiresIn=int(self.dump_url_ttl.total_seconds()),
         )
 
     @staticmethod
-    def _check_masking(s3: S3Client, uri: str, metadata: Mapping[str, str],
+    def _check_masking(s3: S3Client, uri: str, digest: str | None,
                        wanted: Sequence[MaskingRule]) -> None:
         """A masked clone restores only a dump masked with (at least) its rules: another
         project cloning the same source may have published it with fewer."""
-        digest = metadata.get("masking")
         applied = "[]"
         if digest:
             bucket, rules_key = parse_s3_uri(masking.golden_masking_uri(uri, digest))

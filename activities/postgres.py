@@ -166,8 +166,9 @@ class GoldenDiscardInput(GoldenStep):
 
 
 class GoldenPublishInput(GoldenStep):
-    dump_uri: str = Field(pattern=r"^s3://[^/]+/.+")
+    dump_uri: str = Field(pattern=r"^s3://[^/]+/.+", description="The pointer to update")
     masking: list[MaskingRule] = Field(default_factory=list)
+    keep_generations: int = Field(3, ge=1, le=50)
 
 
 class GoldenPruneInput(_Model):
@@ -1347,15 +1348,29 @@ class PostgresActivities:
 
     @activity.defn(name=PUBLISH_GOLDEN)
     async def publish_golden_dump(self, step: GoldenPublishInput) -> None:
-        """Upload a dump of a verified generation, replacing the published one: an S3 PUT
-        is atomic, so a container database restores the old dump or the new, never half."""
+        """Publish a dump of a verified generation for container databases: the masking
+        rules (content-addressed), the dump under the generation's own key (never changed
+        afterwards, so a restore gets exactly what was checked), then the pointer to it,
+        replaced atomically. Keeps the newest `keep_generations` dumps."""
         if self._aws is None:
             raise invalid_input("this worker cannot publish golden dumps: it has no S3 client")
         async with _keepalive(f"publishing {step.generation}"):
             async with self._admin(self._golden) as conn:
                 _, state = await self._golden_state(conn, step)
             self._require(state, step, VERIFIED)
-            bucket, key = parse_s3_uri(step.dump_uri)
+            bucket, pointer_key = parse_s3_uri(step.dump_uri)
+            s3 = self._aws.client("s3", AwsTarget(region=self._aws.default_region))
+            digest, rules = masking.masking_record(step.masking)
+            _, rules_key = parse_s3_uri(masking.golden_masking_uri(step.dump_uri, digest))
+            try:
+                await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=rules_key,
+                                        Body=rules.encode(), ContentType="application/json")
+            except ClientError as error:
+                if is_error(error, "NoSuchBucket"):
+                    raise invalid_input(f"cannot publish golden copies to {step.dump_uri}: "
+                                        f"bucket {bucket!r} does not exist") from None
+                raise
+            dump_key = masking.golden_generation_dump_key(step.source_name, step.generation)
             folder = Path(tempfile.mkdtemp(prefix="preview-golden-"))
             try:
                 dump = folder / "golden.dump"
@@ -1363,25 +1378,31 @@ class PostgresActivities:
                                                compress=True)],
                                    what=f"dumping golden generation {step.generation}",
                                    hide=[self._golden.password or ""])
-                s3 = self._aws.client("s3", AwsTarget(region=self._aws.default_region))
-                # The rules first (content-addressed, never changed), then the dump naming
-                # them: a restore checks it was masked with what it asks for.
-                digest, rules = masking.masking_record(step.masking)
-                _, rules_key = parse_s3_uri(masking.golden_masking_uri(step.dump_uri, digest))
-                try:
-                    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=rules_key,
-                                            Body=rules.encode(), ContentType="application/json")
-                except ClientError as error:
-                    if is_error(error, "NoSuchBucket"):
-                        raise invalid_input(f"cannot publish golden copies to {step.dump_uri}: "
-                                            f"bucket {bucket!r} does not exist") from None
-                    raise
                 await asyncio.to_thread(
-                    s3.upload_file, str(dump), bucket, key,
+                    s3.upload_file, str(dump), bucket, dump_key,
                     ExtraArgs={"Metadata": {"generation": step.generation, "masking": digest}})
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-            _logger().info("published %s as %s", step.generation, step.dump_uri)
+            pointer = {"generation": step.generation, "dump": dump_key, "masking": digest}
+            await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=pointer_key,
+                                    Body=json.dumps(pointer).encode(),
+                                    ContentType="application/json")
+            await asyncio.to_thread(self._prune_published, s3, bucket, dump_key,
+                                    step.keep_generations)
+            _logger().info("published %s as %s", step.generation, dump_key)
+
+    @staticmethod
+    def _prune_published(s3: Any, bucket: str, current: str, keep: int) -> None:
+        """Delete all but the newest `keep` generation dumps (never the current one). One
+        just replaced stays a while: a restore may still be fetching it."""
+        prefix = current.rsplit("/", 1)[0] + "/"
+        found = [o for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+        found.sort(key=lambda o: (o["LastModified"], o["Key"]), reverse=True)
+        kept = {current} | {o["Key"] for o in found[:keep]}
+        for old in found:
+            if old["Key"] not in kept:
+                s3.delete_object(Bucket=bucket, Key=old["Key"])
 
     @activity.defn(name=DISCARD_GOLDEN)
     async def discard_golden_generation(self, step: GoldenDiscardInput) -> None:

@@ -454,9 +454,14 @@ def golden_generation_name(source_name: str, when: datetime, run_id: str = "", *
 
 
 def golden_dump_uri(bucket: str, source_name: str) -> str:
-    """Where the current golden copy of a source is published as a pg_dump (custom
-    format), for container databases to restore: one object, replaced at each refresh."""
-    return f"s3://{bucket}/golden/{source_name}/current.dump"
+    """Where the current golden copy of a source is published for container databases:
+    a small pointer (JSON: generation, dump key, masking digest), replaced at each refresh,
+    to that generation's pg_dump, which is never changed once written."""
+    return f"s3://{bucket}/golden/{source_name}/current.json"
+
+
+def golden_generation_dump_key(source_name: str, generation: str) -> str:
+    return f"golden/{source_name}/generations/{generation}.dump"
 
 
 def masking_record(rules: Sequence[MaskingRule]) -> tuple[str, str]:

@@ -67,9 +67,12 @@ class KmsMasterKey:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
+            recorded = key_id.removeprefix(KMS_PREFIX)
+            # Naming the key guards against a blob of another key; only an ARN names one
+            # for good (an alias may have moved since).
+            named = {"KeyId": recorded} if recorded.startswith("arn:") else {}
             plain: bytes = self.client.decrypt(
-                CiphertextBlob=blob, KeyId=key_id.removeprefix(KMS_PREFIX),
-                EncryptionContext=KMS_CONTEXT)["Plaintext"]
+                CiphertextBlob=blob, EncryptionContext=KMS_CONTEXT, **named)["Plaintext"]
             return plain
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "error")

@@ -14,6 +14,7 @@ rendered here without the rejected input, so a secret sent with a typo never com
 in a response (FastAPI's default 422 echoes the input).
 """
 
+import asyncio
 import hmac
 import json
 import logging
@@ -548,7 +549,8 @@ async def rewrap_secrets(
     """After a master-key rotation (or a switch to KMS): wrap every secret's data key with
     the current master key. Values are never decrypted; run it until it answers 0."""
     count = await store.rewrap_secrets(sealer, principal.actor)
-    return Rewrapped(rewrapped=count, key_id=sealer.current_id)
+    # With KMS, the current id may take a DescribeKey call: not on the event loop.
+    return Rewrapped(rewrapped=count, key_id=await asyncio.to_thread(lambda: sealer.current_id))
 
 
 # ---------------------------------------------------------------------------- clusters

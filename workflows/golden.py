@@ -74,7 +74,7 @@ class GoldenRefreshWorkflow:
             if request.dump_bucket:
                 await self._call(PUBLISH_GOLDEN, GoldenPublishInput(
                     **step, dump_uri=golden_dump_uri(request.dump_bucket, request.source_name),
-                    masking=request.masking), LONG)
+                    masking=request.masking, keep_generations=request.keep_generations), LONG)
             await self._call(PROMOTE_GOLDEN, GoldenPromoteInput(
                 **step, masking=request.masking), SHORT)
         except BaseException:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -34,7 +35,12 @@ from activities.container_db import (
 from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT, ROLLOUT_FAILED
 from activities.kubernetes import ClusterClients, KubernetesActivities
 from domain.blueprint import DataPolicy, MaskingMethod, MaskingRule
-from domain.masking import golden_dump_uri, golden_masking_uri, masking_record
+from domain.masking import (
+    golden_dump_uri,
+    golden_generation_dump_key,
+    golden_masking_uri,
+    masking_record,
+)
 from domain.naming import Ownership
 from domain.resources import ContainerDatabaseSpec, NamespaceSpec, StepInput, StepOutput
 from engine.keyring import Keyring
@@ -481,9 +487,9 @@ def test_a_masked_clone_refuses_a_dump_masked_with_fewer_rules(
     name = MaskingRule(table="customers", column="name", method=MaskingMethod.fake)
     s3 = moto_reset.client("s3")
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    uri = golden_dump_uri(BUCKET, "shop")
+    # A dump named directly (not through a refresh's pointer), with the rules it names.
+    uri = f"s3://{BUCKET}/golden/shop/direct.dump"
     key = uri.removeprefix(f"s3://{BUCKET}/")
-    # Published as the golden refresh does: the rules, then the dump naming them.
     digest, rules = masking_record([email])
     s3.put_object(Bucket=BUCKET, Key=golden_masking_uri(uri, digest).removeprefix(
         f"s3://{BUCKET}/"), Body=rules.encode())
@@ -498,3 +504,31 @@ def test_a_masked_clone_refuses_a_dump_masked_with_fewer_rules(
     with pytest.raises(ApplicationError, match=r"customers\.email"):
         dbs._presign(uri, [email])
     assert dbs._presign(uri).startswith(moto_reset.endpoint_url)  # an unmasked clone may
+
+
+def test_the_published_pointer_resolves_to_the_generations_own_dump(
+    moto_reset: MotoServer, dbs: ContainerDatabaseActivities,
+) -> None:
+    email = MaskingRule(table="customers", column="email", method=MaskingMethod.hash)
+    s3 = moto_reset.client("s3")
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    pointer = golden_dump_uri(BUCKET, "shop")
+    digest, rules = masking_record([email])
+    s3.put_object(Bucket=BUCKET, Key=golden_masking_uri(pointer, digest).removeprefix(
+        f"s3://{BUCKET}/"), Body=rules.encode())
+    with pytest.raises(ApplicationError, match="does not exist; run the golden refresh"):
+        dbs._presign(pointer, [email])  # nothing published yet
+    first = golden_generation_dump_key("shop", "golden_shop_1")
+    s3.put_object(Bucket=BUCKET, Key=first, Body=b"first dump")
+    s3.put_object(Bucket=BUCKET, Key=pointer.removeprefix(f"s3://{BUCKET}/"), Body=json.dumps(
+        {"generation": "golden_shop_1", "dump": first, "masking": digest}).encode())
+
+    url = dbs._presign(pointer, [email])
+    # A refresh publishing another generation now (even one masked with fewer rules)
+    # changes nothing for this URL: it names the checked generation's own dump.
+    s3.put_object(Bucket=BUCKET, Key=pointer.removeprefix(f"s3://{BUCKET}/"), Body=json.dumps(
+        {"generation": "golden_shop_2", "dump": "golden/shop/generations/golden_shop_2.dump",
+         "masking": "0" * 64}).encode())
+    assert httpx.get(url).content == b"first dump"
+    with pytest.raises(ApplicationError, match="does not exist"):
+        dbs._presign(pointer, [email])  # the new pointer names a dump that is not there

@@ -397,6 +397,12 @@ async def test_a_tenant_worker_reaches_its_cluster_through_the_stored_sealed_kub
                                     StepInput(spec=elsewhere))
         await asyncio.to_thread(run, activities["remove_namespace"], StepInput(spec=spec))
         assert name not in namespaces(hipaa_cluster)
+
+        # The lifecycle worker (same store, same keys) never uses a tenant's kubeconfig.
+        lifecycle = by_name(*await build_activities(settings, Target(), resources))
+        with pytest.raises(ApplicationError, match=f"'{tenant}' is not configured"):
+            await asyncio.to_thread(run, lifecycle["ensure_namespace"], StepInput(spec=spec))
+        assert name not in namespaces(hipaa_cluster)
         with pytest.raises(SystemExit, match="neither in PREVIEW_KUBE_CONTEXTS nor stored"):
             await build_activities(settings, Target.parse("cluster:unknown"), Resources())
     finally:

@@ -83,13 +83,16 @@ def test_apps_with_container_database() -> None:
 
 
 def test_a_cloned_container_database_restores_the_published_golden_dump() -> None:
+    rule = {"table": "customers", "column": "email", "method": "hash"}
     cloned = blueprint(databases=[{"name": "main", "mode": "container", "source": "shop",
-                                   "data_policy": "masked_clone"}])
+                                   "data_policy": "masked_clone", "masking": [rule]}])
     plan = plan_preview(cloned, PR, options=PlanOptions(golden_dump_bucket="goldens"))
     spec = plan.step("database/main").spec
     assert isinstance(spec, ContainerDatabaseSpec)
-    assert spec.golden_dump_s3_uri == "s3://goldens/golden/shop/current.dump"
+    assert spec.golden_dump_s3_uri == "s3://goldens/golden/shop/current.json"
     assert spec.golden_dump_s3_uri == golden_dump_uri("goldens", "shop")  # where it's published
+    # The rules travel with it: the restore refuses a dump masked with fewer.
+    assert [r.model_dump(mode="json", include=set(rule)) for r in spec.masking] == [rule]
     # Without a bucket the plan says what to configure instead of failing in the cluster.
     with pytest.raises(PlanError, match=r"'main'.*PREVIEW_GOLDEN_DUMP_BUCKET"):
         plan_preview(cloned, PR)

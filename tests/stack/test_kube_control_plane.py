@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TypeVar
 
 import pytest
@@ -224,6 +226,8 @@ def test_ports_handed_out_are_never_handed_out_again(monkeypatch: pytest.MonkeyP
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(ports.socket, "socket", Offering)
+    # A stand-in for the socket module as ports.py sees it; nothing else is touched.
+    monkeypatch.setattr(ports, "socket", SimpleNamespace(
+        socket=Offering, AF_INET=socket.AF_INET, SOCK_STREAM=socket.SOCK_STREAM))
     assert free_port() == 70001
     assert free_ports(2) == [70002, 70003]  # 70001 offered twice more, refused

@@ -764,6 +764,16 @@ async def test_only_an_admin_places_an_environment_on_a_dedicated_cluster_or_acc
                                   headers=auth(token)), 403, "forbidden")
     stored = await client.get(f"/projects/{project}/environments/production", headers=auth())
     assert stored.json()["cluster"]["name"] == "hipaa"
+    # Nor by creating another environment there, or by isolation alone.
+    other = {**env, "name": "staging", "kind": "staging"}
+    assert_error(await client.post(f"/projects/{project}/environments", json=other,
+                                   headers=auth(token)), 403, "forbidden")
+    account_only = {**env, "isolation": "account", "cluster": {"name": "default"},
+                    "cloud_account": account["cloud_account"]}
+    assert_error(await client.put(f"/projects/{project}/environments/production",
+                                  json=account_only, headers=auth(token)), 403, "forbidden")
+    assert (await client.post(f"/projects/{project}/environments", json=other,
+                              headers=auth())).status_code == 201  # an admin may
     # Back to the shared cluster is always allowed.
     shared = {**env, "isolation": "namespace", "cluster": {"name": "default"}}
     assert (await client.put(f"/projects/{project}/environments/production", json=shared,

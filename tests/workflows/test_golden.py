@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +28,12 @@ from activities.aws import AwsClients
 from activities.errors import INVALID_INPUT
 from activities.postgres import GoldenRefreshRequest, PostgresActivities
 from domain.blueprint import MaskingMethod, MaskingRule
-from domain.masking import golden_dump_uri, golden_masking_uri, masking_record
+from domain.masking import (
+    golden_dump_uri,
+    golden_generation_dump_key,
+    golden_masking_uri,
+    masking_record,
+)
 from engine.keyring import Keyring
 from engine.sealing import Sealer
 from stack.postgres import PostgresServer, pg_bin_dir
@@ -205,15 +211,19 @@ async def test_a_refresh_publishes_its_masked_dump_for_container_databases(
         generation = await temporal_client.execute_workflow(
             GoldenRefreshWorkflow.run, request, id=f"golden-test-{uuid.uuid4()}",
             task_queue=task_queue)
-        published = s3.head_object(Bucket=bucket, Key=key)
+        published = s3.head_object(Bucket=bucket, Key=key)  # the pointer
         digest, rules = masking_record(RULES)
-        assert published["Metadata"] == {"generation": generation, "masking": digest}
+        dump_key = golden_generation_dump_key("wfp", generation)
+        assert json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) == {
+            "generation": generation, "dump": dump_key, "masking": digest}
+        assert s3.head_object(Bucket=bucket, Key=dump_key)["Metadata"] == {
+            "generation": generation, "masking": digest}
         rules_key = golden_masking_uri(uri, digest).removeprefix(f"s3://{bucket}/")
         assert s3.get_object(Bucket=bucket, Key=rules_key)["Body"].read().decode() == rules
 
         # What a container database would restore: masked, joins intact.
         dump = tmp_path / "current.dump"
-        s3.download_file(bucket, key, str(dump))
+        s3.download_file(bucket, dump_key, str(dump))
         target = f"restored_{uuid.uuid4().hex[:8]}"
         admin = await asyncpg.connect(postgres_server.admin_url)
         try:
