@@ -42,6 +42,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from bench.common import Recorder, history_events, summary
+from domain.pull_request import PullRequest
 from engine.client import data_converter
 from engine.settings import Settings
 from stack.temporal import TemporalDevServer
@@ -171,12 +172,26 @@ async def updates_across_continue_as_new(client: Client, task_queue: str, number
                                     task_queue=task_queue, timeouts=FAST)
     await wait_ready(handle)
     latest = client.get_workflow_handle_for(PreviewEnvironmentWorkflow.run, handle.id)
-    outcome: dict[str, Any] = {"updates_sent": limit, "stuck": None}
+    outcome: dict[str, Any] = {"updates_sent": limit, "stuck": None,
+                               "refused_while_continuing_as_new": 0}
+
+    async def deploy_and_wait(pr: PullRequest) -> None:
+        # The contract (as `preview deploy` does): an update refused while the run
+        # continues as new is sent again, and the next run takes it.
+        while True:
+            try:
+                await latest.execute_update(PreviewEnvironmentWorkflow.deploy_and_wait, pr)
+                return
+            except WorkflowUpdateFailedError as error:
+                if "continuing as new" not in str(error.cause):
+                    raise
+                outcome["refused_while_continuing_as_new"] += 1
+                await asyncio.sleep(0.1)
+
     for i in range(1, limit + 1):
         pr = pull_request(number, f"{i:040x}")
         try:
-            await asyncio.wait_for(
-                latest.execute_update(PreviewEnvironmentWorkflow.deploy_and_wait, pr), timeout)
+            await asyncio.wait_for(deploy_and_wait(pr), timeout)
         except (TimeoutError, RPCError, WorkflowUpdateFailedError,
                 WorkflowUpdateRPCTimeoutOrCancelledError) as error:
             info = (await latest.describe()).raw_description.workflow_execution_info
@@ -244,10 +259,9 @@ NOTES = [
     "answered once that commit is live; the handle has no run id, so it follows "
     "continue-as-new to the newest run.",
     "deploy_and_wait_across_continue_as_new: separate previews redeployed with "
-    "back-to-back updates; `stuck` says at which redeploy an update did not complete "
-    "within its timeout (the run was waiting for all handlers to finish before "
-    "continuing as new, while the update's handler waited for a deploy the run would "
-    "not start).",
+    "back-to-back updates, each sent again when refused because the run is continuing "
+    "as new (counted); `stuck` says at which redeploy an update did not complete within "
+    "its timeout.",
     "events_per_run follows WorkflowExecutionStarted.continued_execution_run_id back from "
     "the newest run; continue-as-new happens past PreviewInput.history_limit events or "
     "when the server suggests it (is_continue_as_new_suggested).",

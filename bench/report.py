@@ -120,9 +120,13 @@ def history_rows(doc: dict[str, Any]) -> Rows:
         stuck = [p["stuck"] for p in probe["probes"] if p.get("stuck")]
         where = ", ".join(f"redeploy {s['at_redeploy']} ({s['events_of_run']} events)"
                           for s in stuck)
+        refused = [p.get("refused_while_continuing_as_new") for p in probe["probes"]]
         rows.append(("back-to-back `deploy_and_wait` updates across continue-as-new: stuck",
                      f"{len(stuck)} of {len(probe['probes'])} previews"
-                     + (f" at {where}" if where else "")))
+                     + (f" at {where}" if where else "")
+                     + (f"; refused while continuing as new and sent again: "
+                        f"{', '.join(map(str, refused))} times" if None not in refused
+                        else "")))
     return rows
 
 
