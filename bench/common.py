@@ -41,7 +41,7 @@ from domain.blueprint import Blueprint
 from engine.client import connect
 from engine.settings import Settings
 from stack.ports import free_port
-from stack.postgres import PostgresServer
+from stack.postgres import PostgresServer, create_database
 from stack.temporal import TemporalDevServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,15 +311,6 @@ class BenchStack:
 
     async def client(self) -> Client:
         return await connect(self.settings)
-
-
-async def create_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
 
 
 async def import_blueprints(settings: Settings, blueprints: Iterable[Blueprint]) -> None:

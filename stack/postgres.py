@@ -13,8 +13,11 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
+
+import asyncpg
 
 from stack.ports import free_port, stop_group
 
@@ -34,6 +37,16 @@ def pg_bin_dir() -> Path:
     return Path(found).resolve().parent
 
 
+async def create_database(admin_url: str, name: str) -> None:
+    """Create database `name` unless it exists."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
 class PostgresServer:
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = data_dir
@@ -48,6 +61,12 @@ class PostgresServer:
 
     def url(self, database: str) -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    async def new_database(self, prefix: str) -> str:
+        """A new, empty database with a unique name; its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        await create_database(self.admin_url, name)
+        return self.url(name)
 
     def _as_owner(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", self._user, "--", *argv] if self._user else argv

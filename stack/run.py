@@ -25,7 +25,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,7 +35,7 @@ from engine.client import connect
 from engine.settings import Settings
 from stack.moto import MotoServer
 from stack.ports import free_port, stop_group
-from stack.postgres import PostgresServer
+from stack.postgres import PostgresServer, create_database
 from stack.temporal import TemporalDevServer
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
 
@@ -89,7 +88,7 @@ class LocalStack:
         with console.status("starting PostgreSQL"):
             postgres = PostgresServer(state / "postgres").start()
             self._started(postgres.stop, postgres._process.pid if postgres._process else None)
-            asyncio.run(_create_database(postgres.admin_url, "preview_control"))
+            asyncio.run(create_database(postgres.admin_url, "preview_control"))
         console.print(f"[green]✓[/] PostgreSQL      {postgres.admin_url}")
 
         with console.status("starting Temporal"):
@@ -146,15 +145,6 @@ class LocalStack:
             except Exception as error:  # keep stopping the rest
                 console.print(f"[red]could not stop a part: {error}")
         self.stoppers.clear()
-
-
-async def _create_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
 
 
 def _wait_http(url: str, _: object, timeout: float = 60) -> None:

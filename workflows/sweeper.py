@@ -101,36 +101,17 @@ class OrphanSweepWorkflow:
             (c, tenant_queue(base, "cluster", c) if base else None)
             for c in targets.dedicated_clusters]
         for cluster, queue in clusters:
-            system = f"kubernetes:{cluster}"
-            try:
-                found_kube = await self._call(
-                    "list_kube_environments", KubeSweepInput(cluster=cluster),
-                    dict[str, list[str]], f"list {system}", queue)
-                for env in self._orphans(report, system, found_kube):
-                    report.removed.setdefault(system, {})[env] = await self._call(
-                        "remove_kube_environment",
-                        KubeEnvironmentInput(cluster=cluster, environment=env),
-                        list[str], f"remove orphan {env} from {system}", queue)
-            except ActivityError as error:
-                _reraise_cancellation(error)
-                report.failed[system] = _reason(error)
-
+            await self._sweep(report, f"kubernetes:{cluster}", queue,
+                              "list_kube_environments", KubeSweepInput(cluster=cluster),
+                              "remove_kube_environment",
+                              KubeEnvironmentInput(cluster=cluster, environment=""))
         for target in targets.aws_targets:
-            system = f"aws:{target.account_id or 'default'}:{target.region}"
             queue = (tenant_queue(base, "account", target.account_id)
                      if base and target.account_id else None)
-            try:
-                found_aws = await self._call(
-                    "list_aws_environments", AwsSweepInput(target=target),
-                    dict[str, list[str]], f"list {system}", queue)
-                for env in self._orphans(report, system, found_aws):
-                    report.removed.setdefault(system, {})[env] = await self._call(
-                        "remove_aws_environment",
-                        AwsEnvironmentInput(target=target, environment=env),
-                        list[str], f"remove orphan {env} from {system}", queue)
-            except ActivityError as error:
-                _reraise_cancellation(error)
-                report.failed[system] = _reason(error)
+            await self._sweep(report, f"aws:{target.account_id or 'default'}:{target.region}",
+                              queue, "list_aws_environments", AwsSweepInput(target=target),
+                              "remove_aws_environment",
+                              AwsEnvironmentInput(target=target, environment=""))
 
         if request.databases:
             try:
@@ -147,6 +128,21 @@ class OrphanSweepWorkflow:
                 _reraise_cancellation(error)
                 report.failed["postgres"] = _reason(error)
         return report
+
+    async def _sweep(self, report: SweepReport, system: str, queue: str | None,
+                     lister: str, where: BaseModel, remover: str, one: BaseModel) -> None:
+        """List one cluster or AWS target and remove its orphans (`one` with each orphan's
+        environment); a failure is reported and the sweep goes on elsewhere."""
+        try:
+            found = await self._call(lister, where, dict[str, list[str]], f"list {system}",
+                                     queue)
+            for env in self._orphans(report, system, found):
+                report.removed.setdefault(system, {})[env] = await self._call(
+                    remover, one.model_copy(update={"environment": env}), list[str],
+                    f"remove orphan {env} from {system}", queue)
+        except ActivityError as error:
+            _reraise_cancellation(error)
+            report.failed[system] = _reason(error)
 
     @staticmethod
     def _orphans(report: SweepReport, system: str, found: dict[str, list[str]]) -> list[str]:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -368,13 +367,7 @@ async def test_a_tenant_worker_reaches_its_cluster_through_the_stored_sealed_kub
 ) -> None:
     """No kubeconfig file for the tenant: `preview clusters set` sealed it into the store,
     and `python -m worker --target cluster:NAME` builds its activities from there."""
-    database = f"iso_store_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_server.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    settings = Settings(database_url=postgres_server.url(database),
+    settings = Settings(database_url=await postgres_server.new_database("iso_store"),
                         kubeconfig=str(kube_cluster.kubeconfig), kube_contexts={})
     store = await Store.connect(settings.database_url, Sealer.from_settings(settings))
     tenant = f"sealed-{uuid.uuid4().hex[:6]}"

@@ -14,12 +14,11 @@ from activities.store import Store, StoreActivities
 from domain.naming import Ownership
 from domain.resources import PreviewSlotSpec, StepInput
 from stack.postgres import PostgresServer
-from tests.activities.test_store import fresh_database
 
 
 @pytest.fixture(scope="module")
 async def activities(postgres_server: PostgresServer) -> AsyncIterator[StoreActivities]:
-    store = await Store.connect(await fresh_database(postgres_server, "slots_test"))
+    store = await Store.connect(await postgres_server.new_database("slots_test"))
     await store.migrate()
     yield StoreActivities(store)
     await store.close()

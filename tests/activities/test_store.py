@@ -65,19 +65,9 @@ def example() -> Blueprint:
     return parse_blueprint(EXAMPLE.read_text(), str(EXAMPLE))
 
 
-async def fresh_database(server: PostgresServer, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return server.url(name)
-
-
 @pytest.fixture(scope="module")
 async def database_url(postgres_server: PostgresServer) -> str:
-    return await fresh_database(postgres_server, "store_test")
+    return await postgres_server.new_database("store_test")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +106,7 @@ async def dump_everything(pool: asyncpg.Pool) -> str:
 async def test_migrations_apply_from_empty_and_twice_is_a_no_op(
     postgres_server: PostgresServer,
 ) -> None:
-    url = await fresh_database(postgres_server, "migrate")
+    url = await postgres_server.new_database("migrate")
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
         store = Store(pool)
@@ -136,7 +126,7 @@ async def test_migrations_apply_from_empty_and_twice_is_a_no_op(
 async def test_concurrent_starters_apply_each_migration_once(
     postgres_server: PostgresServer,
 ) -> None:
-    url = await fresh_database(postgres_server, "migrate_race")
+    url = await postgres_server.new_database("migrate_race")
     pools = [await asyncpg.create_pool(url, min_size=1, max_size=1) for _ in range(4)]
     try:
         results = await asyncio.gather(*(Store(p).migrate() for p in pools))
@@ -149,7 +139,7 @@ async def test_concurrent_starters_apply_each_migration_once(
 
 
 async def test_a_changed_applied_migration_is_refused(postgres_server: PostgresServer) -> None:
-    url = await fresh_database(postgres_server, "migrate_changed")
+    url = await postgres_server.new_database("migrate_changed")
     pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
     try:
         await Store(pool).migrate()

@@ -84,17 +84,14 @@ async def stack(
     temporal_client: Client,
     test_settings: Settings,
 ) -> AsyncIterator[dict[str, Any]]:
-    store_db = f"e2e_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_server.admin_url)
-    await admin.execute(f'CREATE DATABASE "{store_db}"')
-    await admin.close()
+    store_url = await postgres_server.new_database("e2e")
     zone = moto_server.client("route53").create_hosted_zone(
         Name="preview.example.com", CallerReference=str(uuid.uuid4())
     )["HostedZone"]["Id"]
     settings = test_settings.model_copy(
         update={
             "task_queue": f"e2e-{uuid.uuid4().hex[:6]}",
-            "database_url": postgres_server.url(store_db),
+            "database_url": store_url,
             "preview_database_url": postgres_server.admin_url,
             "aws_endpoint_url": moto_server.endpoint_url,
             "kubeconfig": str(kube_cluster.kubeconfig),

@@ -28,6 +28,7 @@ from domain.pull_request import PullRequest
 from engine.client import data_converter
 from engine.sealing import Sealer
 from engine.settings import Settings
+from stack.postgres import create_database
 from starter.app import plan_options
 from tests.faults.worker_process import KILL_LINE, READY_LINE
 from workflows.preview import HEAD_SHA, STATE, PreviewEnvironmentWorkflow, PreviewStatus
@@ -286,12 +287,7 @@ async def find_leftovers(number: int, *, kube: Any, moto: Any, zone_id: str,
 
 async def make_store(admin_url: str, database_url: str, settings: Settings) -> Store:
     """A fresh database on that server, with the store's schema."""
-    admin = await asyncpg.connect(admin_url)
-    try:
-        name = database_url.rsplit("/", 1)[-1]
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    await create_database(admin_url, database_url.rsplit("/", 1)[-1])
     store = await Store.connect(database_url, Sealer.from_settings(settings))
     await store.migrate()
     return store

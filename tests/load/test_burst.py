@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -43,13 +42,10 @@ async def stack(
     postgres_server: Any, kube_cluster: Any, temporal_client: Client, test_settings: Settings
 ) -> AsyncIterator[dict[str, Any]]:
     tag = uuid.uuid4().hex[:6]
-    store_db = f"load_{tag}"
-    admin = await asyncpg.connect(postgres_server.admin_url)
-    await admin.execute(f'CREATE DATABASE "{store_db}"')
-    await admin.close()
+    store_url = await postgres_server.new_database(f"load_{tag}")
     settings = test_settings.model_copy(update={
         "task_queue": f"load-{tag}",
-        "database_url": postgres_server.url(store_db),
+        "database_url": store_url,
         "preview_database_url": postgres_server.admin_url,
         "kubeconfig": str(kube_cluster.kubeconfig),
         "github_webhook_secret": SecretStr(SECRET),

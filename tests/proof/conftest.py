@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -32,19 +31,9 @@ ADMIN_TOKEN = "proof-admin-token"
 SEALER = Sealer(Keyring.parse("proof-1:" + base64.b64encode(b"p" * 32).decode()))
 
 
-async def fresh_database(postgres_server: PostgresServer, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_server.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return postgres_server.url(name)
-
-
 @pytest.fixture(scope="module")
 async def proof_store(postgres_server: PostgresServer) -> AsyncIterator[Store]:
-    url = await fresh_database(postgres_server, "proof")
+    url = await postgres_server.new_database("proof")
     store = await Store.connect(url, SEALER, max_size=4)
     await store.migrate()
     yield store

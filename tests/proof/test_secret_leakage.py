@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-import asyncpg
 import httpx
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
@@ -291,16 +290,13 @@ async def evidence(
     found = Evidence()
     number = uuid.uuid4().int % 10**6 + 1
     found.env = env = environment_id(REPOSITORY, number)
-    store_db = f"leak_{uuid.uuid4().hex[:8]}"
-    admin_conn = await asyncpg.connect(postgres_server.admin_url)
-    await admin_conn.execute(f'CREATE DATABASE "{store_db}"')
-    await admin_conn.close()
+    store_url = await postgres_server.new_database("leak")
     zone = moto_server.client("route53").create_hosted_zone(
         Name="preview.example.com", CallerReference=str(uuid.uuid4()))["HostedZone"]["Id"]
     port = free_port()
     settings = test_settings.model_copy(update={
         "task_queue": f"leak-{uuid.uuid4().hex[:6]}",
-        "database_url": postgres_server.url(store_db),
+        "database_url": store_url,
         "preview_database_url": postgres_server.admin_url,
         "aws_endpoint_url": moto_server.endpoint_url,
         "kubeconfig": str(kube_cluster.kubeconfig),

@@ -60,13 +60,7 @@ def build_app(store: Store | None = None) -> FastAPI:
 
 @pytest.fixture(scope="module")
 async def database_url(postgres_server: PostgresServer) -> str:
-    name = f"api_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_server.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return postgres_server.url(name)
+    return await postgres_server.new_database("api_test")
 
 
 @pytest.fixture(scope="module")
@@ -654,13 +648,8 @@ async def test_moving_secrets_to_a_kms_master_key(
     postgres_server: PostgresServer, moto_server: MotoServer,
 ) -> None:
     # A store of its own: every secret in it moves to KMS.
-    name = f"api_kms_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_server.admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    pool = await asyncpg.create_pool(postgres_server.url(name), min_size=1, max_size=4)
+    url = await postgres_server.new_database("api_kms")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     store = Store(pool, SEALER)
     await store.migrate()
     kms = moto_server.client("kms")

@@ -28,11 +28,8 @@ SECRET = "test-webhook-secret"
 
 @pytest.fixture(scope="module")
 async def store(postgres_server: PostgresServer) -> AsyncIterator[Store]:
-    name = f"webhooks_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_server.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    pool = await asyncpg.create_pool(postgres_server.url(name), min_size=1, max_size=4)
+    url = await postgres_server.new_database("webhooks")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     store = Store(pool)
     await store.migrate()
     yield store
@@ -184,11 +181,8 @@ async def test_ping_push_and_closed_without_preview(http: httpx.AsyncClient) -> 
 async def test_store_down_answers_503_and_redelivery_then_works(
     settings: Settings, temporal_client: Client, postgres_server: PostgresServer, store: Store
 ) -> None:
-    name = f"down_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_server.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    pool = await asyncpg.create_pool(postgres_server.url(name), min_size=1, max_size=2)
+    url = await postgres_server.new_database("down")
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     await pool.close()  # every query now fails, as when the store is unreachable
     body = body_of("pull_request.opened")
     hdrs = headers(body, "pull_request")

@@ -224,15 +224,10 @@ async def test_a_refresh_publishes_its_masked_dump_for_container_databases(
         # What a container database would restore: masked, joins intact.
         dump = tmp_path / "current.dump"
         s3.download_file(bucket, dump_key, str(dump))
-        target = f"restored_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(postgres_server.admin_url)
-        try:
-            await admin.execute(f"CREATE DATABASE {target}")
-        finally:
-            await admin.close()
+        target = await postgres_server.new_database("restored")
         subprocess.run([str(pg_bin_dir() / "pg_restore"), "--no-owner", "--exit-on-error",
-                        f"--dbname={postgres_server.url(target)}", str(dump)], check=True)
-        restored = await asyncpg.connect(postgres_server.url(target))
+                        f"--dbname={target}", str(dump)], check=True)
+        restored = await asyncpg.connect(target)
         try:
             assert await restored.fetchval(
                 "SELECT count(*) FROM visits v JOIN people p ON p.email = v.email") == 300
