@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from temporalio.client import Client
 from bench.common import (
     BenchStack,
     Recorder,
+    finish,
     history_events,
     import_blueprints,
     leftovers,
@@ -298,13 +297,10 @@ def main() -> None:
     recorder = Recorder("bench.burst")
     with BenchStack(kube=True, moto=True, keep_state=args.keep_state) as stack:
         document = asyncio.run(bench(stack, args))
-    document["notes"] = NOTES
-    path = recorder.write("burst", document, args.output)
     fig = document["figures"]
-    print(f"{fig['ready']}/{fig['previews']} Ready in {fig['seconds_to_all_ready']} s; worker "
-          f"peak RSS {fig['worker_peak_rss_mib']} MiB; wrote {path}")
-    sys.stdout.flush()
-    os._exit(0)  # skip finalisation: the SDK's threads can crash it (temporal-notes.md)
+    finish(recorder, "burst", document, NOTES,
+           f"{fig['ready']}/{fig['previews']} Ready in {fig['seconds_to_all_ready']} s; "
+           f"worker peak RSS {fig['worker_peak_rss_mib']} MiB", args.output)
 
 
 if __name__ == "__main__":

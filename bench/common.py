@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import httpx
@@ -150,6 +150,17 @@ class Recorder:
 # -- statistics -------------------------------------------------------------------------
 
 
+def finish(recorder: Recorder, name: str, document: dict[str, Any], notes: list[str],
+           line: str, output: Path | None = None) -> NoReturn:
+    """Write the benchmark's JSON, say where, and leave at once (skipping finalisation:
+    the SDK's threads can crash it, see temporal-notes.md)."""
+    document["notes"] = notes
+    path = recorder.write(name, document, output)
+    print(f"{line}; wrote {path}")
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def percentile(values: Iterable[float], q: float) -> float:
     """The q-th percentile (0..100), linear between closest ranks (numpy's default)."""
     ordered = sorted(values)
@@ -193,7 +204,8 @@ class BenchStack:
         self.kubeconfig: str | None = None
         self.worker_pid: int | None = None
         self.starter_url: str | None = None
-        self.settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        self.settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, github_webhook_secret=SecretStr(WEBHOOK_SECRET))
 
     def __enter__(self) -> BenchStack:
         try:
@@ -242,24 +254,9 @@ class BenchStack:
     @property
     def env(self) -> dict[str, str]:
         """The environment of our subprocesses: PREVIEW_* from the settings."""
-        s = self.settings
-        env = {
-            **os.environ,
-            "PREVIEW_TEMPORAL_ADDRESS": s.temporal_address,
-            "PREVIEW_DATABASE_URL": s.database_url,
-            "PREVIEW_PREVIEW_DATABASE_URL": s.preview_database_url,
-            "PREVIEW_TASK_QUEUE": s.task_queue,
-            "PREVIEW_GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "PREVIEW_LISTEN_PORT": str(s.listen_port),
-            "PREVIEW_LOG_LEVEL": self.log_level,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-        }
-        if s.aws_endpoint_url:
-            env["PREVIEW_AWS_ENDPOINT_URL"] = s.aws_endpoint_url
-        if s.kubeconfig:
-            env["PREVIEW_KUBECONFIG"] = s.kubeconfig
-        return env
+        return {**os.environ, **self.settings.as_environment(),
+                "PREVIEW_LOG_LEVEL": self.log_level,
+                "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
 
     def _service(self, name: str, module: str) -> int:
         from stack.run import Service

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +39,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from bench.common import Recorder, history_events, summary
+from bench.common import Recorder, finish, history_events, summary
 from domain.pull_request import PullRequest
 from engine.client import data_converter
 from engine.settings import Settings
@@ -281,15 +279,12 @@ def main() -> None:
     args = parser.parse_args()
     recorder = Recorder("bench.history")
     document = asyncio.run(bench(args))
-    document["notes"] = NOTES
-    path = recorder.write("history", document)
     fig = document["figures"]
     many = fig["many_redeploys"]
-    print(f"lifecycle {fig['lifecycle']['events_total']} events; after {many['redeploys']} "
-          f"redeploys: {many['events_of_current_run']} events in the current run, "
-          f"{many['runs']} runs; wrote {path}")
-    sys.stdout.flush()
-    os._exit(0)  # skip finalisation: the SDK's threads can crash it (temporal-notes.md)
+    finish(recorder, "history", document, NOTES,
+           f"lifecycle {fig['lifecycle']['events_total']} events; after {many['redeploys']} "
+           f"redeploys: {many['events_of_current_run']} events in the current run, "
+           f"{many['runs']} runs")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
-import sys
 import time
 import uuid
 from typing import Any
@@ -44,6 +42,7 @@ from bench.common import (
     BenchStack,
     Recorder,
     event_seconds,
+    finish,
     history_events,
     import_blueprints,
     leftovers,
@@ -358,14 +357,11 @@ def main() -> None:
     recorder = Recorder("bench.latency")
     with BenchStack(kube=True, moto=True, keep_state=args.keep_state) as stack:
         document = asyncio.run(bench(stack, args))
-    document["notes"] = NOTES
-    path = recorder.write("latency", document)
     fig = document["figures"]
-    print(f"webhook → Ready p50 {fig['total_seconds']['p50']} s, "
-          f"p95 {fig['total_seconds']['p95']} s; overhead p50 "
-          f"x{fig['orchestration_overhead']['p50']}; wrote {path}")
-    sys.stdout.flush()
-    os._exit(0)  # skip finalisation: the SDK's threads can crash it (temporal-notes.md)
+    finish(recorder, "latency", document, NOTES,
+           f"webhook → Ready p50 {fig['total_seconds']['p50']} s, "
+           f"p95 {fig['total_seconds']['p95']} s; overhead p50 "
+           f"x{fig['orchestration_overhead']['p50']}")
 
 
 if __name__ == "__main__":

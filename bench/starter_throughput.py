@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,6 +32,7 @@ from temporalio.client import Client
 from bench.common import (
     BenchStack,
     Recorder,
+    finish,
     import_blueprints,
     pull_request_payload,
     sha_for,
@@ -209,15 +208,12 @@ def main() -> None:
     recorder = Recorder("bench.starter_throughput")
     with BenchStack(kube=False, moto=False, keep_state=args.keep_state) as stack:
         document = asyncio.run(bench(stack, args))
-    document["notes"] = NOTES
-    path = recorder.write("starter_throughput", document)
     fig = document["figures"]
-    print(f"starter {fig['starter']['per_second']}/s p99 "
-          f"{fig['starter']['latency_seconds']['p99']} s; baseline "
-          f"{fig['baseline']['per_second']}/s p99 {fig['baseline']['latency_seconds']['p99']} s;"
-          f" ratio {fig['throughput_ratio']}; wrote {path}")
-    sys.stdout.flush()
-    os._exit(0)  # skip finalisation: the SDK's threads can crash it (temporal-notes.md)
+    finish(recorder, "starter_throughput", document, NOTES,
+           f"starter {fig['starter']['per_second']}/s p99 "
+           f"{fig['starter']['latency_seconds']['p99']} s; baseline "
+           f"{fig['baseline']['per_second']}/s p99 {fig['baseline']['latency_seconds']['p99']} s;"
+           f" ratio {fig['throughput_ratio']}")
 
 
 if __name__ == "__main__":
