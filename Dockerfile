@@ -7,6 +7,7 @@ COPY engine engine
 COPY domain domain
 COPY workflows workflows
 COPY activities activities
+COPY store store
 COPY starter starter
 COPY stack stack
 COPY worker.py ./

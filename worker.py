@@ -27,14 +27,15 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from domain.resources import tenant_queue
+from domain.contract import required_activities
+from domain.systems import System, tenant_queue
 from engine.client import connect
 from engine.sealing import Sealer
 from engine.settings import Settings
 
 if TYPE_CHECKING:
     from activities.kubernetes import StoredKubeconfig
-    from activities.store import Store
+    from store import Store
 
 log = logging.getLogger("preview.worker")
 MAX_CONCURRENT_ACTIVITIES = 64
@@ -51,9 +52,14 @@ def activities_of(*objects: object) -> list[Callable[..., Any]]:
     return found
 
 
-@dataclass
+def activity_name(function: Callable[..., Any]) -> str:
+    definition = getattr(function, "__temporal_activity_definition")
+    return str(definition.name)
+
+
+@dataclass(frozen=True)
 class Target:
-    """What one worker serves: everything, one cluster, or one cloud account."""
+    """What one worker serves: the lifecycle (every system), one cluster, or one account."""
 
     kind: str = "all"  # all | cluster | account
     name: str = ""
@@ -67,12 +73,39 @@ class Target:
             raise SystemExit(f"--target must be cluster:NAME or account:ID, got {text!r}")
         return cls(kind, name)
 
+    @property
+    def systems(self) -> frozenset[System]:
+        """A tenant's worker holds one tenant's credentials for one system, nothing else."""
+        if self.kind == "cluster":
+            return frozenset({System.kubernetes})
+        if self.kind == "account":
+            return frozenset({System.aws})
+        return frozenset(System)
+
     def task_queue(self, base: str) -> str:
         if self.kind == "cluster":
             return tenant_queue(base, "cluster", self.name)
         if self.kind == "account":
             return tenant_queue(base, "account", self.name)
         return base
+
+    def describe(self) -> str:
+        if self.kind == "all":
+            return "the lifecycle worker"
+        return f"the {self.kind}:{self.name} worker"
+
+
+class MissingActivities(SystemExit):
+    """The worker would leave a workflow's step unserved: it refuses to start."""
+
+
+def check_served(target: Target, functions: list[Callable[..., Any]]) -> None:
+    """Every activity the contract asks of this target is registered, or the worker stops."""
+    served = {activity_name(f) for f in functions}
+    missing = sorted(set(required_activities(target.systems)) - served)
+    if missing:
+        raise MissingActivities(f"{target.describe()} does not serve {', '.join(missing)}: "
+                                "every workflow step that calls them would wait forever")
 
 
 @dataclass
@@ -93,39 +126,13 @@ class Resources:
 async def build_activities(
     settings: Settings, target: Target, resources: Resources
 ) -> list[Callable[..., Any]]:
+    """The activities this target serves, checked against the contract."""
     # Imported here so a tenant worker loads only the client libraries it needs.
     sealer = Sealer.from_settings(settings)
     objects: list[object] = []
-    if target.kind in ("all", "cluster"):
-        from activities.aws import AwsClients
-        from activities.container_db import ContainerDatabaseActivities
-        from activities.kubernetes import ClusterClients, KubernetesActivities
-
-        kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
-        stored = None
-        if target.kind == "cluster":
-            # A tenant's worker knows its own cluster and no other: from its settings,
-            # or else the kubeconfig stored sealed for it (`preview clusters set`).
-            if target.name in kubeconfigs:
-                kubeconfigs = {target.name: kubeconfigs[target.name]}
-            else:
-                kubeconfigs = {}
-                store = await _store(settings, resources)
-                if await store.cluster_credentials(target.name) is None:
-                    raise SystemExit(f"cluster {target.name!r} is neither in "
-                                     "PREVIEW_KUBE_CONTEXTS nor stored (preview clusters set)")
-                stored = stored_kubeconfigs(store, sealer, only=target.name)
-                try:  # fail at start, not at the first step, if it cannot be used
-                    await asyncio.to_thread(stored, target.name)
-                except ApplicationError as error:
-                    raise SystemExit(error.message) from None
-        # The lifecycle worker never reads stored kubeconfigs: they belong to dedicated
-        # clusters, which only their own tenant's worker may reach.
-        clusters = ClusterClients(kubeconfigs, stored=stored)
-        resources.closers.append(clusters.close)
-        objects += [KubernetesActivities(clusters, sealer),
-                    ContainerDatabaseActivities(clusters, sealer, AwsClients(settings))]
-    if target.kind in ("all", "account"):
+    if System.kubernetes in target.systems:
+        objects += await kubernetes_activities(settings, target, resources, sealer)
+    if System.aws in target.systems:
         from activities.aws import AwsClients
         from activities.dns import DnsActivities
         from activities.network import NetworkActivities
@@ -141,27 +148,76 @@ async def build_activities(
             RdsActivities(aws, sealer),
             AwsSweepActivities(aws),
         ]
-    if target.kind == "all":
-        from activities.aws import AwsClients
+    if System.git_host in target.systems:
         from activities.github import FeedbackActivities
-        from activities.postgres import PostgresActivities
 
         objects.append(FeedbackActivities(settings))
-        objects.append(
-            PostgresActivities(
-                settings.preview_database_url,
-                sealer,
-                settings.masking_key.get_secret_value().encode(),
-                aws=AwsClients(settings),  # publishes golden dumps to S3
-            )
-        )
-        objects.append(await source_activities(settings, resources))
-    functions = activities_of(*objects)
-    if target.kind == "all":
-        from activities import planning
+    if System.postgres in target.systems:
+        from activities.aws import AwsClients
+        from activities.postgres import postgres_activities
 
-        functions.append(planning.plan)
+        objects += postgres_activities(
+            settings.preview_database_url,
+            sealer,
+            settings.masking_key.get_secret_value().encode(),
+            aws=AwsClients(settings),  # publishes golden dumps to S3
+        )
+    if System.control_plane in target.systems:
+        objects += await control_plane_activities(settings, resources)
+    functions = activities_of(*objects)
+    check_served(target, functions)
     return functions
+
+
+async def kubernetes_activities(settings: Settings, target: Target, resources: Resources,
+                                sealer: Sealer) -> list[object]:
+    from activities.aws import AwsClients
+    from activities.kubernetes import (
+        ClusterClients,
+        ContainerDatabaseActivities,
+        KubernetesActivities,
+    )
+
+    kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
+    stored = None
+    if target.kind == "cluster":
+        # A tenant's worker knows its own cluster and no other: from its settings,
+        # or else the kubeconfig stored sealed for it (`preview clusters set`).
+        if target.name in kubeconfigs:
+            kubeconfigs = {target.name: kubeconfigs[target.name]}
+        else:
+            kubeconfigs = {}
+            store = await _store(settings, resources)
+            if await store.cluster_credentials(target.name) is None:
+                raise SystemExit(f"cluster {target.name!r} is neither in "
+                                 "PREVIEW_KUBE_CONTEXTS nor stored (preview clusters set)")
+            stored = stored_kubeconfigs(store, sealer, only=target.name)
+            try:  # fail at start, not at the first step, if it cannot be used
+                await asyncio.to_thread(stored, target.name)
+            except ApplicationError as error:
+                raise SystemExit(error.message) from None
+    # The lifecycle worker never reads stored kubeconfigs: they belong to dedicated
+    # clusters, which only their own tenant's worker may reach.
+    clusters = ClusterClients(kubeconfigs, stored=stored)
+    resources.closers.append(clusters.close)
+    return [KubernetesActivities(clusters, sealer),
+            ContainerDatabaseActivities(clusters, sealer, AwsClients(settings))]
+
+
+async def control_plane_activities(settings: Settings, resources: Resources) -> list[object]:
+    """Planning, preview slots, where blueprints come from, and Temporal's visibility."""
+    from activities.control_plane import PreviewSlotActivities
+    from activities.planning import PlanningActivities
+    from activities.temporal import VisibilityActivities
+
+    # Slots live in the store's database in every blueprint-source mode: it always
+    # exists (the starter de-duplicates webhook deliveries in it).
+    store = await _store(settings, resources)
+    objects: list[object] = [PlanningActivities.from_settings(settings),
+                             PreviewSlotActivities(store),
+                             await source_activities(settings, resources),
+                             VisibilityActivities()]
+    return objects
 
 
 async def source_activities(settings: Settings, resources: Resources) -> object:
@@ -170,15 +226,15 @@ async def source_activities(settings: Settings, resources: Resources) -> object:
         from activities.blueprints import BlueprintFileActivities
 
         return BlueprintFileActivities(Path(settings.blueprint_dir))
-    from activities.store import StoreActivities
+    from activities.control_plane import StoreSourceActivities
 
-    return StoreActivities(await _store(settings, resources))
+    return StoreSourceActivities(await _store(settings, resources))
 
 
 async def _store(settings: Settings, resources: Resources) -> Store:
     """The worker's one connection pool to the control-plane store."""
     if resources.store is None:
-        from activities.store import Store
+        from store import Store
 
         resources.store = await Store.connect(settings.database_url)
         resources.closers.append(resources.store.close)
@@ -258,7 +314,9 @@ def main() -> None:
         level=os.environ.get("PREVIEW_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    asyncio.run(serve(Settings(), Target.parse(args.target)))
+    settings = Settings()
+    settings.require_secure("worker")
+    asyncio.run(serve(settings, Target.parse(args.target)))
     # Leave without interpreter finalisation: the SDK's threads can crash it (exit 139).
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,6 +1,6 @@
 """Source environments from blueprint files (`preview.yaml`), for setups without a store.
 
-The store (activities/store.py) is the normal source; a folder of blueprint files lets
+The store (the store/ package) is the normal source; a folder of blueprint files lets
 a repository keep its preview definition next to its code, and runs the local stack.
 """
 
@@ -15,8 +15,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from domain.blueprint import Blueprint
+from domain.contract import LIST_SWEEP_TARGETS, LOAD_SOURCE_ENVIRONMENT
 from domain.plan import sweep_targets
-from domain.resources import LIST_SWEEP_TARGETS, SweepTargets
+from domain.resources import SweepTargets
 from domain.source import LoadSourceRequest, SourceEnvironment
 
 
@@ -53,7 +54,7 @@ class BlueprintFileActivities:
                 return self._validate(path, data)
         return None
 
-    @activity.defn(name=LIST_SWEEP_TARGETS)
+    @activity.defn(name=LIST_SWEEP_TARGETS.name)
     async def list_sweep_targets(self) -> SweepTargets:
         environments, skipped = [], []
         for path, data in self._documents():
@@ -65,7 +66,7 @@ class BlueprintFileActivities:
                 skipped.append(f"{path.name}: not a valid blueprint")  # the rest still count
         return sweep_targets(environments).model_copy(update={"skipped": skipped})
 
-    @activity.defn(name="load_source_environment")
+    @activity.defn(name=LOAD_SOURCE_ENVIRONMENT.name)
     async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:
         blueprint = self._find(request.repository)
         if blueprint is None:

@@ -1,18 +1,21 @@
-"""Errors activities raise when retrying cannot help: a user must act."""
+"""Errors activities raise when retrying cannot help: a user must act.
+
+The type names live in domain/errors.py, where the workflows' retry policies read them."""
 
 from __future__ import annotations
 
 from temporalio.exceptions import ApplicationError
 
-FOREIGN_RESOURCE = "ForeignResource"
-INVALID_INPUT = "InvalidInput"
-QUOTA_EXCEEDED = "QuotaExceeded"
-UNKNOWN_REPOSITORY = "UnknownRepository"
-ROLLOUT_FAILED = "RolloutFailed"
+from domain.errors import (
+    FOREIGN_RESOURCE,
+    INVALID_INPUT,
+    QUOTA_EXCEEDED,
+    ROLLOUT_FAILED,
+    UNKNOWN_REPOSITORY,
+)
 
-# Matched by type name in the workflow's retry policy.
-NON_RETRYABLE = [FOREIGN_RESOURCE, INVALID_INPUT, QUOTA_EXCEEDED, ROLLOUT_FAILED,
-                 UNKNOWN_REPOSITORY]
+__all__ = ["FOREIGN_RESOURCE", "INVALID_INPUT", "QUOTA_EXCEEDED", "ROLLOUT_FAILED",
+           "UNKNOWN_REPOSITORY", "foreign_resource", "invalid_input"]
 
 
 def foreign_resource(what: str, environment: str) -> ApplicationError:

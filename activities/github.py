@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from domain.contract import PUBLISH_FEEDBACK
 from domain.feedback import (
     STATUS_CONTEXT,
     CommitState,
@@ -253,7 +254,7 @@ class FeedbackActivities:
         )
         self._client_factory = client_factory
 
-    @activity.defn(name="publish_feedback")
+    @activity.defn(name=PUBLISH_FEEDBACK.name)
     async def publish_feedback(self, feedback: Feedback) -> None:
         host = self._github if feedback.provider == "github" else self._gitlab
         if host is None:

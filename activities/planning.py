@@ -1,35 +1,49 @@
-"""Planning, run as a (local) activity.
+"""Planning, run as a local activity on the lifecycle worker.
 
 The planner is pure (domain/plan.py), so it could run inside the workflow; it runs
 here instead so its result is recorded in the workflow's history. A change to the
 planner (a new resource kind, a renamed step) then never makes a running preview's
 history non-deterministic: replays read the recorded plan instead of re-planning.
+
+The deployment facts a blueprint does not hold (ingress controller, storage class,
+load balancer, bucket of golden dumps) are the worker's: it is what reaches the
+cluster and the cloud, so they come from its settings, not from the caller.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel
 from temporalio import activity
 
 from activities.errors import invalid_input
-from domain.plan import Plan, PlanError, PlanOptions, plan_preview
-from domain.pull_request import PullRequest
-from domain.source import SourceEnvironment
+from domain.contract import PLAN_PREVIEW
+from domain.plan import Plan, PlanError, PlanOptions, PlanRequest, plan_preview
 from domain.variables import VariableError
-
-PLAN_PREVIEW = "plan_preview"
-
-
-class PlanRequest(BaseModel):
-    source: SourceEnvironment
-    pull_request: PullRequest
-    options: PlanOptions
+from engine.settings import Settings
 
 
-@activity.defn(name=PLAN_PREVIEW)
-async def plan(request: PlanRequest) -> Plan:
-    try:
-        return plan_preview(request.source.blueprint, request.pull_request,
-                            request.source.secrets, request.options)
-    except (PlanError, VariableError, ValueError) as error:
-        raise invalid_input(f"cannot plan the preview: {error}") from None
+def plan_options(settings: Settings) -> PlanOptions:
+    return PlanOptions(
+        task_queue=settings.task_queue,
+        ingress_namespace=settings.ingress_controller_namespace,
+        storage_class=settings.storage_class,
+        golden_dump_bucket=settings.golden_dump_bucket,
+        ingress_hostname=settings.ingress_hostname,
+        base_domain=settings.base_domain,
+    )
+
+
+class PlanningActivities:
+    def __init__(self, options: PlanOptions) -> None:
+        self.options = options
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PlanningActivities:
+        return cls(plan_options(settings))
+
+    @activity.defn(name=PLAN_PREVIEW.name)
+    async def plan_preview(self, request: PlanRequest) -> Plan:
+        try:
+            return plan_preview(request.source.blueprint, request.pull_request,
+                                request.source.secrets, self.options)
+        except (PlanError, VariableError, ValueError) as error:
+            raise invalid_input(f"cannot plan the preview: {error}") from None

@@ -22,6 +22,7 @@ from activities.rds import (
     remove_snapshot,
 )
 from activities.tls import delete_certificates, list_certificates
+from domain.contract import LIST_AWS_ENVIRONMENTS, REMOVE_AWS_ENVIRONMENT
 from domain.naming import Ownership
 from domain.resources import AwsEnvironmentInput, AwsSweepInput, AwsTarget
 
@@ -31,11 +32,11 @@ class AwsSweepActivities:
         self.aws = aws
         self.waits = waits or Waits(timeout=3 * 3600, interval=20)
 
-    @activity.defn(name="list_aws_environments")
+    @activity.defn(name=LIST_AWS_ENVIRONMENTS.name)
     def list_aws_environments(self, request: AwsSweepInput) -> dict[str, list[str]]:
         return self.list_tagged_environments(request.target)
 
-    @activity.defn(name="remove_aws_environment")
+    @activity.defn(name=REMOVE_AWS_ENVIRONMENT.name)
     def remove_aws_environment(self, request: AwsEnvironmentInput) -> list[str]:
         return self.remove_environment_resources(request.target, request.environment)
 

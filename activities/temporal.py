@@ -5,19 +5,21 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.client import Client
 
+from domain.contract import LIVE_ENVIRONMENTS
 from domain.naming import environment_id
 
 
 class VisibilityActivities:
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    def __init__(self, client: Client | None = None) -> None:
+        self._client = client  # None: the client of the worker running the activity
 
-    @activity.defn(name="live_environments")
+    @activity.defn(name=LIVE_ENVIRONMENTS.name)
     async def live_environments(self) -> list[str]:
         """Environment ids of every preview workflow that is still running."""
+        client = self._client or activity.client()
         live: set[str] = set()
         query = "WorkflowType = 'PreviewEnvironmentWorkflow' AND ExecutionStatus = 'Running'"
-        async for execution in self.client.list_workflows(query):
+        async for execution in client.list_workflows(query):
             attributes = execution.search_attributes
             repository = attributes.get("PreviewRepository")
             number = attributes.get("PreviewPullRequest")

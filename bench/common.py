@@ -312,8 +312,8 @@ class BenchStack:
 
 async def import_blueprints(settings: Settings, blueprints: Iterable[Blueprint]) -> None:
     """Migrate the control-plane store and import the blueprints, as an operator would."""
-    from activities.store import Store
     from engine.sealing import Sealer
+    from store import Store
 
     store = await Store.connect(settings.database_url, Sealer.from_settings(settings))
     try:

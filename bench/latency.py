@@ -38,6 +38,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
+from activities.planning import plan_options
 from bench.common import (
     BenchStack,
     Recorder,
@@ -57,7 +58,6 @@ from domain.blueprint import Blueprint
 from domain.naming import environment_id, workflow_id
 from domain.plan import Plan, plan_preview
 from engine.settings import Settings
-from starter.app import plan_options
 from starter.events import github_pull_request
 from workflows.preview import PreviewEnvironmentWorkflow
 
@@ -95,7 +95,7 @@ def blueprint(data_policy: str, zone_id: str | None) -> Blueprint:
 async def make_golden(client: Client, settings: Settings, admin_url: str, rows: int,
                       ) -> dict[str, Any]:
     """A source database and its golden copy, made by the real GoldenRefreshWorkflow."""
-    from activities.postgres import GoldenRefreshRequest
+    from domain.golden import GoldenRefreshRequest
     from workflows.golden import GoldenRefreshWorkflow
 
     conn = await asyncpg.connect(admin_url)

@@ -43,7 +43,6 @@ from domain.blueprint import Blueprint
 from domain.naming import workflow_id
 from engine.settings import Settings
 from starter import lifecycle
-from starter.app import plan_options
 from starter.events import github_pull_request
 from workflows.saga import ActivityTimeouts
 
@@ -74,11 +73,11 @@ async def via_client(client: Client, settings: Settings, numbers: list[int],
                      concurrency: int) -> tuple[float, list[float]]:
     prs = [github_pull_request(pull_request_payload("opened", REPOSITORY, n, sha_for(n)))
            for n in numbers]
-    options, timeouts = plan_options(settings), ActivityTimeouts()
+    timeouts = ActivityTimeouts()
 
     async def one(i: int) -> None:
         await lifecycle.deploy(client, prs[i], task_queue=settings.task_queue,
-                               options=options, timeouts=timeouts)
+                               timeouts=timeouts)
 
     return await bounded(len(numbers), concurrency, one)
 

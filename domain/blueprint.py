@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -50,6 +51,13 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Named(Model):
+    """A document a project holds several of, each known by its name (environments and
+    the elements of a blueprint's collections)."""
+
+    name: DnsName
+
+
 class EnvironmentKind(StrEnum):
     production = "production"
     staging = "staging"
@@ -90,8 +98,7 @@ class HealthCheck(Model):
     initial_delay_seconds: int = Field(0, ge=0)
 
 
-class Application(Model):
-    name: DnsName
+class Application(Named):
     image: str = Field(description="Image repository; previews run the PR's commit as tag")
     ports: list[Port] = Field(default_factory=lambda: [8080], min_length=1)
     replicas: int = Field(1, ge=0, le=20)
@@ -134,8 +141,7 @@ class MaskingRule(Model):
     value: str | None = Field(None, description="The constant for method=constant")
 
 
-class Database(Model):
-    name: DnsName
+class Database(Named):
     engine: Literal["postgres"] = "postgres"
     mode: DatabaseMode = DatabaseMode.shared
     source: str = Field("", description="Source database name, RDS instance or Aurora cluster")
@@ -161,7 +167,9 @@ class TlsMode(StrEnum):
 
 
 class Network(Model):
-    base_domain: HostName = "preview.localhost"
+    base_domain: HostName | None = Field(
+        None, description="Domain of this project's previews (a custom domain); unset: the "
+                          "engine's PREVIEW_BASE_DOMAIN")
     tls: TlsMode = TlsMode.none
     wildcard_certificate_arn: str | None = None
     hosted_zone_id: str | None = Field(None, description="Route53 zone; no DNS records if unset")
@@ -248,7 +256,7 @@ class PreviewPolicy(Model):
     memory_quota: str = "8Gi"
 
 
-class Environment(Model):
+class Environment(Named):
     name: DnsName = "production"
     kind: EnvironmentKind = EnvironmentKind.production
     cluster: ClusterRef = ClusterRef()
@@ -277,21 +285,20 @@ class Blueprint(Model):
 
     @model_validator(mode="after")
     def _references(self) -> Blueprint:
-        apps = {a.name for a in self.applications}
-        dbs = {d.name for d in self.databases}
-        for kind, names in (
-            ("application", [a.name for a in self.applications]),
-            ("database", [d.name for d in self.databases]),
-        ):
+        elements: set[str] = set()
+        for collection in COLLECTIONS:
+            names = [item.name for item in collection.items(self)]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
-                raise ValueError(f"duplicate {kind} names: {', '.join(dupes)}")
+                raise ValueError(f"duplicate {collection.label} names: {', '.join(dupes)}")
+            elements.update(names)
+        apps = {a.name for a in self.applications}
         for app in self.applications:
             for dep in app.depends_on:
-                if dep not in apps and dep not in dbs:
+                if dep not in elements:
+                    kinds = " or ".join(c.indefinite for c in COLLECTIONS)
                     raise ValueError(
-                        f"application {app.name!r} depends on {dep!r}, "
-                        "which is neither an application nor a database"
+                        f"application {app.name!r} depends on {dep!r}, which is not {kinds}"
                     )
         cycle = _find_cycle(
             {a.name: [d for d in a.depends_on if d in apps] for a in self.applications}
@@ -310,6 +317,68 @@ class Blueprint(Model):
         ):
             raise ValueError("isolation account needs environment.cloud_account")
         return self
+
+
+@dataclass(frozen=True)
+class BlueprintCollection:
+    """One kind of element a blueprint holds a list of, each element named.
+
+    Declared once, in COLLECTIONS: the reference check above, the store (a table and a
+    collection per kind, blueprint import and export) and the API (list, get, create,
+    replace and delete routes) all derive from it. A new kind is a Named model, a list
+    field of Blueprint, an entry here, and a migration creating its table with the
+    layout every element table shares (store/migrations/README.md).
+    """
+
+    field: str  # the Blueprint attribute: "applications"
+    model: type[Named]  # Application
+    label: str  # one element, in messages: "application"
+    path: str  # the API path segment: "applications"
+    table: str  # the store's table: "applications"
+    # Elements applications connect to: the planner makes one step per element, keyed
+    # `<step_prefix>/<name>`, whose output `url` each application that uses it receives
+    # as `<url_variable>_<NAME>` (and the first one as `<url_variable>`).
+    step_prefix: str | None = None
+    url_variable: str | None = None
+    # Does an application that names none of this kind in depends_on use all of them?
+    used_by_default: bool = False
+
+    def items(self, blueprint: Blueprint) -> list[Named]:
+        items: list[Named] = getattr(blueprint, self.field)
+        return items
+
+    def step_key(self, name: str) -> str:
+        return f"{self.step_prefix}/{name}"
+
+    def used_by(self, blueprint: Blueprint, app: Application) -> list[Named]:
+        """The elements of this kind an application connects to, in blueprint order."""
+        items = self.items(blueprint)
+        named = [item for item in items if item.name in app.depends_on]
+        return named or (list(items) if self.used_by_default else [])
+
+    @property
+    def required(self) -> bool:
+        """A blueprint needs at least one: its field has no default."""
+        return Blueprint.model_fields[self.field].is_required()
+
+    @property
+    def indefinite(self) -> str:
+        """'an application', 'a database': one element, in a sentence."""
+        return f"{'an' if self.label[0] in 'aeiou' else 'a'} {self.label}"
+
+
+COLLECTIONS: tuple[BlueprintCollection, ...] = (
+    BlueprintCollection(field="applications", model=Application, label="application",
+                        path="applications", table="applications"),
+    BlueprintCollection(field="databases", model=Database, label="database",
+                        path="databases", table="databases", step_prefix="database",
+                        url_variable="DATABASE_URL", used_by_default=True),
+)
+
+
+def collection(field: str) -> BlueprintCollection:
+    """The declaration of one kind of element, by its Blueprint field."""
+    return next(kind for kind in COLLECTIONS if kind.field == field)
 
 
 def _check_aliases(blueprint: Blueprint) -> None:

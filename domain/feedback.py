@@ -44,6 +44,9 @@ class Feedback(BaseModel):
     head_sha: str = Field(pattern=r"^[0-9a-f]{7,64}$")
     state: FeedbackState
     urls: dict[str, str] = Field(default_factory=dict, description="app name → URL, primary first")
+    resources: list[str] = Field(
+        default_factory=list, max_length=200,
+        description="What the preview is made of, one line each (step summaries)")
     message: str = ""
     # A DNS label, so it cannot close the HTML comment that holds the marker.
     environment_id: str = Field(pattern=DNS_LABEL.pattern, max_length=63)
@@ -112,6 +115,10 @@ def render_comment(feedback: Feedback) -> str:
         lines += ["| App | URL |", "|---|---|"]
         lines += [f"| {_cell(app)} | {_link(url)} |" for app, url in feedback.urls.items()]
         lines.append("")
+    if feedback.resources and feedback.state not in ("destroying", "destroyed"):
+        lines += ["<details><summary>Resources</summary>", ""]
+        lines += [f"- {_cell(line)}" for line in feedback.resources]
+        lines += ["", "</details>", ""]
     lines.append(
         f"**State:** `{feedback.state}` · **Commit:** `{feedback.head_sha[:12]}` · "
         f"**Environment:** `{feedback.environment_id}`"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.blueprint import (
+    COLLECTIONS,
     Application,
     Blueprint,
     Database,
@@ -22,6 +23,7 @@ from domain.blueprint import (
     ForkBehaviour,
     Isolation,
     TlsMode,
+    collection,
 )
 from domain.masking import golden_dump_uri
 from domain.naming import (
@@ -53,9 +55,10 @@ from domain.resources import (
     SweepTargets,
     UpstreamRef,
     VpcSpec,
-    tenant_queue,
 )
 from domain.secrets import SealedValue
+from domain.source import SourceEnvironment
+from domain.systems import task_queue_for
 from domain.variables import SecretVariable, Target, resolve_variables
 
 
@@ -109,9 +112,17 @@ class PlanOptions(BaseModel):
     ingress_hostname: str = Field(
         "ingress.preview.localhost", description="Load balancer host that DNS records point to"
     )
-    url_scheme: str = "http"
+    base_domain: str = Field(
+        "preview.localhost", description="Where previews live when the blueprint names no domain")
     golden_dump_bucket: str | None = Field(
         None, description="S3 bucket of published golden copies (container databases' clones)")
+
+
+class PlanRequest(BaseModel):
+    """The planning activity's input; its deployment facts come from the worker."""
+
+    source: SourceEnvironment
+    pull_request: PullRequest
 
 
 class _Context(BaseModel):
@@ -126,17 +137,20 @@ class _Context(BaseModel):
     urls: dict[str, str]
 
     @property
+    def base_domain(self) -> str:
+        return self.blueprint.network.base_domain or self.options.base_domain
+
+    @property
     def aws(self) -> AwsTarget:
         return aws_target(self.blueprint.environment)
 
-    def queue_for(self, system: str) -> str | None:
-        """Tenant routing: isolated targets get a task queue of their own."""
-        env = self.blueprint.environment
-        if system == "kubernetes" and env.isolation == Isolation.cluster:
-            return tenant_queue(self.options.task_queue, "cluster", env.cluster.name)
-        if system == "aws" and env.isolation == Isolation.account and env.cloud_account:
-            return tenant_queue(self.options.task_queue, "account", env.cloud_account.account_id)
-        return None
+    def step(self, key: str, spec: ResourceSpec, summary: str,
+             depends_on: tuple[str, ...] = ()) -> Step:
+        """A step on the task queue its spec's system has for this environment."""
+        queue = task_queue_for(type(spec).system, self.blueprint.environment,
+                               self.options.task_queue)
+        return Step(key=key, spec=spec, depends_on=depends_on, task_queue=queue,
+                    summary=summary)
 
 
 def aws_target(env: Environment) -> AwsTarget:
@@ -182,14 +196,7 @@ def _namespace(ctx: _Context) -> list[Step]:
         memory_quota=policy.memory_quota,
         ingress_namespace=ctx.options.ingress_namespace,
     )
-    return [
-        Step(
-            key="namespace",
-            spec=spec,
-            task_queue=ctx.queue_for("kubernetes"),
-            summary=f"namespace {ctx.namespace}",
-        )
-    ]
+    return [ctx.step("namespace", spec, f"namespace {ctx.namespace}")]
 
 
 def _needs_vpc(bp: Blueprint) -> bool:
@@ -206,9 +213,7 @@ def _network(ctx: _Context) -> list[Step]:
     spec = VpcSpec(
         owner=ctx.owner, target=ctx.aws, name=ctx.env_id, cidr=cidr, peer_vpc_id=net.cluster_vpc_id
     )
-    return [
-        Step(key="vpc", spec=spec, task_queue=ctx.queue_for("aws"), summary=f"dedicated VPC {cidr}")
-    ]
+    return [ctx.step("vpc", spec, f"dedicated VPC {cidr}")]
 
 
 def vpc_cidr(pool: str, env_id: str, prefix: int = 22) -> str:
@@ -222,16 +227,11 @@ def vpc_cidr(pool: str, env_id: str, prefix: int = 22) -> str:
     return str(ipaddress.ip_network((start, prefix)))
 
 
-def _database_key(db: Database) -> str:
-    return f"database/{db.name}"
-
-
 def _database(ctx: _Context, db: Database) -> Step:
-    key = _database_key(db)
+    key = collection("databases").step_key(db.name)
     vpc_step = "vpc" if _needs_vpc(ctx.blueprint) else None
     deps: tuple[str, ...] = (vpc_step,) if vpc_step else ()
     spec: ResourceSpec
-    queue = None
     if db.mode == DatabaseMode.shared:
         spec = PostgresCloneSpec(
             owner=ctx.owner,
@@ -253,7 +253,7 @@ def _database(ctx: _Context, db: Database) -> Step:
             instance_class=db.instance_class,
             vpc_step=vpc_step,
         )
-        queue, summary = ctx.queue_for("aws"), f"RDS restore of {db.source}"
+        summary = f"RDS restore of {db.source}"
     elif db.mode == DatabaseMode.aurora:
         spec = AuroraCloneSpec(
             owner=ctx.owner,
@@ -263,7 +263,7 @@ def _database(ctx: _Context, db: Database) -> Step:
             instance_class=db.instance_class,
             vpc_step=vpc_step,
         )
-        queue, summary = ctx.queue_for("aws"), f"Aurora copy-on-write clone of {db.source}"
+        summary = f"Aurora copy-on-write clone of {db.source}"
     else:
         spec = ContainerDatabaseSpec(
             owner=ctx.owner,
@@ -277,9 +277,9 @@ def _database(ctx: _Context, db: Database) -> Step:
             golden_dump_s3_uri=_golden_dump(ctx, db),
             masking=db.masking if db.data_policy == DataPolicy.masked_clone else [],
         )
-        deps, queue = ("namespace",), ctx.queue_for("kubernetes")
+        deps = ("namespace",)
         summary = f"container PostgreSQL {db.name}"
-    return Step(key=key, spec=spec, depends_on=deps, task_queue=queue, summary=summary)
+    return ctx.step(key, spec, summary, deps)
 
 
 def _golden_dump(ctx: _Context, db: Database) -> str | None:
@@ -299,10 +299,21 @@ def _databases(ctx: _Context) -> list[Step]:
     return [_database(ctx, db) for db in ctx.blueprint.databases]
 
 
-def _databases_of(ctx: _Context, app: Application) -> list[Database]:
-    """The databases an application uses: those it depends on, else all of them."""
-    named = [d for d in ctx.blueprint.databases if d.name in app.depends_on]
-    return named or list(ctx.blueprint.databases)
+def _connections(ctx: _Context, app: Application) -> tuple[dict[str, UpstreamRef], tuple[str, ...]]:
+    """Connection URLs of what an application uses (databases, caches, any kind that
+    COLLECTIONS declares with a url_variable), as secret values from those steps."""
+    upstream: dict[str, UpstreamRef] = {}
+    steps: list[str] = []
+    for kind in COLLECTIONS:
+        if kind.url_variable is None:
+            continue
+        for i, item in enumerate(kind.used_by(ctx.blueprint, app)):
+            ref = UpstreamRef(step=kind.step_key(item.name), output="url")
+            upstream[f"{kind.url_variable}_{item.name.upper().replace('-', '_')}"] = ref
+            if i == 0:
+                upstream[kind.url_variable] = ref
+            steps.append(ref.step)
+    return upstream, tuple(steps)
 
 
 def _builtins(ctx: _Context, app: Application) -> dict[str, str]:
@@ -322,7 +333,6 @@ def _builtins(ctx: _Context, app: Application) -> dict[str, str]:
 
 def _application(ctx: _Context, app: Application) -> list[Step]:
     bp = ctx.blueprint
-    kube_queue = ctx.queue_for("kubernetes")
     cluster = bp.environment.cluster.name
     resolved = resolve_variables(
         bp.variables,
@@ -338,85 +348,47 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
     if ctx.pr.is_fork and bp.policy.forks != ForkBehaviour.allow_secrets:
         sealed = {}  # forks get no secrets unless the project allows it
 
-    upstream: dict[str, UpstreamRef] = {}
-    databases = _databases_of(ctx, app)
-    for i, db in enumerate(databases):
-        ref = UpstreamRef(step=_database_key(db), output="url")
-        upstream[f"DATABASE_URL_{db.name.upper().replace('-', '_')}"] = ref
-        if i == 0:
-            upstream["DATABASE_URL"] = ref
-    db_steps = tuple(_database_key(d) for d in databases)
+    upstream, connected = _connections(ctx, app)
 
     config = object_name(f"{app.name}-config")
     secret = object_name(f"{app.name}-secrets")
     steps = [
-        Step(
-            key=f"config/{app.name}",
-            depends_on=("namespace",),
-            task_queue=kube_queue,
-            spec=ConfigMapSpec(
-                owner=ctx.owner, cluster=cluster, namespace=ctx.namespace, name=config, data=plain
-            ),
-            summary=f"variables of {app.name}",
-        ),
-        Step(
-            key=f"secret/{app.name}",
-            depends_on=("namespace", *db_steps),
-            task_queue=kube_queue,
-            spec=SecretSpec(
-                owner=ctx.owner,
-                cluster=cluster,
-                namespace=ctx.namespace,
-                name=secret,
-                data=sealed,
-                upstream=upstream,
-            ),
-            summary=f"secrets of {app.name}",
-        ),
+        ctx.step(f"config/{app.name}", ConfigMapSpec(
+            owner=ctx.owner, cluster=cluster, namespace=ctx.namespace, name=config, data=plain,
+        ), f"variables of {app.name}", ("namespace",)),
+        ctx.step(f"secret/{app.name}", SecretSpec(
+            owner=ctx.owner, cluster=cluster, namespace=ctx.namespace, name=secret,
+            data=sealed, upstream=upstream,
+        ), f"secrets of {app.name}", ("namespace", *connected)),
     ]
     app_deps = [f"app/{d}" for d in app.depends_on if d in {a.name for a in bp.applications}]
-    steps.append(
-        Step(
-            key=f"app/{app.name}",
-            depends_on=(f"config/{app.name}", f"secret/{app.name}", *app_deps),
-            task_queue=kube_queue,
-            spec=ApplicationSpec(
-                owner=ctx.owner,
-                cluster=cluster,
-                namespace=ctx.namespace,
-                name=app.name,
-                image=f"{app.image}:{ctx.pr.head_sha}",
-                ports=app.ports,
-                replicas=app.replicas,
-                resources=app.resources,
-                health_check=app.health_check,
-                command=app.command,
-                config_map=config,
-                secret=secret,
-            ),
-            summary=f"application {app.name} at {ctx.pr.head_sha[:7]}",
-        )
-    )
+    steps.append(ctx.step(f"app/{app.name}", ApplicationSpec(
+        owner=ctx.owner,
+        cluster=cluster,
+        namespace=ctx.namespace,
+        name=app.name,
+        image=f"{app.image}:{ctx.pr.head_sha}",
+        ports=app.ports,
+        replicas=app.replicas,
+        resources=app.resources,
+        health_check=app.health_check,
+        command=app.command,
+        config_map=config,
+        secret=secret,
+    ), f"application {app.name} at {ctx.pr.head_sha[:7]}",
+        (f"config/{app.name}", f"secret/{app.name}", *app_deps)))
     if app.public:
-        hosts = [hostname(app.name, ctx.pr.number, bp.network.base_domain)]
+        hosts = [hostname(app.name, ctx.pr.number, ctx.base_domain)]
         tls = None if bp.network.tls == TlsMode.none else object_name("tls")
-        steps.append(
-            Step(
-                key=f"ingress/{app.name}",
-                depends_on=(f"app/{app.name}",),
-                task_queue=kube_queue,
-                spec=IngressSpec(
-                    owner=ctx.owner,
-                    cluster=cluster,
-                    namespace=ctx.namespace,
-                    name=app.name,
-                    tls_secret=tls,
-                    basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
-                    hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
-                ),
-                summary=f"route {hosts[0]}",
-            )
-        )
+        steps.append(ctx.step(f"ingress/{app.name}", IngressSpec(
+            owner=ctx.owner,
+            cluster=cluster,
+            namespace=ctx.namespace,
+            name=app.name,
+            tls_secret=tls,
+            basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
+            hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
+        ), f"route {hosts[0]}", (f"app/{app.name}",)))
     return steps
 
 
@@ -427,7 +399,7 @@ def _applications(ctx: _Context) -> list[Step]:
 def _public_hosts(ctx: _Context) -> list[str]:
     bp = ctx.blueprint
     return [
-        hostname(a.name, ctx.pr.number, bp.network.base_domain) for a in bp.applications if a.public
+        hostname(a.name, ctx.pr.number, ctx.base_domain) for a in bp.applications if a.public
     ]
 
 
@@ -444,11 +416,7 @@ def _tls(ctx: _Context) -> list[Step]:
         if net.tls == TlsMode.wildcard
         else None,
     )
-    return [
-        Step(
-            key="certificate", spec=spec, task_queue=ctx.queue_for("aws"), summary="TLS certificate"
-        )
-    ]
+    return [ctx.step("certificate", spec, "TLS certificate")]
 
 
 def _dns(ctx: _Context) -> list[Step]:
@@ -462,13 +430,13 @@ def _dns(ctx: _Context) -> list[Step]:
         hosts=_public_hosts(ctx),
         points_to=ctx.options.ingress_hostname,
     )
-    return [Step(key="dns", spec=spec, task_queue=ctx.queue_for("aws"), summary="DNS records")]
+    return [ctx.step("dns", spec, "DNS records")]
 
 
 def _slot(ctx: _Context) -> list[Step]:
     spec = PreviewSlotSpec(owner=ctx.owner, repository=ctx.pr.repository.lower(),
                            max_live=ctx.blueprint.policy.max_live_previews)
-    return [Step(key="slot", spec=spec, summary=f"preview slot of {ctx.pr.repository}")]
+    return [ctx.step("slot", spec, f"preview slot of {ctx.pr.repository}")]
 
 
 def _after_slot(steps: list[Step]) -> list[Step]:
@@ -489,9 +457,11 @@ def plan_preview(
     """The steps that make a preview of `blueprint` for `pr`, in a valid order."""
     options = options or PlanOptions()
     env_id = environment_id(pr.repository, pr.number)
-    domain = blueprint.network.base_domain
+    domain = blueprint.network.base_domain or options.base_domain
+    # Served over TLS whenever the blueprint asks for certificates.
+    scheme = "http" if blueprint.network.tls == TlsMode.none else "https"
     urls = {
-        a.name: f"{options.url_scheme}://{hostname(a.name, pr.number, domain)}"
+        a.name: f"{scheme}://{hostname(a.name, pr.number, domain)}"
         for a in blueprint.applications
         if a.public
     }

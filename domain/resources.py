@@ -1,7 +1,8 @@
 """Specs of every resource a preview is made of: the inputs of the activity pairs.
 
-Each spec names its activity pair (`ensure_*` makes it present, `remove_*` absent).
-A new kind of resource is one spec here, one activity pair and one planner rule.
+Each spec names its activity pair (`ensure_*` makes it present, `remove_*` absent) and
+the system that serves it. A new kind of resource is one spec here, one activity pair
+and one planner rule; the worker then refuses to start until it serves the pair.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from domain.blueprint import DataPolicy, HealthCheck, MaskingRule, Resources
 from domain.naming import Ownership
 from domain.secrets import SealedValue
+from domain.systems import System
 
 
 class Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+    system: ClassVar[System]  # who serves its activities (domain/systems.py)
     present: ClassVar[str]
     absent: ClassVar[str | None]
     sleep: ClassVar[str | None] = None  # scales the resource to zero
@@ -37,6 +40,7 @@ class UpstreamRef(BaseModel):
 
 
 class KubeSpec(Spec):
+    system: ClassVar[System] = System.kubernetes
     cluster: str = "default"
 
 
@@ -48,6 +52,9 @@ class NamespaceSpec(KubeSpec):
     cpu_quota: str = "4"
     memory_quota: str = "8Gi"
     ingress_namespace: str = "ingress-nginx"
+    # The Pod Security Standard the namespace enforces; lower only with the blueprint's
+    # stated reason (shown on the PR).
+    pod_security: Literal["restricted", "baseline", "privileged"] = "restricted"
 
 
 class ConfigMapSpec(KubeSpec):
@@ -91,6 +98,11 @@ class ApplicationSpec(KubeSpec):
     config_map: str | None = None
     secret: str | None = None
     rollout_timeout_seconds: int = 600
+    # False only where the blueprint opts the application out (with a reason): its pods
+    # then need a namespace below `restricted`.
+    run_as_non_root: bool = True
+    run_as_user: int | None = Field(
+        None, description="uid the containers run as; needed for images whose USER is a name")
 
 
 class IngressHost(BaseModel):
@@ -143,6 +155,7 @@ class AwsTarget(BaseModel):
 
 
 class AwsSpec(Spec):
+    system: ClassVar[System] = System.aws
     target: AwsTarget
 
 
@@ -201,6 +214,7 @@ class PreviewSlotSpec(Spec):
     """One of the repository's `max_live_previews` slots, claimed before anything else."""
 
     kind: Literal["preview_slot"] = "preview_slot"
+    system: ClassVar[System] = System.control_plane
     present: ClassVar[str] = "claim_preview_slot"
     absent: ClassVar[str | None] = "release_preview_slot"
     repository: str
@@ -214,6 +228,7 @@ class PostgresCloneSpec(Spec):
     """A database on the shared preview server, from the current golden copy."""
 
     kind: Literal["postgres_clone"] = "postgres_clone"
+    system: ClassVar[System] = System.postgres
     present: ClassVar[str] = "ensure_database_clone"
     absent: ClassVar[str | None] = "remove_database_clone"
     database: str
@@ -252,6 +267,8 @@ class StepOutput(BaseModel):
     values: dict[str, str] = Field(default_factory=dict)
     secrets: dict[str, SealedValue] = Field(default_factory=dict)
     urls: dict[str, str] = Field(default_factory=dict)
+    detail: str = Field("", description="How it was made, for people (status, PR comment): "
+                                        "never a secret")
 
 
 class StepInput(BaseModel):
@@ -277,11 +294,6 @@ class StepInput(BaseModel):
 
 
 # --- sweeper inputs ---------------------------------------------------------------
-
-
-def tenant_queue(base: str, kind: Literal["cluster", "account"], name: str) -> str:
-    """The task queue of a dedicated cluster's or account's own worker (docs/tenants.md)."""
-    return f"{base}-{kind}-{name}"
 
 
 class KubeSweepInput(BaseModel):
@@ -321,9 +333,6 @@ class PreviewDatabase(BaseModel):
     role: str | None = None
     state: str = ""
     exists: bool = True
-
-
-LIST_SWEEP_TARGETS = "list_sweep_targets"
 
 
 class SweepTargets(BaseModel):

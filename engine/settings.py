@@ -6,15 +6,37 @@ Temporal cluster, Kubernetes cluster, AWS account and GitHub needs no code chang
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 from functools import lru_cache
+from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Values written in this file: good for the local stack and tests, public to everyone.
+DEVELOPMENT_SECRETS: dict[str, str] = {
+    "codec_keys": "local-1:bG9jYWwtZGV2ZWxvcG1lbnQta2V5LW5vdC1zZWNyZXQ=",
+    "codec_token": "local-codec-token",
+    "master_keys": "master-1:bG9jYWwtbWFzdGVyLWtleS1mb3ItZGV2ZWxvcG1lbnQ=",
+    "github_webhook_secret": "local-webhook-secret",
+    "gitlab_webhook_token": "local-gitlab-token",
+    "masking_key": "local-masking-key",
+}
+
+
+class InsecureSettings(SystemExit):
+    """A service outside the local profile was given a secret everyone knows."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREVIEW_", extra="ignore")
+
+    profile: Literal["production", "local"] = Field(
+        "production", description="`local` (the local stack and tests only) accepts the "
+        "development secrets written in the source; anything else refuses them")
 
     # Temporal
     temporal_address: str = Field("127.0.0.1:7233", description="Temporal frontend host:port")
@@ -26,19 +48,30 @@ class Settings(BaseSettings):
     # Payload codec: comma-separated `key_id:base64(32 bytes)`; the last one encrypts,
     # all of them decrypt, so a new key can be added without losing old histories.
     codec_keys: SecretStr = Field(
-        SecretStr("local-1:bG9jYWwtZGV2ZWxvcG1lbnQta2V5LW5vdC1zZWNyZXQ="),
+        SecretStr(DEVELOPMENT_SECRETS["codec_keys"]),
         description="Payload codec keys `id:base64key,...`; the last encrypts",
     )
     codec_token: SecretStr = Field(
-        SecretStr("local-codec-token"), description="Bearer token the Web UI sends to /codec"
-    )
+        SecretStr(DEVELOPMENT_SECRETS["codec_token"]),
+        description="Bearer token of /codec callers other than the Web UI (see README)")
     codec_cors_origin: str = Field(
         "http://127.0.0.1:8233", description="The Web UI origin allowed to call /codec"
     )
+    codec_auth: Literal["none", "token", "oidc"] = Field(
+        "token", description="Who may call /codec: `token` (Authorization: Bearer the codec "
+        "token; CLIs, or a proxy that adds it), `oidc` (the access token the Web UI passes "
+        "with TEMPORAL_CODEC_PASS_ACCESS_TOKEN), `none` (local profile on loopback only)")
+    codec_oidc_issuer: str | None = Field(
+        None, description="With codec_auth=oidc: issuer URL the access tokens must name (`iss`)")
+    codec_oidc_audience: str | None = Field(
+        None, description="With codec_auth=oidc: audience the access tokens must carry (`aud`)")
+    codec_oidc_jwks_url: str | None = Field(
+        None, description="With codec_auth=oidc: the issuer's JWKS URL, if not the one its "
+        "/.well-known/openid-configuration names")
 
     # Sealing of stored secrets (envelope encryption): same format as codec_keys.
     master_keys: SecretStr = Field(
-        SecretStr("master-1:bG9jYWwtbWFzdGVyLWtleS1mb3ItZGV2ZWxvcG1lbnQ="),
+        SecretStr(DEVELOPMENT_SECRETS["master_keys"]),
         description="Master keys wrapping secret data keys `id:base64key,...`; the last wraps",
     )
     kms_key_id: str | None = Field(
@@ -77,11 +110,11 @@ class Settings(BaseSettings):
 
     # Webhooks and Git hosting
     github_webhook_secret: SecretStr = Field(
-        SecretStr("local-webhook-secret"), description="GitHub webhook HMAC secret"
-    )
+        SecretStr(DEVELOPMENT_SECRETS["github_webhook_secret"]),
+        description="GitHub webhook HMAC secret")
     gitlab_webhook_token: SecretStr = Field(
-        SecretStr("local-gitlab-token"), description="GitLab X-Gitlab-Token"
-    )
+        SecretStr(DEVELOPMENT_SECRETS["gitlab_webhook_token"]),
+        description="GitLab X-Gitlab-Token")
     github_api_url: str = Field("https://api.github.com", description="GitHub API base URL")
     github_token: SecretStr | None = Field(None, description="Token for PR comments/statuses")
     gitlab_api_url: str = Field(
@@ -92,13 +125,18 @@ class Settings(BaseSettings):
         None, description="Bearer token of the API admin (creates projects and tokens)"
     )
     masking_key: SecretStr = Field(
-        SecretStr("local-masking-key"), description="HMAC key of keyed-hash masking"
+        SecretStr(DEVELOPMENT_SECRETS["masking_key"]), description="HMAC key of keyed-hash masking"
     )
     blueprint_source: str = Field("store", description="`store` or `files` (blueprint_dir)")
     webhook_max_bytes: int = Field(5 * 1024 * 1024, description="Largest accepted webhook body")
 
     # Previews
-    base_domain: str = Field("preview.localhost", description="Domain under which previews live")
+    base_domain: str = Field(
+        "preview.localhost",
+        description="Domain under which previews live, unless the blueprint names its own")
+    ingress_hostname: str = Field(
+        "ingress.preview.localhost",
+        description="Host name of the ingress load balancer that preview DNS records point to")
     blueprint_dir: str = Field(
         "examples", description="Folder of blueprint files used when the store has none"
     )
@@ -107,6 +145,25 @@ class Settings(BaseSettings):
     listen_host: str = Field("127.0.0.1", description="Starter bind address")
     listen_port: int = Field(8080, description="Starter port")
 
+
+    def insecure(self) -> list[str]:
+        """Secret settings left at a value written in the source (or unset), by variable."""
+        found = [f"PREVIEW_{name.upper()}" for name, value in DEVELOPMENT_SECRETS.items()
+                 if getattr(self, name).get_secret_value() == value]
+        if self.kms_key_id:  # KMS wraps new secrets; master keys only unwrap old ones
+            found = [name for name in found if name != "PREVIEW_MASTER_KEYS"]
+        return found
+
+    def require_secure(self, service: str) -> None:
+        """Refuse to run a service on public secrets, outside the local profile."""
+        insecure = self.insecure()
+        if self.profile != "local" and insecure:
+            raise InsecureSettings(
+                f"{service}: refusing to start: {', '.join(insecure)} "
+                f"{'is' if len(insecure) == 1 else 'are'} unset or set to the development "
+                "value written in the source. Set each to a secret of your own (keys: "
+                "`id:` + 32 random bytes in base64), or set PREVIEW_PROFILE=local for a "
+                "local stack.")
 
     def as_environment(self) -> dict[str, str]:
         """The PREVIEW_* variables that make `Settings()` in a child process equal this."""
@@ -123,6 +180,34 @@ class Settings(BaseSettings):
                 value = "true" if value else "false"
             env[f"PREVIEW_{name.upper()}"] = str(value)
         return env
+
+
+def generated_secrets(state_dir: Path) -> dict[str, str]:
+    """Random secrets for a local stack, made once per state folder and kept there (0600)."""
+    path = state_dir / "secrets.json"
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        if set(stored) == set(DEVELOPMENT_SECRETS):
+            return stored
+
+    def key(key_id: str) -> str:
+        return f"{key_id}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+
+    made = {
+        "codec_keys": key("local-codec-1"),
+        "codec_token": secrets.token_urlsafe(32),
+        "master_keys": key("local-master-1"),
+        "github_webhook_secret": secrets.token_urlsafe(32),
+        "gitlab_webhook_token": secrets.token_urlsafe(32),
+        "masking_key": secrets.token_urlsafe(32),
+    }
+    state_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.touch(mode=0o600)
+    temporary.chmod(0o600)
+    temporary.write_text(json.dumps(made))
+    temporary.replace(path)
+    return made
 
 
 @lru_cache

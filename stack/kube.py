@@ -123,7 +123,7 @@ def _go(args: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-def _download(module: str, version: str, cwd: Path) -> dict[str, str]:
+def download_module(module: str, version: str, cwd: Path) -> dict[str, str]:
     """`go mod download -json` gives the module dir and its go.mod path."""
     out = _go(["mod", "download", "-json", f"{module}@{version}"], cwd)
     info: dict[str, str] = json.loads(out)
@@ -132,7 +132,7 @@ def _download(module: str, version: str, cwd: Path) -> dict[str, str]:
     return info
 
 
-def _parse_gomod(text: str) -> tuple[list[str], list[str]]:
+def parse_gomod(text: str) -> tuple[list[str], list[str]]:
     """Return (go/godebug lines, local-path replace targets) of an upstream go.mod."""
     header: list[str] = []
     local_replaced: list[str] = []
@@ -172,7 +172,7 @@ def _parse_gomod(text: str) -> tuple[list[str], list[str]]:
     return header, local_replaced
 
 
-def _write_wrapper(
+def write_wrapper(
     wrap_dir: Path,
     name: str,
     module: str,
@@ -204,7 +204,7 @@ def _write_wrapper(
         marker.write_text(text)
 
 
-def _build_group(
+def build_group(
     wrap_dir: Path, packages: dict[str, str], ldflags: list[str], bin_dir: Path
 ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_dir))
@@ -277,25 +277,25 @@ def build() -> Path:
 
     if missing & set(ETCD_BINARIES):
         ver = VERSIONS["etcd"]
-        info = _download(ETCD_MODULE, ver, work)
-        header, local = _parse_gomod(Path(info["GoMod"]).read_text())
+        info = download_module(ETCD_MODULE, ver, work)
+        header, local = parse_gomod(Path(info["GoMod"]).read_text())
         # etcd's sibling modules (api, client, pkg) are published at the same tag.
         reps = {m: ver for m in local if m.startswith("go.etcd.io/etcd/")}
         wrap = work / "etcd"
-        _write_wrapper(wrap, "etcd", ETCD_MODULE, ver, reps, header)
-        _build_group(wrap, {n: p for n, p in ETCD_BINARIES.items() if n in missing}, [], bin_dir)
+        write_wrapper(wrap, "etcd", ETCD_MODULE, ver, reps, header)
+        build_group(wrap, {n: p for n, p in ETCD_BINARIES.items() if n in missing}, [], bin_dir)
 
     if missing & set(K8S_BINARIES):
         ver = VERSIONS["kubernetes"]
-        info = _download(K8S_MODULE, ver, work)
-        header, local = _parse_gomod(Path(info["GoMod"]).read_text())
+        info = download_module(K8S_MODULE, ver, work)
+        header, local = parse_gomod(Path(info["GoMod"]).read_text())
         # Each staging module k8s.io/x is published as k8s.io/x v0.<minor>.<patch>.
         staging_ver = "v0." + ".".join(ver.lstrip("v").split(".")[1:])
         reps = {m: staging_ver for m in local if m.startswith("k8s.io/")}
         _log(f"kubernetes {ver}: {len(reps)} staging modules at {staging_ver}")
         wrap = work / "kubernetes"
-        _write_wrapper(wrap, "kubernetes", K8S_MODULE, ver, reps, header)
-        _build_group(
+        write_wrapper(wrap, "kubernetes", K8S_MODULE, ver, reps, header)
+        build_group(
             wrap,
             {n: p for n, p in K8S_BINARIES.items() if n in missing},
             _k8s_ldflags(ver),
@@ -303,13 +303,13 @@ def build() -> Path:
         )
 
     kwok_ver = VERSIONS["kwok"]
-    kwok_info = _download(KWOK_MODULE, kwok_ver, work)
+    kwok_info = download_module(KWOK_MODULE, kwok_ver, work)
     if missing & set(KWOK_BINARIES):
-        header, _ = _parse_gomod(Path(kwok_info["GoMod"]).read_text())
+        header, _ = parse_gomod(Path(kwok_info["GoMod"]).read_text())
         wrap = work / "kwok"
-        _write_wrapper(wrap, "kwok", KWOK_MODULE, kwok_ver, {}, header)
+        write_wrapper(wrap, "kwok", KWOK_MODULE, kwok_ver, {}, header)
         ld = [f"-X sigs.k8s.io/kwok/pkg/consts.Version={kwok_ver}"]
-        _build_group(wrap, {n: p for n, p in KWOK_BINARIES.items() if n in missing}, ld, bin_dir)
+        build_group(wrap, {n: p for n, p in KWOK_BINARIES.items() if n in missing}, ld, bin_dir)
     _copy_stages(Path(kwok_info["Dir"]))
     _log(f"build done in {time.monotonic() - started:.0f}s -> {bin_dir}")
     return bin_dir

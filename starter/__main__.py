@@ -9,11 +9,11 @@ import sys
 
 import uvicorn
 
-from activities.store import Store
 from engine.client import connect
 from engine.sealing import Sealer
 from engine.settings import Settings
 from starter.app import create_app
+from store import Store
 
 
 async def serve(settings: Settings) -> None:
@@ -40,7 +40,9 @@ def main() -> None:
         level=os.environ.get("PREVIEW_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    asyncio.run(serve(Settings()))
+    settings = Settings()
+    settings.require_secure("starter")
+    asyncio.run(serve(settings))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip finalisation: the SDK's threads can crash it (exit 139)

@@ -1,12 +1,13 @@
 """The HTTP API of the environment model (mounted by the app under /api).
 
-Projects, environments, applications, databases and variables are plain CRUD; secrets
+Projects, environments, the elements of each blueprint collection (applications,
+databases, ...: domain.blueprint.COLLECTIONS) and variables are plain CRUD; secrets
 are write-only (a PUT stores a value, everything else sees metadata); blueprints are
 imported as YAML or JSON and exported back. Every route needs `Authorization: Bearer
 <token>`: the admin token from settings, an admin token from the store, or a token scoped
 to one project (403 elsewhere).
 
-The app provides `app.state.store` (activities.store.Store) and `app.state.sealer`
+The app provides `app.state.store` (store.Store) and `app.state.sealer`
 (engine.sealing.Sealer); `app.state.admin_token` overrides the admin token setting.
 
 Errors are JSON `ErrorBody`s naming the object and field. Request validation errors are
@@ -31,11 +32,26 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.exceptions import HTTPException  # what FastAPI raises for unreadable bodies
 
-from activities.store import (
+from domain.blueprint import (
+    COLLECTIONS,
+    AppliesTo,
+    Blueprint,
+    BlueprintCollection,
+    DnsName,
+    Environment,
+    Isolation,
+    VariableKind,
+    VariableScope,
+)
+from domain.blueprint_file import BlueprintFileError, dump_blueprint, field_path, parse_blueprint
+from domain.clusters import CLUSTER_NAME, MAX_KUBECONFIG_BYTES
+from engine.sealing import Sealer
+from store import (
     AuditEntry,
     ClusterMetadata,
     Collection,
     ImportResult,
+    ImportSummary,
     Invalid,
     NotFound,
     Page,
@@ -48,20 +64,6 @@ from activities.store import (
     TokenRecord,
     VariableRef,
 )
-from domain.blueprint import (
-    Application,
-    AppliesTo,
-    Blueprint,
-    Database,
-    DnsName,
-    Environment,
-    Isolation,
-    VariableKind,
-    VariableScope,
-)
-from domain.blueprint_file import BlueprintFileError, dump_blueprint, field_path, parse_blueprint
-from domain.clusters import CLUSTER_NAME, MAX_KUBECONFIG_BYTES
-from engine.sealing import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +309,7 @@ async def delete_project(project: ProjectName, principal: AdminAuth, store: Stor
     await store.delete_project(project, principal.actor)
 
 
-# ------------------------------------------------------- environments, applications, databases
+# ---------------------------------------------- environments and the blueprint collections
 
 
 def _placement(environment: Environment) -> tuple[Any, ...]:
@@ -339,13 +341,11 @@ async def _guard_placement(principal: Principal, store: Store, project: str,
         object=f"environment {environment.name!r} of project {project!r}")
 
 
-def _collection_routes(path: str, model: Any, attr: str) -> None:
+def _collection_routes(
+    path: str, label: str, model: Any, collection: Callable[[Store], Collection[Any]]
+) -> None:
     """List/create/get/replace/delete routes for one kind of named project document."""
     tag: list[str | Enum] = [path]
-
-    def collection(store: Store) -> Collection[Any]:
-        found: Collection[Any] = getattr(store, attr)
-        return found
 
     async def list_items(
         project: ProjectName, _: ProjectAuth, store: StoreDep, limit: Limit = 50,
@@ -381,28 +381,32 @@ def _collection_routes(path: str, model: Any, attr: str) -> None:
     ) -> None:
         await collection(store).delete(project, name, principal.actor)
 
-    single = model.__name__.lower()
     base, one = f"/projects/{{project}}/{path}", f"/projects/{{project}}/{path}/{{name}}"
     router.add_api_route(base, list_items, methods=["GET"], response_model=Page[model],
                          tags=tag, name=f"list_{path}", summary=f"List {path}",
                          responses=_responses(403, 404))
     router.add_api_route(base, create_item, methods=["POST"], status_code=201,
-                         response_model=model, tags=tag, name=f"create_{single}",
-                         summary=f"Create a {single}", responses=_responses(403, 404, 409))
+                         response_model=model, tags=tag, name=f"create_{label}",
+                         summary=f"Create a {label}", responses=_responses(403, 404, 409))
     router.add_api_route(one, get_item, methods=["GET"], response_model=model, tags=tag,
-                         name=f"get_{single}", summary=f"Get a {single}",
+                         name=f"get_{label}", summary=f"Get a {label}",
                          responses=_responses(403, 404))
     router.add_api_route(one, replace_item, methods=["PUT"], response_model=model, tags=tag,
-                         name=f"replace_{single}", summary=f"Replace a {single}",
+                         name=f"replace_{label}", summary=f"Replace a {label}",
                          responses=_responses(403, 404))
     router.add_api_route(one, delete_item, methods=["DELETE"], status_code=204,
-                         response_class=Response, tags=tag, name=f"delete_{single}",
-                         summary=f"Delete a {single}", responses=_responses(403, 404, 409))
+                         response_class=Response, tags=tag, name=f"delete_{label}",
+                         summary=f"Delete a {label}", responses=_responses(403, 404, 409))
 
 
-_collection_routes("environments", Environment, "environments")
-_collection_routes("applications", Application, "applications")
-_collection_routes("databases", Database, "databases")
+def _elements(kind: BlueprintCollection) -> Callable[[Store], Collection[Any]]:
+    """The store's collection of this kind (bound now, not when the loop has moved on)."""
+    return lambda store: store.collections[kind.field]
+
+
+_collection_routes("environments", "environment", Environment, lambda store: store.environments)
+for _kind in COLLECTIONS:
+    _collection_routes(_kind.path, _kind.label, _kind.model, _elements(_kind))
 
 
 # ---------------------------------------------------------------------------- variables
@@ -666,7 +670,7 @@ async def _read_blueprint(request: Request, filename: str) -> Blueprint:
 async def import_blueprint(
     request: Request, response: Response, principal: Auth, store: StoreDep,
     filename: Annotated[str, Query(description="Named in error messages")] = "preview.yaml",
-) -> ImportResult:
+) -> ImportSummary:
     """Create or update a project from a blueprint: 201 when created, 200 when updated."""
     blueprint = await _read_blueprint(request, filename)
     name = blueprint.project.name

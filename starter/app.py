@@ -21,8 +21,8 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from domain.plan import PlanOptions
 from engine.codec import CodecError
+from engine.codec_auth import CodecAccessDenied, CodecGate, IssuerUnavailable, same_secret
 from engine.settings import Settings
 from starter import lifecycle
 from starter.api import router as api_router
@@ -57,20 +57,6 @@ class WebhookAnswer(BaseModel):
 
 class ServiceUnavailable(Exception):
     """A dependency (Temporal, the store) is down: answer 503 so the Git host retries."""
-
-
-def plan_options(settings: Settings) -> PlanOptions:
-    return PlanOptions(
-        task_queue=settings.task_queue,
-        ingress_namespace=settings.ingress_controller_namespace,
-        storage_class=settings.storage_class,
-        golden_dump_bucket=settings.golden_dump_bucket,
-    )
-
-
-def _same(expected: str, given: str) -> bool:
-    """Constant-time comparison that also takes header values with non-ASCII bytes."""
-    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -136,7 +122,6 @@ async def _operate(
             client,
             pr,
             task_queue=settings.task_queue,
-            options=plan_options(settings),
             timeouts=timeouts,
         )
         return WebhookAnswer(
@@ -182,7 +167,7 @@ async def github_webhook(
     body = await _read_body(request, settings.webhook_max_bytes)
     secret = settings.github_webhook_secret.get_secret_value().encode()
     expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    if not x_hub_signature_256 or not _same(expected, x_hub_signature_256):
+    if not x_hub_signature_256 or not same_secret(expected, x_hub_signature_256):
         log.warning("delivery %s: signature missing or wrong", x_github_delivery)
         raise HTTPException(401, "X-Hub-Signature-256 is missing or does not match the body")
     payload = _parse_json(body)
@@ -206,7 +191,7 @@ async def gitlab_webhook(
     settings: Settings = request.app.state.settings
     body = await _read_body(request, settings.webhook_max_bytes)
     token = settings.gitlab_webhook_token.get_secret_value()
-    if not x_gitlab_token or not _same(token, x_gitlab_token):
+    if not x_gitlab_token or not same_secret(token, x_gitlab_token):
         raise HTTPException(401, "X-Gitlab-Token is missing or wrong")
     payload = _parse_json(body)
     try:
@@ -221,11 +206,17 @@ async def gitlab_webhook(
 codec = APIRouter(prefix="/codec", tags=["codec"])
 
 
-def _codec_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    expected = request.app.state.settings.codec_token.get_secret_value()
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not given or not _same(given, expected):
-        raise HTTPException(401, "codec endpoint needs Authorization: Bearer <codec token>")
+async def _codec_caller(request: Request) -> None:
+    gate: CodecGate = request.app.state.codec_gate
+    try:
+        caller = await gate.admit(request.headers, request.url.hostname or "")
+    except CodecAccessDenied as refusal:
+        log.info("codec request refused (%s mode): %s", gate.mode, refusal)
+        raise HTTPException(401, str(refusal), headers={"WWW-Authenticate": "Bearer"}) from None
+    except IssuerUnavailable as error:
+        log.warning("codec request not checked: %s", error)
+        raise ServiceUnavailable(str(error)) from error
+    log.debug("codec request from %s", caller)
 
 
 async def _transcode(request: Request, direction: str) -> Response:
@@ -246,12 +237,12 @@ async def _transcode(request: Request, direction: str) -> Response:
     )
 
 
-@codec.post("/encode", dependencies=[Depends(_codec_token)], responses=_errors(400, 401))
+@codec.post("/encode", dependencies=[Depends(_codec_caller)], responses=_errors(400, 401))
 async def codec_encode(request: Request) -> Response:
     return await _transcode(request, "encode")
 
 
-@codec.post("/decode", dependencies=[Depends(_codec_token)], responses=_errors(400, 401))
+@codec.post("/decode", dependencies=[Depends(_codec_caller)], responses=_errors(400, 401))
 async def codec_decode(request: Request) -> Response:
     return await _transcode(request, "decode")
 
@@ -273,12 +264,17 @@ def create_app(
     app.state.sealer = sealer
     app.state.timeouts = timeouts or ActivityTimeouts()
     app.state.codec = temporal.data_converter.payload_codec
+    app.state.codec_gate = CodecGate(settings)
+    # What the Web UI's codec fetch sends: JSON with X-Namespace, plus Authorization (and
+    # the ID token in Authorization-Extras) when it passes the access token; credentials
+    # (a proxy's cookie) when TEMPORAL_CODEC_INCLUDE_CREDENTIALS is on. One origin, exact.
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[settings.codec_cors_origin],
         allow_methods=["POST"],
-        allow_headers=["Authorization", "Content-Type", "X-Namespace"],
+        allow_headers=["Authorization", "Authorization-Extras", "Content-Type", "X-Namespace"],
         allow_credentials=True,
+        max_age=600,
     )
 
     @app.exception_handler(ServiceUnavailable)

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from domain.blueprint import Blueprint
+from domain.blueprint import COLLECTIONS, Blueprint
 from domain.blueprint_file import json_schema_text, parse_blueprint
 
 TOKEN_ENV = "PREVIEW_API_TOKEN"
@@ -251,8 +251,9 @@ def blueprint_import(args: argparse.Namespace) -> int:
         _print(args, result)
     else:
         verb = "created" if result["created"] else "updated"
-        print(f"project {result['project']} {verb} from {path}: {result['applications']} "
-              f"applications, {result['databases']} databases, {result['variables']} variables")
+        counts = [f"{result[kind.field]} {kind.field}" for kind in COLLECTIONS]
+        print(f"project {result['project']} {verb} from {path}: {', '.join(counts)}, "
+              f"{result['variables']} variables")
     return 0
 
 

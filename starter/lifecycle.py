@@ -11,7 +11,6 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.naming import workflow_id
-from domain.plan import PlanOptions
 from domain.pull_request import PullRequest
 from workflows.preview import (
     PR_NUMBER,
@@ -29,15 +28,13 @@ async def deploy(
     pr: PullRequest,
     *,
     task_queue: str,
-    options: PlanOptions | None = None,
     timeouts: ActivityTimeouts | None = None,
     history_limit: int | None = None,
 ) -> WorkflowHandle[PreviewEnvironmentWorkflow, PreviewStatus]:
     """Signal-with-start: the PR's one workflow gets `deploy`, started if it is not running."""
     return await client.start_workflow(
         PreviewEnvironmentWorkflow.run,
-        PreviewInput(pull_request=pr, options=options or PlanOptions(),
-                     timeouts=timeouts or ActivityTimeouts(),
+        PreviewInput(pull_request=pr, timeouts=timeouts or ActivityTimeouts(),
                      **({"history_limit": history_limit} if history_limit else {})),
         id=workflow_id(pr.repository, pr.number),
         task_queue=task_queue,

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# The tests run on the development secrets written in engine/settings.py, which only
+# the local profile accepts (and so do the services the tests start as subprocesses).
+os.environ["PREVIEW_PROFILE"] = "local"
+
 pytest_plugins = sorted(
     f"tests.plugins.{path.stem}"
     for path in (Path(__file__).parent / "plugins").glob("*.py")

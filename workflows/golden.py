@@ -18,17 +18,18 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.errors import NON_RETRYABLE
-    from activities.postgres import (
+    from domain.contract import (
         DISCARD_GOLDEN,
-        GOLDEN_STATE,
         MASK_GOLDEN,
-        MASKING_NOT_VERIFIED,
         PROMOTE_GOLDEN,
         PRUNE_GOLDEN,
         PUBLISH_GOLDEN,
         RESTORE_GOLDEN,
         VERIFY_GOLDEN,
+        ActivityContract,
+    )
+    from domain.errors import GOLDEN_STATE, MASKING_NOT_VERIFIED, NON_RETRYABLE
+    from domain.golden import (
         GoldenDiscardInput,
         GoldenMaskInput,
         GoldenPromoteInput,
@@ -88,11 +89,11 @@ class GoldenRefreshWorkflow:
             raise
         try:
             dropped = await workflow.execute_activity(
-                PRUNE_GOLDEN,
+                PRUNE_GOLDEN.name,
                 GoldenPruneInput(source_name=request.source_name,
                                  keep_generations=request.keep_generations),
                 start_to_close_timeout=SHORT, heartbeat_timeout=HEARTBEAT, retry_policy=RETRY,
-                result_type=list[str],
+                result_type=PRUNE_GOLDEN.output,
             )
             workflow.logger.info("golden copy of %s is %s; dropped %s",
                                  request.source_name, generation, dropped)
@@ -101,9 +102,9 @@ class GoldenRefreshWorkflow:
                                     request.source_name, error.cause or error, generation)
         return generation
 
-    async def _call(self, name: str, arg: object, timeout: timedelta) -> None:
+    async def _call(self, activity: ActivityContract, arg: object, timeout: timedelta) -> None:
         await workflow.execute_activity(
-            name, arg, start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT,
+            activity.name, arg, start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT,
             retry_policy=RETRY,
         )
 

@@ -22,15 +22,15 @@ with workflow.unsafe.imports_passed_through():
     # Loaded with the workflow, not later by pydantic inside the sandbox (which warns).
     import domain.secrets
     import domain.variables  # noqa: F401
-    from activities.errors import NON_RETRYABLE
-    from activities.planning import PLAN_PREVIEW, PlanRequest
     from domain.blueprint import PreviewPolicy
+    from domain.contract import LOAD_SOURCE_ENVIRONMENT, PLAN_PREVIEW, PUBLISH_FEEDBACK
+    from domain.errors import NON_RETRYABLE
     from domain.feedback import Feedback
     from domain.naming import environment_id
-    from domain.plan import Plan, PlanOptions
+    from domain.plan import PlanRequest
     from domain.policy import skip_reason
     from domain.pull_request import PullRequest
-    from domain.source import LoadSourceRequest, SourceEnvironment
+    from domain.source import LoadSourceRequest
     from workflows.saga import ActivityTimeouts, Ledger, SagaRunner, StepFailed, failure_message
 
 REPOSITORY = SearchAttributeKey.for_keyword("PreviewRepository")
@@ -71,8 +71,10 @@ class CarriedState(BaseModel):
 
 
 class PreviewInput(BaseModel):
+    """What starts a preview's workflow. Deployment facts (cluster, ingress, registry)
+    are not here: the planning activity reads them from its worker's settings."""
+
     pull_request: PullRequest
-    options: PlanOptions = PlanOptions()
     timeouts: ActivityTimeouts = ActivityTimeouts()
     history_limit: int = Field(
         10_000, description="Continue as new past this many events, or when the server says"
@@ -90,6 +92,7 @@ class PreviewStatus(BaseModel):
     last_error: str | None
     expires_at: datetime | None
     asleep: bool
+    resources: list[str] = Field(default_factory=list, description="What exists, one line each")
 
 
 _FEEDBACK_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
@@ -181,6 +184,7 @@ class PreviewEnvironmentWorkflow:
             steps_done=done, steps_total=total, urls=self._s.urls,
             last_error=self._s.last_error, expires_at=self._s.expires_at,
             asleep=self._s.state == PreviewState.sleeping,
+            resources=self._s.ledger.resources(),
         )
 
     # -- the process --------------------------------------------------------------
@@ -286,9 +290,9 @@ class PreviewEnvironmentWorkflow:
         await self._feedback()
         try:
             source = await workflow.execute_activity(
-                "load_source_environment",
+                LOAD_SOURCE_ENVIRONMENT.name,
                 LoadSourceRequest(repository=pr.repository),
-                result_type=SourceEnvironment,
+                result_type=LOAD_SOURCE_ENVIRONMENT.output,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=RetryPolicy(maximum_attempts=5,
                                          non_retryable_error_types=NON_RETRYABLE),
@@ -302,9 +306,9 @@ class PreviewEnvironmentWorkflow:
                 self._s.expires_at = workflow.now() + timedelta(hours=policy.ttl_hours)
             self._s.policy = policy
             plan = await workflow.execute_local_activity(
-                PLAN_PREVIEW,
-                PlanRequest(source=source, pull_request=pr, options=self._input.options),
-                result_type=Plan,
+                PLAN_PREVIEW.name,
+                PlanRequest(source=source, pull_request=pr),
+                result_type=PLAN_PREVIEW.output,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3,
                                          non_retryable_error_types=NON_RETRYABLE),
@@ -388,8 +392,11 @@ class PreviewEnvironmentWorkflow:
             STATE.value_set(self._s.state.value),
             HEAD_SHA.value_set(self._s.deployed_sha or pr.head_sha),
         ])
+        # Shown in the Web UI: the state, and what the preview is made of.
+        resources = "".join(f"\n- {line}" for line in self._s.ledger.resources())
         workflow.set_current_details(
             f"**{self._s.state.value}** {pr.repository}#{pr.number} at {pr.head_sha[:7]}"
+            + resources
         )
 
     async def _feedback(self, *, failed: bool = False, message: str = "") -> None:
@@ -398,12 +405,13 @@ class PreviewEnvironmentWorkflow:
         feedback = Feedback(
             provider=pr.provider, repository=pr.repository, pr_number=pr.number,
             head_sha=pr.head_sha, state="failed" if failed else self._s.state.value,
-            urls=self._s.urls, message=message or (self._s.last_error or ""),
+            urls=self._s.urls, resources=self._s.ledger.resources(),
+            message=message or (self._s.last_error or ""),
             environment_id=self._env_id,
         )
         try:
             await workflow.execute_activity(
-                "publish_feedback", feedback,
+                PUBLISH_FEEDBACK.name, feedback,
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=_FEEDBACK_RETRY,
                 summary=f"tell {pr.repository}#{pr.number}: {feedback.state}",
             )

@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.errors import NON_RETRYABLE
+    from domain.errors import NON_RETRYABLE
     from domain.plan import Plan, Step
     from domain.resources import StepInput, StepOutput
 
@@ -50,6 +50,16 @@ class Ledger(BaseModel):
 
     def counts(self) -> tuple[int, int]:
         return sum(e.complete for e in self.entries), len(self.entries)
+
+    def resources(self) -> list[str]:
+        """One line per resource that exists: its summary, and how it was made."""
+        lines = []
+        for entry in self.entries:
+            if entry.complete:
+                detail = entry.output.detail if entry.output else ""
+                line = entry.step.summary or entry.step.key
+                lines.append(f"{line} ({detail})" if detail else line)
+        return lines
 
 
 class ActivityTimeouts(BaseModel):

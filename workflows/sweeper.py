@@ -12,7 +12,7 @@ A system that cannot be reached is reported and the others are still swept.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -20,17 +20,26 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from domain.resources import (
+    from domain.contract import (
+        LIST_AWS_ENVIRONMENTS,
+        LIST_KUBE_ENVIRONMENTS,
+        LIST_PREVIEW_DATABASES,
         LIST_SWEEP_TARGETS,
+        LIVE_ENVIRONMENTS,
+        REMOVE_AWS_ENVIRONMENT,
+        REMOVE_KUBE_ENVIRONMENT,
+        REMOVE_PREVIEW_DATABASE,
+        ActivityContract,
+    )
+    from domain.resources import (
         AwsEnvironmentInput,
         AwsSweepInput,
         AwsTarget,
         KubeEnvironmentInput,
         KubeSweepInput,
-        PreviewDatabase,
         SweepTargets,
-        tenant_queue,
     )
+    from domain.systems import tenant_queue
 
 
 class SweepRequest(BaseModel):
@@ -75,7 +84,7 @@ class OrphanSweepWorkflow:
     @workflow.run
     async def run(self, request: SweepRequest) -> SweepReport:
         self._tenant_timeout = request.tenant_timeout
-        live = await self._call("live_environments", None, list[str], "list live previews")
+        live = await self._call(LIVE_ENVIRONMENTS, None, "list live previews")
         report = SweepReport(dry_run=request.dry_run, live=live)
         given = SweepTargets(clusters=request.clusters,
                              dedicated_clusters=request.dedicated_clusters,
@@ -85,7 +94,7 @@ class OrphanSweepWorkflow:
         routed = workflow.patched("sweep-tenants")
         if request.discover and routed:
             try:
-                found = await self._call(LIST_SWEEP_TARGETS, None, SweepTargets,
+                found = await self._call(LIST_SWEEP_TARGETS, None,
                                          "list clusters and AWS targets of every project")
             except ActivityError as error:
                 _reraise_cancellation(error)
@@ -102,43 +111,42 @@ class OrphanSweepWorkflow:
             for c in targets.dedicated_clusters]
         for cluster, queue in clusters:
             await self._sweep(report, f"kubernetes:{cluster}", queue,
-                              "list_kube_environments", KubeSweepInput(cluster=cluster),
-                              "remove_kube_environment",
+                              LIST_KUBE_ENVIRONMENTS, KubeSweepInput(cluster=cluster),
+                              REMOVE_KUBE_ENVIRONMENT,
                               KubeEnvironmentInput(cluster=cluster, environment=""))
         for target in targets.aws_targets:
             queue = (tenant_queue(base, "account", target.account_id)
                      if base and target.account_id else None)
             await self._sweep(report, f"aws:{target.account_id or 'default'}:{target.region}",
-                              queue, "list_aws_environments", AwsSweepInput(target=target),
-                              "remove_aws_environment",
+                              queue, LIST_AWS_ENVIRONMENTS, AwsSweepInput(target=target),
+                              REMOVE_AWS_ENVIRONMENT,
                               AwsEnvironmentInput(target=target, environment=""))
 
         if request.databases:
             try:
-                databases = await self._call("list_preview_databases", None,
-                                             list[PreviewDatabase], "list preview databases")
+                databases = await self._call(LIST_PREVIEW_DATABASES, None,
+                                             "list preview databases")
                 found_db: dict[str, list[str]] = {}
                 for db in databases:
                     found_db.setdefault(db.environment, []).append(f"database {db.database}")
                 for env in self._orphans(report, "postgres", found_db):
                     report.removed.setdefault("postgres", {})[env] = await self._call(
-                        "remove_preview_database", env, list[str],
-                        f"remove orphan database {env}")
+                        REMOVE_PREVIEW_DATABASE, env, f"remove orphan database {env}")
             except ActivityError as error:
                 _reraise_cancellation(error)
                 report.failed["postgres"] = _reason(error)
         return report
 
     async def _sweep(self, report: SweepReport, system: str, queue: str | None,
-                     lister: str, where: BaseModel, remover: str, one: BaseModel) -> None:
+                     lister: ActivityContract, where: BaseModel, remover: ActivityContract,
+                     one: BaseModel) -> None:
         """List one cluster or AWS target and remove its orphans (`one` with each orphan's
         environment); a failure is reported and the sweep goes on elsewhere."""
         try:
-            found = await self._call(lister, where, dict[str, list[str]], f"list {system}",
-                                     queue)
+            found = await self._call(lister, where, f"list {system}", queue)
             for env in self._orphans(report, system, found):
                 report.removed.setdefault(system, {})[env] = await self._call(
-                    remover, one.model_copy(update={"environment": env}), list[str],
+                    remover, one.model_copy(update={"environment": env}),
                     f"remove orphan {env} from {system}", queue)
         except ActivityError as error:
             _reraise_cancellation(error)
@@ -151,11 +159,11 @@ class OrphanSweepWorkflow:
         report.found[system] = orphans
         return [] if report.dry_run else list(orphans)
 
-    async def _call(self, activity: str, arg: object, result_type: type[T], summary: str,
-                    task_queue: str | None = None) -> T:
+    async def _call(self, activity: ActivityContract, arg: object, summary: str,
+                    task_queue: str | None = None) -> Any:
         args = [] if arg is None else [arg]
         return await workflow.execute_activity(
-            activity, args=args, result_type=result_type, summary=summary,
+            activity.name, args=args, result_type=activity.output, summary=summary,
             task_queue=task_queue,
             # Only a tenant's queue may have no worker at all; ours always has this one.
             schedule_to_start_timeout=self._tenant_timeout if task_queue else None,

@@ -26,13 +26,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients, Waits
-from activities.container_db import ContainerDatabaseActivities
 from activities.dns import DnsActivities
 from activities.errors import INVALID_INPUT
-from activities.kubernetes import ClusterClients, KubernetesActivities
+from activities.kubernetes import ClusterClients, ContainerDatabaseActivities, KubernetesActivities
 from activities.network import NetworkActivities
 from activities.rds import RdsActivities
-from activities.store import Store
 from domain.blueprint import Blueprint
 from domain.naming import Ownership
 from domain.plan import Plan, PlanOptions, plan_preview
@@ -51,6 +49,7 @@ from engine.sealing import Sealer
 from engine.settings import Settings
 from stack import kube
 from stack.postgres import PostgresServer
+from store import Store
 from tests.plugins.kube import KubeCluster, _find_kubectl
 from tests.plugins.moto import REGION, MotoServer
 from worker import Resources, Target, build_activities

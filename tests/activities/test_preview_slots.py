@@ -10,17 +10,18 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.store import Store, StoreActivities
+from activities.control_plane import PreviewSlotActivities
 from domain.naming import Ownership
 from domain.resources import PreviewSlotSpec, StepInput
 from stack.postgres import PostgresServer
+from store import Store
 
 
 @pytest.fixture(scope="module")
-async def activities(postgres_server: PostgresServer) -> AsyncIterator[StoreActivities]:
+async def activities(postgres_server: PostgresServer) -> AsyncIterator[PreviewSlotActivities]:
     store = await Store.connect(await postgres_server.new_database("slots_test"))
     await store.migrate()
-    yield StoreActivities(store)
+    yield PreviewSlotActivities(store)
     await store.close()
 
 
@@ -29,7 +30,7 @@ def slot(repository: str, env: str, limit: int) -> StepInput:
                                           repository=repository, max_live=limit))
 
 
-async def test_limit_is_enforced_idempotent_and_released(activities: StoreActivities) -> None:
+async def test_limit_is_enforced_idempotent_and_released(activities: PreviewSlotActivities) -> None:
     repo, run = f"acme/{uuid.uuid4().hex[:6]}", ActivityEnvironment().run
     for i in range(2):
         out = await run(activities.claim_preview_slot, slot(repo, f"env-{i}", 2))
@@ -49,7 +50,7 @@ async def test_limit_is_enforced_idempotent_and_released(activities: StoreActivi
     assert out.values["live_previews"] == "2"
 
 
-async def test_concurrent_claims_never_exceed_the_limit(activities: StoreActivities) -> None:
+async def test_concurrent_claims_never_exceed_the_limit(activities: PreviewSlotActivities) -> None:
     repo = f"acme/{uuid.uuid4().hex[:6]}"
     env = ActivityEnvironment()
     results = await asyncio.gather(

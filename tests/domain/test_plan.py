@@ -25,14 +25,15 @@ from domain.resources import (
     AwsTarget,
     ConfigMapSpec,
     ContainerDatabaseSpec,
+    DnsRecordsSpec,
     NamespaceSpec,
     PostgresCloneSpec,
     RdsCloneSpec,
     SecretSpec,
     VpcSpec,
-    tenant_queue,
 )
 from domain.secrets import SealedValue
+from domain.systems import tenant_queue
 from domain.variables import SecretVariable
 
 PR = PullRequest(repository="acme/shop", number=7, head_sha="abcdef1234567", branch="feat/x")
@@ -246,3 +247,36 @@ def test_sweep_targets_name_each_cluster_and_account_once_with_its_routing() -> 
 def test_a_dedicated_cluster_must_be_named() -> None:
     with pytest.raises(ValidationError, match=r"needs environment\.cluster\.name"):
         blueprint(environment={"isolation": "cluster"})
+
+
+def test_urls_follow_tls_and_the_domain_defaults_to_the_engines() -> None:
+    options = PlanOptions(base_domain="previews.acme.dev", ingress_hostname="lb.example.net")
+    plain = plan_preview(blueprint(), PR, options=options)
+    assert plain.urls == {"web": "http://web-pr-7.previews.acme.dev"}
+    custom = plan_preview(blueprint(network={
+        "base_domain": "shop.example.org", "tls": "per_host", "hosted_zone_id": "Z9"}),
+        PR, options=options)
+    assert custom.urls == {"web": "https://web-pr-7.shop.example.org"}
+    dns = custom.step("dns").spec
+    assert isinstance(dns, DnsRecordsSpec) and dns.points_to == "lb.example.net"
+    assert dns.hosts == ["web-pr-7.shop.example.org"]
+    wildcard = plan_preview(blueprint(network={
+        "tls": "wildcard", "wildcard_certificate_arn": "arn:aws:acm:eu-west-1:1:certificate/w"}),
+        PR, options=options)
+    assert wildcard.urls["web"].startswith("https://")
+
+
+def test_connection_urls_follow_the_collections_declaration() -> None:
+    """Every kind with a url_variable wires its elements into the apps that use them."""
+    plan = plan_preview(blueprint(
+        applications=[{"name": "web", "image": "r/web", "depends_on": ["orders"]},
+                      {"name": "jobs", "image": "r/jobs", "public": False}],
+        databases=[{"name": "main", "mode": "shared"}, {"name": "orders", "mode": "shared"}]),
+        PR)
+    web, jobs = plan.step("secret/web").spec, plan.step("secret/jobs").spec
+    assert isinstance(web, SecretSpec) and isinstance(jobs, SecretSpec)
+    # web names one database: only that one; jobs names none: every database.
+    assert {k: r.step for k, r in web.upstream.items()} == {
+        "DATABASE_URL": "database/orders", "DATABASE_URL_ORDERS": "database/orders"}
+    assert set(jobs.upstream) == {"DATABASE_URL", "DATABASE_URL_MAIN", "DATABASE_URL_ORDERS"}
+    assert plan.step("secret/web").depends_on == ("namespace", "database/orders")

@@ -23,14 +23,14 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 
-from activities.store import Store
 from domain.blueprint import Blueprint
 from domain.naming import environment_id, workflow_id
 from domain.pull_request import PullRequest
 from engine.sealing import Sealer
 from engine.settings import Settings
 from starter import lifecycle
-from starter.app import create_app, plan_options
+from starter.app import create_app
+from store import Store
 from worker import Resources, Target, build_worker
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
 from workflows.saga import ActivityTimeouts
@@ -324,7 +324,7 @@ async def test_isolated_vpc_with_rds_clone_end_to_end(
     pr = PullRequest(repository=repo, number=number, head_sha="b" * 40)
     settings = stack["settings"]
     handle = await lifecycle.deploy(temporal_client, pr, task_queue=settings.task_queue,
-                                    options=plan_options(settings), timeouts=stack["timeouts"])
+                                    timeouts=stack["timeouts"])
     await wait_for(handle, lambda s: s.state == "ready")
 
     vpcs = tagged(ec2.describe_vpcs()["Vpcs"], env)

@@ -19,11 +19,10 @@ from activities.aws import AwsClients
 from activities.blueprints import BlueprintFileActivities
 from activities.kubernetes import ClusterClients, KubernetesActivities
 from activities.network import NetworkActivities
-from activities.postgres import PostgresActivities
+from activities.postgres import PostgresAccess, PreviewDatabaseActivities
 from activities.sweeper_aws import AwsSweepActivities
 from activities.temporal import VisibilityActivities
 from domain.naming import Ownership, environment_id, pg_identifier
-from domain.plan import PlanOptions
 from domain.pull_request import PullRequest
 from domain.resources import (
     AwsTarget,
@@ -54,14 +53,14 @@ async def test_sweeper_removes_orphans_only(
     aws = AwsClients(settings)
     kube = KubernetesActivities(ClusterClients({"default": str(kube_cluster.kubeconfig)}),
                                 sealer)
-    postgres = PostgresActivities(postgres_server.admin_url, sealer, b"sweep-key")
+    postgres = PreviewDatabaseActivities(
+        PostgresAccess(postgres_server.admin_url, sealer, b"sweep-key"))
     run = ActivityEnvironment().run
 
     # A live preview: its workflow runs (started, never picked up: no worker on its queue).
     repo = f"acme/sweep-{uuid.uuid4().hex[:6]}"
     live_pr = PullRequest(repository=repo, number=1, head_sha="a" * 40)
-    live_handle = await lifecycle.deploy(temporal_client, live_pr, task_queue=f"{queue}-idle",
-                                         options=PlanOptions(task_queue=queue))
+    live_handle = await lifecycle.deploy(temporal_client, live_pr, task_queue=f"{queue}-idle")
     live, orphan = environment_id(repo, 1), environment_id(repo, 2)
 
     for env in (live, orphan):

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
+from activities.planning import plan_options
 from domain.plan import plan_preview
 from engine.settings import Settings
-from starter.app import plan_options
 from tests.faults.support import (
     REPOSITORY,
     FaultStack,

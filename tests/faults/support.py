@@ -20,7 +20,7 @@ import asyncpg
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-from activities.store import Store
+from activities.planning import plan_options
 from domain.blueprint import Blueprint
 from domain.naming import Ownership, environment_id, hostname
 from domain.plan import Plan, PlanOptions, plan_preview
@@ -29,7 +29,7 @@ from engine.client import data_converter
 from engine.sealing import Sealer
 from engine.settings import Settings
 from stack.postgres import create_database
-from starter.app import plan_options
+from store import Store
 from tests.faults.worker_process import KILL_LINE, READY_LINE
 from workflows.preview import HEAD_SHA, STATE, PreviewEnvironmentWorkflow, PreviewStatus
 

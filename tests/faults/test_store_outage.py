@@ -25,11 +25,11 @@ from pydantic import SecretStr
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.store import Store
 from domain.naming import workflow_id
 from engine.settings import Settings
 from stack.postgres import PostgresServer
 from starter.app import create_app
+from store import Store
 from tests.faults.support import REPOSITORY, unique_number
 
 pytestmark = [pytest.mark.slow, pytest.mark.kube]

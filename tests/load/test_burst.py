@@ -19,13 +19,13 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
 
-from activities.store import Store
 from bench.burst import blueprint, close_all, run_burst
 from bench.common import leftovers, post_webhook
 from domain.naming import environment_id
 from engine.sealing import Sealer
 from engine.settings import Settings
 from starter.app import create_app
+from store import Store
 from worker import Resources, Target, build_worker
 from workflows.saga import ActivityTimeouts
 

@@ -17,12 +17,12 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.store import Store
 from engine.keyring import Keyring
 from engine.sealing import Sealer
 from engine.settings import Settings
 from stack.postgres import PostgresServer
 from starter.app import create_app
+from store import Store
 
 WEBHOOK_SECRET = "proof-webhook-secret"
 GITLAB_TOKEN = "proof-gitlab-token"

@@ -28,10 +28,10 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 
-from activities.store import Store
 from engine.codec import ENCODING, KEY_ID
 from engine.settings import Settings
 from starter.app import create_app
+from store import Store
 from tests.proof.conftest import (
     CODEC_TOKEN,
     Starter,

@@ -49,13 +49,13 @@ from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHandle
 
-from activities.store import Store
 from domain.blueprint import Blueprint
 from domain.naming import environment_id, workflow_id
 from engine.sealing import Sealer
 from engine.settings import Settings
 from stack.ports import free_port
 from stack.run import Service
+from store import Store
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
 
 pytestmark = [pytest.mark.slow, pytest.mark.kube]

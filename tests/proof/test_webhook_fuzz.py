@@ -26,8 +26,8 @@ from hypothesis import event as tally
 from hypothesis import strategies as st
 from temporalio.client import Client
 
-from activities.store import Store
 from engine.settings import Settings
+from store import Store
 from tests.proof.conftest import (
     GITLAB_TOKEN,
     WEBHOOK_SECRET,

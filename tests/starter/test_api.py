@@ -28,10 +28,11 @@ import schemathesis
 import uvicorn
 import yaml
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from activities.store import Store
+from domain.blueprint import COLLECTIONS, BlueprintCollection
 from domain.blueprint_file import parse_blueprint
 from engine.keyring import Keyring
 from engine.sealing import KmsMasterKey, Sealer
@@ -39,6 +40,7 @@ from stack.ports import free_port
 from stack.postgres import PostgresServer
 from starter import cli_api
 from starter.api import router
+from store import Page, Store
 from tests.plugins.moto import MotoServer
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "preview.yaml"
@@ -227,7 +229,7 @@ async def test_pagination(client: httpx.AsyncClient) -> None:
         await client.delete(f"/projects/{name}", headers=auth())
 
 
-# ------------------------------------------------------- environments, applications, databases
+# ---------------------------------------------- environments and the blueprint collections
 
 
 @pytest.mark.parametrize(("path", "item", "change"), [
@@ -271,6 +273,45 @@ async def test_broken_references_are_refused(client: httpx.AsyncClient, project:
                  422, "invalid", "'nope'")
     assert_error(await client.delete(f"/projects/{project}/environments/production",
                                      headers=auth()), 409, "conflict", "source environment")
+
+
+def test_every_blueprint_collection_has_its_routes() -> None:
+    """Each entry of COLLECTIONS gets list, create, get, replace and delete routes on its
+    path, taking and giving its own model."""
+    routes = {(route.path, method): route for route in router.routes
+              if isinstance(route, APIRoute) for method in route.methods or ()}
+    paths = build_app().openapi()["paths"]
+    for kind in COLLECTIONS:
+        base = f"/projects/{{project}}/{kind.path}"
+        one = f"{base}/{{name}}"
+        assert routes[(base, "GET")].response_model == Page[kind.model]  # type: ignore[name-defined]
+        for path, method in ((base, "POST"), (one, "GET"), (one, "PUT")):
+            assert routes[(path, method)].response_model is kind.model, (path, method)
+        assert (one, "DELETE") in routes
+        for path, method in ((base, "post"), (one, "put")):
+            request = paths[f"/api{path}"][method]["requestBody"]
+            body = request["content"]["application/json"]["schema"]
+            assert body["$ref"] == f"#/components/schemas/{kind.model.__name__}"
+
+
+@pytest.mark.parametrize("kind", COLLECTIONS, ids=lambda kind: kind.field)
+async def test_every_blueprint_collection_is_served(
+    client: httpx.AsyncClient, project: str, kind: BlueprintCollection
+) -> None:
+    base = f"/projects/{project}/{kind.path}"
+    imported = [item.model_dump(mode="json")
+                for item in kind.items(parse_blueprint(EXAMPLE.read_text()))]
+    listed = await client.get(base, params={"limit": 500}, headers=auth())
+    assert listed.json()["items"] == imported
+    copy = {**imported[0], "name": f"{imported[0]['name']}-copy"}
+    created = await client.post(base, json=copy, headers=auth())
+    assert created.status_code == 201 and created.json() == copy, created.text
+    assert (await client.get(f"{base}/{copy['name']}", headers=auth())).json() == copy
+    replaced = await client.put(f"{base}/{copy['name']}", json=copy, headers=auth())
+    assert replaced.status_code == 200 and replaced.json() == copy
+    assert (await client.delete(f"{base}/{copy['name']}", headers=auth())).status_code == 204
+    listed = await client.get(base, params={"limit": 500}, headers=auth())
+    assert listed.json()["items"] == imported
 
 
 # ---------------------------------------------------------------------------- variables
@@ -694,7 +735,7 @@ async def test_moving_secrets_to_a_kms_master_key(
 async def test_cluster_kubeconfigs_are_write_only_and_admin_only(
     client: httpx.AsyncClient, project: str,
 ) -> None:
-    from tests.activities.test_store import KEY_DATA, KUBECONFIG
+    from tests.store.test_store import KEY_DATA, KUBECONFIG
 
     name = f"c-{uuid.uuid4().hex[:6]}"
     token = await project_token(client, project)

@@ -16,11 +16,11 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.store import Store
 from domain.naming import workflow_id
 from engine.settings import Settings
 from stack.postgres import PostgresServer
 from starter.app import create_app
+from store import Store
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "github-webhooks"
 SECRET = "test-webhook-secret"

@@ -12,8 +12,9 @@ import yaml
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities import planning
 from activities.blueprints import BlueprintFileActivities
+from activities.planning import PlanningActivities
+from domain.plan import PlanOptions
 from domain.pull_request import PullRequest
 from starter import lifecycle
 from tests.workflows.inventory import Inventory
@@ -58,7 +59,7 @@ class Harness:
             task_queue=self.task_queue,
             workflows=[PreviewEnvironmentWorkflow],
             activities=[*self.inventory.activities(), self.files.load_source_environment,
-                        planning.plan],
+                        PlanningActivities(PlanOptions(task_queue=self.task_queue)).plan_preview],
         )
 
     async def deploy(self, pr: PullRequest) -> WorkflowHandle[Any, Any]:

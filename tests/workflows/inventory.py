@@ -8,18 +8,18 @@ real activities against the real servers instead.
 from __future__ import annotations
 
 import asyncio
-import typing
 from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from domain.contract import spec_types
 from domain.feedback import Feedback
-from domain.resources import ApplicationSpec, ResourceSpec, Spec, StepInput, StepOutput
+from domain.resources import ApplicationSpec, Spec, StepInput, StepOutput
 from domain.secrets import SealedValue
 
-SPEC_CLASSES: list[type[Spec]] = list(typing.get_args(typing.get_args(ResourceSpec)[0]))
+SPEC_CLASSES: list[type[Spec]] = list(spec_types())
 
 
 def spec_key(spec: Spec) -> str:

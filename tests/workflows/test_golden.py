@@ -26,8 +26,9 @@ from temporalio.worker import Worker
 
 from activities.aws import AwsClients
 from activities.errors import INVALID_INPUT
-from activities.postgres import GoldenRefreshRequest, PostgresActivities
+from activities.postgres import GoldenCopyActivities, PostgresAccess, pg_bin_dir
 from domain.blueprint import MaskingMethod, MaskingRule
+from domain.golden import GoldenRefreshRequest
 from domain.masking import (
     golden_dump_uri,
     golden_generation_dump_key,
@@ -36,7 +37,7 @@ from domain.masking import (
 )
 from engine.keyring import Keyring
 from engine.sealing import Sealer
-from stack.postgres import PostgresServer, pg_bin_dir
+from stack.postgres import PostgresServer
 from stack.temporal import TemporalDevServer
 from starter import cli
 from starter.schedules import ensure_golden_schedule
@@ -77,7 +78,8 @@ async def source_url(postgres_server: PostgresServer) -> str:
 @pytest.fixture
 async def worker(temporal_client: Client, postgres_server: PostgresServer,
                  ) -> AsyncIterator[str]:
-    acts = PostgresActivities(postgres_server.admin_url, SEALER, b"workflow-test-key")
+    acts = GoldenCopyActivities(
+        PostgresAccess(postgres_server.admin_url, SEALER, b"workflow-test-key"))
     task_queue = f"golden-{uuid.uuid4().hex[:8]}"
     async with Worker(temporal_client, task_queue=task_queue,
                       workflows=[GoldenRefreshWorkflow], activities=acts.all_activities()):
@@ -197,7 +199,8 @@ async def test_a_refresh_publishes_its_masked_dump_for_container_databases(
 ) -> None:
     aws = AwsClients(endpoint_url=moto_server.endpoint_url, region=REGION,
                      session=moto_server.session)
-    acts = PostgresActivities(postgres_server.admin_url, SEALER, b"workflow-test-key", aws=aws)
+    acts = GoldenCopyActivities(
+        PostgresAccess(postgres_server.admin_url, SEALER, b"workflow-test-key", aws=aws))
     s3 = moto_server.client("s3")
     bucket = f"goldens-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})

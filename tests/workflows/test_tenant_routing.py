@@ -27,8 +27,8 @@ from temporalio.worker import (
     Worker,
 )
 
-from activities import planning
 from activities.blueprints import BlueprintFileActivities
+from activities.planning import PlanningActivities
 from domain.blueprint import Blueprint
 from domain.plan import PlanOptions, plan_preview
 from domain.pull_request import PullRequest
@@ -117,7 +117,8 @@ async def test_isolated_preview_runs_kubernetes_activities_on_the_tenant_worker(
     on_lifecycle, on_tenant = Recorder("lifecycle"), Recorder("tenant")
     lifecycle_worker = Worker(
         temporal_client, task_queue=queue, workflows=[PreviewEnvironmentWorkflow],
-        activities=[*everything, files.load_source_environment, planning.plan],
+        activities=[*everything, files.load_source_environment,
+                    PlanningActivities(PlanOptions(task_queue=queue)).plan_preview],
         interceptors=[on_lifecycle],
     )
     tenant_worker = Worker(
@@ -132,8 +133,7 @@ async def test_isolated_preview_runs_kubernetes_activities_on_the_tenant_worker(
     assert {s.task_queue for s in kube_steps} == {tenant_queue}
 
     async with lifecycle_worker, tenant_worker:
-        handle = await lifecycle.deploy(temporal_client, pr, task_queue=queue,
-                                        options=PlanOptions(task_queue=queue), timeouts=FAST)
+        handle = await lifecycle.deploy(temporal_client, pr, task_queue=queue, timeouts=FAST)
         status = await wait_state(handle, lambda s: s.state == PreviewState.ready)
         assert status.steps_done == status.steps_total == len(plan.steps)
         await lifecycle.destroy(temporal_client, pr.repository, pr.number, "test")

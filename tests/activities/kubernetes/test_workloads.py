@@ -2,31 +2,26 @@
 controller-manager, scheduler and kwok nodes; see tests/plugins/kube.py).
 
 Every check of the cluster's state goes through kubectl, from outside the code under
-test. Each test works in namespaces of its own environment id.
+test. Each test works in namespaces of its own environment id (workload_env.py; the
+fixtures are in conftest.py). Pod hardening and Pod Security: test_pod_security.py.
 """
 
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import logging
-import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
 from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT, ROLLOUT_FAILED
-from activities.kubernetes import ClusterClients, KubernetesActivities, _redact, poll_delays
-from domain.blueprint import HealthCheck, Resources
+from activities.kubernetes import ClusterClients, KubernetesActivities
+from domain.blueprint import Resources
 from domain.naming import Ownership
 from domain.resources import (
     ApplicationSpec,
@@ -39,98 +34,10 @@ from domain.resources import (
     StepOutput,
     UpstreamRef,
 )
-from engine.keyring import Keyring
-from engine.sealing import Sealer
+from tests.activities.kubernetes.workload_env import CLUSTER, Env, app_spec
 from tests.plugins.kube import KubeCluster
 
 pytestmark = pytest.mark.kube
-
-CLUSTER = "kwok"  # the only cluster the activities know: nothing may fall back to "default"
-
-
-@dataclass
-class Env:
-    """One environment id per test, with its namespaces and a recorder of heartbeats."""
-
-    cluster: KubeCluster
-    acts: KubernetesActivities
-    sealer: Sealer
-    id: str
-    heartbeats: list[Any] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-
-    @property
-    def owner(self) -> Ownership:
-        return Ownership(environment=self.id)
-
-    def ns_name(self, suffix: str = "") -> str:
-        name = f"{self.id}{suffix}"
-        self.namespaces.append(name)
-        return name
-
-    def run(self, fn: Callable[..., Any], arg: Any) -> Any:
-        env = ActivityEnvironment()
-        env.on_heartbeat = lambda *details: self.heartbeats.append(details[0] if details else None)
-        return env.run(fn, arg)
-
-    def step(self, fn: Callable[..., Any], spec: Any, **upstream: StepOutput) -> Any:
-        return self.run(fn, StepInput(spec=spec, upstream=upstream))
-
-    def failure(
-        self, fn: Callable[..., Any], spec: Any, **upstream: StepOutput
-    ) -> ApplicationError:
-        with pytest.raises(ApplicationError) as caught:
-            self.step(fn, spec, **upstream)
-        return caught.value
-
-    # -- from outside ---------------------------------------------------------------
-
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        return self.cluster.kubectl(*args, input=input)
-
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        args = ["get", kind, name, "--ignore-not-found", "-o", "json"]
-        if namespace:
-            args += ["-n", namespace]
-        out = self.kubectl(*args).strip()
-        return json.loads(out) if out else None
-
-    def must_get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        obj = self.get(kind, name, namespace)
-        assert obj is not None, f"{kind} {namespace}/{name} does not exist"
-        return obj
-
-    def rv(self, kind: str, name: str, namespace: str | None = None) -> str:
-        return str(self.must_get(kind, name, namespace)["metadata"]["resourceVersion"])
-
-    def create(self, manifest: dict[str, Any]) -> None:
-        self.kubectl("create", "-f", "-", input=json.dumps(manifest))
-
-    def namespace(self, suffix: str = "", **kw: Any) -> NamespaceSpec:
-        spec = NamespaceSpec(owner=self.owner, cluster=CLUSTER, name=self.ns_name(suffix), **kw)
-        self.step(self.acts.ensure_namespace, spec)
-        return spec
-
-
-@pytest.fixture(scope="module")
-def sealer() -> Sealer:
-    key = base64.b64encode(os.urandom(32)).decode()
-    return Sealer(Keyring.parse(f"test-1:{key}"))
-
-
-@pytest.fixture(scope="module")
-def acts(kube_cluster: KubeCluster, sealer: Sealer) -> Iterator[KubernetesActivities]:
-    clusters = ClusterClients({CLUSTER: str(kube_cluster.kubeconfig)})
-    yield KubernetesActivities(clusters, sealer, poll_interval=0.2)
-    clusters.close()
-
-
-@pytest.fixture
-def env(kube_cluster: KubeCluster, acts: KubernetesActivities, sealer: Sealer) -> Iterator[Env]:
-    e = Env(kube_cluster, acts, sealer, id=f"t-{uuid.uuid4().hex[:10]}")
-    yield e
-    for ns in e.namespaces:
-        kube_cluster.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false")
 
 
 def foreign_labels(environment: str | None) -> dict[str, str]:
@@ -177,16 +84,6 @@ def test_unreachable_cluster_error_is_retryable(
     assert not (isinstance(caught.value, ApplicationError) and caught.value.non_retryable)
 
 
-def test_redaction_masks_values_and_their_base64() -> None:
-    value = "s3cr3t-value"
-    encoded = base64.b64encode(value.encode()).decode()
-    error = ApplicationError(f"bad {value} and {encoded}", type=INVALID_INPUT,
-                             non_retryable=True)
-    redacted = _redact(error, [value])
-    assert redacted.message == "bad *** and ***"
-    assert redacted.type == INVALID_INPUT and redacted.non_retryable
-
-
 # --- namespace ----------------------------------------------------------------------
 
 
@@ -196,7 +93,7 @@ def test_namespace_has_labels_quota_limits_and_isolation(env: Env) -> None:
     labels = ns["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "preview-engine"
     assert labels["preview.dev/environment"] == env.id
-    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
     hard = env.must_get("resourcequota", "preview-quota", spec.name)["spec"]["hard"]
     assert hard == {"requests.cpu": "3", "limits.cpu": "3",
@@ -415,18 +312,6 @@ def test_foreign_secret_is_refused(env: Env) -> None:
 # --- application --------------------------------------------------------------------
 
 
-def app_spec(env: Env, ns: str, **kw: Any) -> ApplicationSpec:
-    base: dict[str, Any] = dict(
-        owner=env.owner, cluster=CLUSTER, namespace=ns, name="web",
-        image="registry.example/shop/web:abc123", ports=[8080, 9090], replicas=2,
-        resources=Resources(cpu="200m", memory="256Mi"),
-        health_check=HealthCheck(path="/ready", port=9090, initial_delay_seconds=1),
-        command=["/bin/web", "--serve"], config_map="web-config", secret="web-secrets",
-        rollout_timeout_seconds=120,
-    )
-    return ApplicationSpec(**{**base, **kw})
-
-
 def test_application_rolls_out_on_kwok_nodes(env: Env) -> None:
     ns = env.namespace().name
     env.step(env.acts.ensure_config_map, ConfigMapSpec(
@@ -633,8 +518,3 @@ def test_foreign_ingress_is_refused(env: Env) -> None:
     assert error.type == FOREIGN_RESOURCE
     env.step(env.acts.remove_ingress, spec)
     assert "defaultBackend" in env.must_get("ingress", "web", ns)["spec"]
-
-
-def test_polls_start_fast_and_settle_at_the_interval() -> None:
-    assert list(itertools.islice(poll_delays(2.0), 8)) == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
-    assert list(itertools.islice(poll_delays(0.05), 3)) == [0.05, 0.05, 0.05]

@@ -26,14 +26,17 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients
-from activities.container_db import (
+from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT, ROLLOUT_FAILED
+from activities.kubernetes import (
+    ClusterClients,
     ContainerDatabaseActivities,
+    KubernetesActivities,
+)
+from activities.kubernetes.container_db_manifests import (
     fetch_dump_command,
     restore_command,
     seed_command,
 )
-from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT, ROLLOUT_FAILED
-from activities.kubernetes import ClusterClients, KubernetesActivities
 from domain.blueprint import DataPolicy, MaskingMethod, MaskingRule
 from domain.masking import (
     golden_dump_uri,
@@ -186,6 +189,18 @@ OBJECTS = [
 ]
 
 
+def assert_runs_as_postgres(pod: dict[str, Any]) -> None:
+    """A pod template within the `restricted` Pod Security Standard, as postgres (999)."""
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
+        "seccompProfile": {"type": "RuntimeDefault"}}
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True}, container["name"]
+
+
 # --- objects, binding, outputs -----------------------------------------------------------
 
 
@@ -213,9 +228,13 @@ def test_empty_database_objects_binding_and_sealed_outputs(env: Env) -> None:
     assert service["ports"][0]["port"] == 5432
     assert service["selector"] == {"app.kubernetes.io/name": "db-main"}
 
+    # Ready in a namespace that enforces `restricted` (the default of ensure_namespace).
+    ns_labels = env.must_get("namespace", env.id, namespaced=False)["metadata"]["labels"]
+    assert ns_labels["pod-security.kubernetes.io/enforce"] == "restricted"
     sts = env.must_get("statefulset", "db-main")
     assert sts["status"]["readyReplicas"] == 1
     pod = sts["spec"]["template"]["spec"]
+    assert_runs_as_postgres(pod)
     container = pod["containers"][0]
     assert container["image"] == "postgres:16"
     assert container["resources"]["requests"] == {"cpu": "250m", "memory": "256Mi"}
@@ -278,6 +297,7 @@ def test_seed_runs_as_a_job_that_completes(env: Env) -> None:
     assert completed(job) and job["status"]["succeeded"] == 1
     assert job["metadata"]["labels"]["preview.dev/environment"] == env.id
     pod = job["spec"]["template"]["spec"]
+    assert_runs_as_postgres(pod)
     assert pod["containers"][0]["command"] == seed_command()
     assert pod["volumes"][0]["secret"]["items"] == [{"key": "seed.sql", "path": "seed.sql"}]
     names = {e["name"] for e in pod["containers"][0]["env"]}
@@ -312,6 +332,7 @@ def test_restore_runs_fetch_then_pg_restore_and_completes(
     job = env.must_get("job", "db-main-load")
     assert completed(job)
     pod = job["spec"]["template"]["spec"]
+    assert_runs_as_postgres(pod)  # curl's image too: it only writes to the emptyDir
     fetch, restore = pod["initContainers"][0], pod["containers"][0]
     assert fetch["command"] == fetch_dump_command()
     assert restore["command"] == restore_command()

@@ -9,33 +9,27 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import get_args, get_origin
 
 import asyncpg
 import pytest
+from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.store import (
-    Conflict,
-    Invalid,
-    MigrationError,
-    NotFound,
-    ProjectSpec,
-    ScopedVariable,
-    Store,
-    StoreActivities,
-    VariableRef,
-    token_hash,
-)
+from activities.control_plane import StoreSourceActivities
 from domain.blueprint import (
+    COLLECTIONS,
     Application,
     AppliesTo,
     Blueprint,
+    BlueprintCollection,
     ClusterRef,
     Database,
     Environment,
     EnvironmentKind,
     Isolation,
+    Named,
     VariableKind,
     VariableScope,
 )
@@ -47,6 +41,17 @@ from domain.variables import Target, resolve_variables
 from engine.keyring import Keyring
 from engine.sealing import Sealer
 from stack.postgres import PostgresServer
+from store import (
+    Conflict,
+    Invalid,
+    MigrationError,
+    NotFound,
+    ProjectSpec,
+    ScopedVariable,
+    Store,
+    VariableRef,
+    token_hash,
+)
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "preview.yaml"
 SECRET = "s3cr3t-Value-that-must-never-leak-7f1c"
@@ -232,39 +237,88 @@ async def test_environment_application_database_crud(store: Store, project: str)
     with pytest.raises(NotFound, match="environment 'staging'"):
         await store.environments.get(project, "staging")
 
+    applications, databases = store.collections["applications"], store.collections["databases"]
     cache = Database(name="cache")
-    await store.databases.create(project, cache, "t")
-    page = await store.databases.list(project)
+    await databases.create(project, cache, "t")
+    page = await databases.list(project)
     assert [d.name for d in page.items] == ["main", "cache"] and page.total == 2
 
     admin = Application(name="admin", image="registry.local/hello/admin", depends_on=["cache"])
-    await store.applications.create(project, admin, "t")
-    apps = await store.applications.list(project, limit=2, offset=2)
+    await applications.create(project, admin, "t")
+    apps = await applications.list(project, limit=2, offset=2)
     assert [a.name for a in apps.items] == ["worker", "admin"] and apps.total == 4
     bigger = admin.model_copy(update={"replicas": 3})
-    assert await store.applications.replace(project, "admin", bigger, "t") == bigger
-    assert (await store.applications.get(project, "admin")).replicas == 3
+    assert await applications.replace(project, "admin", bigger, "t") == bigger
+    assert (await applications.get(project, "admin")).model_dump()["replicas"] == 3
     with pytest.raises(Invalid, match="must match the one in the path"):
-        await store.applications.replace(project, "web", bigger, "t")
+        await applications.replace(project, "web", bigger, "t")
     with pytest.raises(NotFound):
-        await store.applications.replace(project, "ghost", bigger.model_copy(
+        await applications.replace(project, "ghost", bigger.model_copy(
             update={"name": "ghost"}), "t")
 
     # The store keeps the project a valid blueprint: references are checked.
     with pytest.raises(Conflict, match="'admin' depends on 'cache'"):
-        await store.databases.delete(project, "cache", "t")
+        await databases.delete(project, "cache", "t")
     with pytest.raises(Invalid, match="depends on 'nowhere'"):
-        await store.applications.create(
+        await applications.create(
             project, Application(name="x", image="i", depends_on=["nowhere"]), "t")
     with pytest.raises(Invalid, match="cycle: admin -> admin"):
-        await store.applications.replace(project, "admin", admin.model_copy(
+        await applications.replace(project, "admin", admin.model_copy(
             update={"depends_on": ["admin"]}), "t")
-    await store.applications.delete(project, "admin", "t")
-    await store.databases.delete(project, "cache", "t")
+    await applications.delete(project, "admin", "t")
+    await databases.delete(project, "cache", "t")
     with pytest.raises(NotFound):
-        await store.applications.delete(project, "admin", "t")
+        await applications.delete(project, "admin", "t")
     with pytest.raises(NotFound, match="project 'nope' not found"):
-        await store.applications.list("nope")
+        await applications.list("nope")
+
+
+# ---------------------------------------------------------------------------- blueprint collections
+
+
+def test_collections_declare_every_element_list_of_the_blueprint() -> None:
+    """COLLECTIONS and Blueprint agree: each entry is a list field of its own model, and
+    every list of named elements a blueprint holds has an entry."""
+    lists = {name: get_args(field.annotation)[0] for name, field in Blueprint.model_fields.items()
+             if get_origin(field.annotation) is list}
+    named = {name: model for name, model in lists.items() if issubclass(model, Named)}
+    assert named == {kind.field: kind.model for kind in COLLECTIONS}
+    for attribute in ("field", "label", "path", "table"):
+        assert len({getattr(kind, attribute) for kind in COLLECTIONS}) == len(COLLECTIONS)
+
+
+@pytest.mark.parametrize("kind", COLLECTIONS, ids=lambda kind: kind.field)
+def test_element_names_are_unique_within_each_collection(kind: BlueprintCollection) -> None:
+    blueprint = example()
+    items = kind.items(blueprint)
+    assert items, f"examples/preview.yaml has no {kind.label}: the tests copy one from there"
+    twice = [item.model_dump() for item in [*items, items[0]]]
+    with pytest.raises(ValidationError, match=f"duplicate {kind.label} names: {items[0].name}"):
+        Blueprint.model_validate({**blueprint.model_dump(), kind.field: twice})
+
+
+async def test_every_collection_has_its_table_and_round_trips(
+    store: Store, project: str
+) -> None:
+    """The store serves each entry of COLLECTIONS from its own table (the layout every
+    element table shares), and import then export gives each collection back in order."""
+    layout = ("SELECT column_name, data_type, is_nullable, column_default FROM "
+              "information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position")
+    shared = await store.pool.fetch(layout, "environments")
+    blueprint = await store.export_blueprint(project)
+    for kind in COLLECTIONS:
+        assert await store.pool.fetch(layout, kind.table) == shared, kind.table
+        collection = store.collections[kind.field]
+        assert (collection.table, collection.model, collection.label) == (
+            kind.table, kind.model, kind.label)
+        listed = await collection.list(project, limit=500)
+        assert listed.items == kind.items(blueprint) == kind.items(example()), kind.field
+    # Reversed, every collection's order survives import and export (its `position`).
+    reversed_ = blueprint.model_copy(update={kind.field: kind.items(blueprint)[::-1]
+                                             for kind in COLLECTIONS})
+    result = await store.import_blueprint(reversed_, "t")
+    assert all(getattr(result, kind.field) == len(kind.items(reversed_)) for kind in COLLECTIONS)
+    assert await store.export_blueprint(project) == reversed_
 
 
 # ---------------------------------------------------------------------------- variables
@@ -525,7 +579,7 @@ async def test_source_environment_and_resolution_of_the_example(
 
 
 async def test_load_source_environment_activity(store: Store, project: str) -> None:
-    activities = StoreActivities(store)
+    activities = StoreSourceActivities(store)
     env = ActivityEnvironment()
     repository = (await store.get_project(project)).repository
     source = await env.run(activities.load_source_environment,
@@ -546,7 +600,7 @@ async def test_sweep_targets_come_from_every_projects_source_environment(
     tenant = Environment(isolation=Isolation.cluster, cluster=ClusterRef(name=f"t-{suffix}"))
     await store.environments.create(project, tenant.model_copy(update={"name": "isolated"}),
                                     "t")
-    activities = StoreActivities(store)
+    activities = StoreSourceActivities(store)
     run = ActivityEnvironment().run
     # Only the source environment's targets count: previews are copies of it alone.
     before = await run(activities.list_sweep_targets)

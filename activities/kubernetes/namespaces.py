@@ -1,0 +1,227 @@
+"""Namespace activities: each preview's namespace with its quota, default limits,
+network policies and pod-security labels, and the orphan sweeper's per-cluster listing
+and removal of environments (which are their namespaces)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.kubernetes.api import (
+    ENVIRONMENT_LABEL,
+    MANAGED_BY_LABEL,
+    ClusterClients,
+    Json,
+    KubeApi,
+    Ref,
+    ensure_owned,
+    get_owned,
+    heartbeat,
+    is_ours,
+    poll_delays,
+    warn_not_ours,
+)
+from domain.naming import MANAGED_BY, Ownership
+from domain.resources import (
+    KubeEnvironmentInput,
+    KubeSweepInput,
+    NamespaceSpec,
+    StepInput,
+    StepOutput,
+)
+
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+
+POD_SECURITY = "pod-security.kubernetes.io"
+
+
+def pod_security_labels(level: str) -> dict[str, str]:
+    """Previews run arbitrary images from pull requests: the namespace enforces `level`
+    (restricted unless the blueprint lowers it) of the cluster's current standard, and
+    audits and warns at restricted whatever it enforces, so what a lowered level lets
+    through stays visible in the audit log and in every apply's warnings."""
+    return {
+        f"{POD_SECURITY}/enforce": level,
+        f"{POD_SECURITY}/enforce-version": "latest",
+        f"{POD_SECURITY}/audit": "restricted",
+        f"{POD_SECURITY}/audit-version": "latest",
+        f"{POD_SECURITY}/warn": "restricted",
+        f"{POD_SECURITY}/warn-version": "latest",
+    }
+
+
+class NamespaceActivities:
+    """The namespace pair and the sweeper's two activities; holds its clients so tests
+    inject them."""
+
+    def __init__(
+        self,
+        clusters: ClusterClients,
+        *,
+        poll_interval: float = 2.0,
+        namespace_timeout: float = 900.0,
+    ) -> None:
+        self.clusters = clusters
+        self.poll_interval = poll_interval
+        self.namespace_timeout = namespace_timeout
+
+    def api(self, cluster: str) -> KubeApi:
+        return KubeApi(self.clusters.get(cluster))
+
+    # -- namespace --------------------------------------------------------------------
+
+    @activity.defn(name=NamespaceSpec.present)
+    def ensure_namespace(self, input: StepInput) -> StepOutput:
+        spec = input.spec_as(NamespaceSpec)
+        api = self.api(spec.cluster)
+        labels = spec.owner.labels()
+        ns = Ref.of("Namespace", spec.name)
+        current = get_owned(api, ns, spec.owner)
+        if current is not None and (current.get("metadata") or {}).get("deletionTimestamp"):
+            # Nothing can be created in a terminating namespace; the retry
+            # policy brings us back once it is gone.
+            raise ApplicationError(
+                f"{ns.what} is still being deleted; it will be recreated once it is gone",
+                type=NAMESPACE_TERMINATING,
+            )
+        api.apply(ns, ns.manifest({**labels, **pod_security_labels(spec.pod_security)}))
+        for ref, manifest in self._namespace_objects(spec, labels):
+            ensure_owned(api, ref, manifest, spec.owner)
+        detail = "" if spec.pod_security == "restricted" else f"pod security {spec.pod_security}"
+        return StepOutput(values={"namespace": spec.name}, detail=detail)
+
+    @staticmethod
+    def _namespace_objects(
+        spec: NamespaceSpec, labels: Mapping[str, str]
+    ) -> list[tuple[Ref, Json]]:
+        name = spec.name
+        quota = Ref.of("ResourceQuota", "preview-quota", name)
+        limits = Ref.of("LimitRange", "preview-limits", name)
+        deny = Ref.of("NetworkPolicy", "default-deny-ingress", name)
+        same = Ref.of("NetworkPolicy", "allow-same-namespace", name)
+        ingress = Ref.of("NetworkPolicy", "allow-from-ingress-controller", name)
+        return [
+            (
+                quota,
+                quota.manifest(labels, spec={"hard": {
+                    "requests.cpu": spec.cpu_quota,
+                    "limits.cpu": spec.cpu_quota,
+                    "requests.memory": spec.memory_quota,
+                    "limits.memory": spec.memory_quota,
+                }}),
+            ),
+            (
+                # A quota on limits rejects pods without them: give containers defaults.
+                limits,
+                limits.manifest(labels, spec={"limits": [{
+                    "type": "Container",
+                    "default": {"cpu": "500m", "memory": "512Mi"},
+                    "defaultRequest": {"cpu": "100m", "memory": "128Mi"},
+                }]}),
+            ),
+            (
+                deny,
+                deny.manifest(labels, spec={"podSelector": {}, "policyTypes": ["Ingress"]}),
+            ),
+            (
+                same,
+                same.manifest(labels, spec={
+                    "podSelector": {},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": [{"podSelector": {}}]}],
+                }),
+            ),
+            (
+                ingress,
+                ingress.manifest(labels, spec={
+                    "podSelector": {},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": spec.ingress_namespace,
+                    }}}]}],
+                }),
+            ),
+        ]
+
+    @activity.defn(name=NamespaceSpec.absent)
+    def remove_namespace(self, input: StepInput) -> None:
+        spec = input.spec_as(NamespaceSpec)
+        api = self.api(spec.cluster)
+        ns = Ref.of("Namespace", spec.name)
+        current = api.get(ns)
+        if current is None:
+            return
+        if not is_ours(current, spec.owner):
+            warn_not_ours(ns, spec.owner)
+            return
+        self._delete_namespace(api, ns, current)
+
+    def _delete_namespace(self, api: KubeApi, ns: Ref, current: Json) -> None:
+        """Delete a namespace (of ours: the caller checked) and wait until it is gone."""
+        if not (current.get("metadata") or {}).get("deletionTimestamp"):
+            api.delete(ns)
+        # Deletion is asynchronous: the namespace stays Terminating until every
+        # object in it is gone. Report done only once the API answers 404.
+        started = time.monotonic()
+        delays = poll_delays(self.poll_interval)
+        while (live := api.get(ns)) is not None:
+            waited = time.monotonic() - started
+            status = live.get("status") or {}
+            heartbeat({"namespace": ns.name, "phase": status.get("phase"),
+                       "waited_s": round(waited, 1)})
+            if waited > self.namespace_timeout:
+                blocking = "; ".join(
+                    f"{c.get('type')}: {c.get('message')}"
+                    for c in status.get("conditions") or []
+                    if c.get("status") == "True"
+                )
+                # Retryable: the next attempt picks up the wait where this one gave up.
+                raise ApplicationError(
+                    f"{ns.what} still terminating after {waited:.0f}s"
+                    + (f" ({blocking})" if blocking else ""),
+                    type=NAMESPACE_TERMINATING,
+                )
+            time.sleep(next(delays))
+
+    # -- orphan sweeper ---------------------------------------------------------------
+
+    @activity.defn(name="list_kube_environments")
+    def list_kube_environments(self, request: KubeSweepInput) -> dict[str, list[str]]:
+        """Environment id → ["namespace <name>", ...] for every namespace we manage there."""
+        api = self.api(request.cluster)
+        found: dict[str, list[str]] = {}
+        for ns in api.list("Namespace", None, {MANAGED_BY_LABEL: MANAGED_BY}):
+            meta = ns.get("metadata") or {}
+            environment = (meta.get("labels") or {}).get(ENVIRONMENT_LABEL)
+            if not environment:
+                continue  # our manager label without an owner: nobody to attribute it to
+            found.setdefault(environment, []).append(f"namespace {meta['name']}")
+        return {env: sorted(items) for env, items in sorted(found.items())}
+
+    @activity.defn(name="remove_kube_environment")
+    def remove_kube_environment(self, request: KubeEnvironmentInput) -> list[str]:
+        """Delete every namespace of one environment there and wait until each is gone.
+
+        The label selector is the ownership check: only namespaces carrying our mark for
+        this environment are listed, so nothing foreign can be deleted.
+        """
+        api = self.api(request.cluster)
+        owner = Ownership(environment=request.environment)
+        removed: list[str] = []
+        namespaces = api.list("Namespace", None, owner.labels())
+        for current in sorted(namespaces, key=lambda n: n["metadata"]["name"]):
+            ns = Ref.of("Namespace", current["metadata"]["name"])
+            self._delete_namespace(api, ns, current)
+            removed.append(f"namespace {ns.name}")
+        return removed
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """Every activity of this class, for the worker."""
+        return [
+            self.ensure_namespace, self.remove_namespace,
+            self.list_kube_environments, self.remove_kube_environment,
+        ]

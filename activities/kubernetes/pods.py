@@ -1,0 +1,112 @@
+"""The pods of a preview: how every pod template of ours is hardened, and why pods are
+not running (one diagnosis for every wait on pods: an application's rollout, a container
+database starting, its data-loading Job)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from activities.kubernetes.api import Json, KubeApi
+
+# What the admission controller says when a pod breaks the namespace's Pod Security
+# Standard (e.g. `pods "web-5d8f" is forbidden: violates PodSecurity "restricted:latest"`).
+POD_SECURITY_VIOLATION = "violates PodSecurity"
+
+
+def hardened(
+    pod: Json,
+    *,
+    run_as_non_root: bool = True,
+    run_as_user: int | None = None,
+    run_as_group: int | None = None,
+    fs_group: int | None = None,
+) -> Json:
+    """`pod` (a pod template's spec) with the least rights PR code needs: no service
+    account token, the runtime's default seccomp profile, no privilege escalation, no
+    capabilities and, unless opted out, no root. That passes the `restricted` Pod
+    Security Standard; without `run_as_non_root` it passes `baseline` only.
+
+    Opting out leaves runAsNonRoot unset (not false): the image's own USER decides.
+    """
+    context: Json = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if run_as_non_root:
+        context["runAsNonRoot"] = True
+    for key, value in (("runAsUser", run_as_user), ("runAsGroup", run_as_group),
+                       ("fsGroup", fs_group)):
+        if value is not None:
+            context[key] = value
+    container_context: Json = {"allowPrivilegeEscalation": False,
+                               "capabilities": {"drop": ["ALL"]}}
+    if run_as_non_root:
+        container_context["runAsNonRoot"] = True
+    return {
+        **pod,
+        "automountServiceAccountToken": False,
+        "securityContext": context,
+        **{
+            key: [{**c, "securityContext": dict(container_context)} for c in pod[key]]
+            for key in ("initContainers", "containers") if key in pod
+        },
+    }
+
+
+# Container states that a kubelet will not get out of by itself: the wait fails now
+# instead of at its deadline.
+FATAL_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+# What to do when a pod cannot run because of the hardening above (said in the error).
+NON_ROOT_HINT = (
+    "give the image a numeric non-root USER (or set the application's run_as_user), or "
+    "opt the application out of runAsNonRoot in the blueprint's policy, with a reason"
+)
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    fatal: bool  # stuck for good (FATAL_WAITING_REASONS): waiting longer cannot help
+    why: str
+
+
+def pod_problem(api: KubeApi, namespace: str, selector: Mapping[str, str]) -> PodProblem | None:
+    """The first pod `selector` picks (by name) that is stuck, if any.
+
+    A fatal container state anywhere wins; otherwise the first waiting container (init
+    containers first), or else the first pod that cannot be scheduled, which can clear
+    (autoscaler, quota freed) and so is never fatal.
+    """
+    waiting: PodProblem | None = None
+    pods = api.list("Pod", namespace, selector)
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        name = pod["metadata"]["name"]
+        status = pod.get("status") or {}
+        for cs in [*(status.get("initContainerStatuses") or []),
+                   *(status.get("containerStatuses") or [])]:
+            state = (cs.get("state") or {}).get("waiting") or {}
+            reason = state.get("reason")
+            message = state.get("message") or ""
+            why = f"pod {name} container {cs.get('name')}: {reason}: {message}"
+            if "runAsNonRoot" in message:
+                # The kubelet refuses an image that runs as root (or as a user name).
+                why = f"{why}; {NON_ROOT_HINT}"
+            if reason in FATAL_WAITING_REASONS:
+                return PodProblem(True, why.rstrip(": "))
+            if reason and waiting is None:
+                waiting = PodProblem(False, why.rstrip(": "))
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                waiting = waiting or PodProblem(
+                    False, f"pod {name}: {cond.get('reason')}: {cond.get('message')}")
+    return waiting

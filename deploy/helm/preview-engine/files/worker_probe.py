@@ -1,0 +1,82 @@
+"""Is this pod's worker polling its task queue? The workers' startup, readiness and
+liveness probe (the chart mounts it; it runs in the engine's image).
+
+    python worker_probe.py [--target cluster:NAME|account:ID] [--max-age SECONDS]
+
+It asks Temporal which workers poll the queue the worker serves (the lifecycle queue's
+workflow tasks, or a tenant queue's activity tasks) and looks for this pod's worker by
+its identity: the SDK's default `<pid>@<host name>`, and the worker is the container's
+PID 1. Exit 1 when Temporal answers and no such poller was seen within max-age seconds
+(the worker is stuck, or its pollers died); exit 0 when it was, or when Temporal cannot
+be asked at all: a restart cannot bring Temporal back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import time
+
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+from domain.systems import tenant_queue
+from engine.client import connect
+from engine.settings import Settings
+
+TIMEOUT_SECONDS = 10.0
+
+
+def queue_of(settings: Settings, target: str | None) -> tuple[str, TaskQueueType.ValueType]:
+    """The queue a worker of `target` polls, and the kind of task to look for."""
+    if not target:
+        return settings.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
+    kind, _, name = target.partition(":")
+    # A tenant worker runs activities only.
+    return tenant_queue(settings.task_queue, kind, name), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+
+
+async def last_seen(settings: Settings, queue: str, kind: TaskQueueType.ValueType,
+                    identity: str) -> float | None:
+    """Seconds since `identity` last polled `queue`; None if it is not among its pollers."""
+    client = await asyncio.wait_for(connect(settings), TIMEOUT_SECONDS)
+    answer = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(namespace=settings.temporal_namespace,
+                                 task_queue=TaskQueue(name=queue), task_queue_type=kind),
+        timeout=TIMEOUT_SECONDS)
+    for poller in answer.pollers:
+        if poller.identity == identity:
+            return max(0.0, time.time() - poller.last_access_time.ToSeconds())
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", help="cluster:NAME or account:ID (a tenant worker)")
+    parser.add_argument("--max-age", type=float, default=300.0,
+                        help="seconds since the last poll after which the worker is stuck")
+    parser.add_argument("--identity", default=f"1@{socket.gethostname()}",
+                        help="the worker's Temporal identity (default: PID 1 of this host)")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    queue, kind = queue_of(settings, args.target)
+    try:
+        age = asyncio.run(last_seen(settings, queue, kind, args.identity))
+    except Exception as error:  # Temporal out of reach: not this worker's fault
+        print(f"cannot ask Temporal ({type(error).__name__}: {error}); passing", flush=True)
+        return 0
+    if age is None:
+        print(f"{args.identity} is not polling {queue}", flush=True)
+        return 1
+    if age > args.max_age:
+        print(f"{args.identity} last polled {queue} {age:.0f}s ago", flush=True)
+        return 1
+    print(f"{args.identity} polled {queue} {age:.0f}s ago", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
