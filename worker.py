@@ -172,11 +172,7 @@ async def build_activities(
 async def kubernetes_activities(settings: Settings, target: Target, resources: Resources,
                                 sealer: Sealer) -> list[object]:
     from activities.aws import AwsClients
-    from activities.kubernetes import (
-        ClusterClients,
-        ContainerDatabaseActivities,
-        KubernetesActivities,
-    )
+    from activities.kubernetes import ClusterClients, kubernetes_activities
 
     kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
     stored = None
@@ -200,8 +196,7 @@ async def kubernetes_activities(settings: Settings, target: Target, resources: R
     # clusters, which only their own tenant's worker may reach.
     clusters = ClusterClients(kubeconfigs, stored=stored)
     resources.closers.append(clusters.close)
-    return [KubernetesActivities(clusters, sealer),
-            ContainerDatabaseActivities(clusters, sealer, AwsClients(settings))]
+    return kubernetes_activities(clusters, sealer, AwsClients(settings))
 
 
 async def control_plane_activities(settings: Settings, resources: Resources) -> list[object]:

@@ -98,6 +98,13 @@ class HealthCheck(Model):
     initial_delay_seconds: int = Field(0, ge=0)
 
 
+class RunAsRoot(Model):
+    """An application whose image needs uid 0: it runs without runAsNonRoot, in a
+    namespace whose pod security the policy lowers to baseline. Shown on the PR."""
+
+    reason: str = Field(min_length=3, max_length=200, description="Why, for reviewers")
+
+
 class Application(Named):
     image: str = Field(description="Image repository; previews run the PR's commit as tag")
     ports: list[Port] = Field(default_factory=lambda: [8080], min_length=1)
@@ -106,8 +113,12 @@ class Application(Named):
     health_check: HealthCheck | None = None
     command: list[str] | None = None
     public: bool = True
-    custom_domains: list[HostName] = Field(default_factory=list)
+    custom_domains: list[HostName] = Field(
+        default_factory=list, description="Production host names; a preview never takes "
+        "them: it is served at <app>-pr-<n>.<network.base_domain>")
     depends_on: list[str] = Field(default_factory=list)
+    run_as_root: RunAsRoot | None = Field(
+        None, description="Opt out of runAsNonRoot (needs policy.pod_security baseline)")
 
 
 class DatabaseMode(StrEnum):
@@ -243,6 +254,12 @@ class ForkBehaviour(StrEnum):
     allow_secrets = "allow_secrets"
 
 
+class PodSecurityLevel(StrEnum):
+    restricted = "restricted"
+    baseline = "baseline"
+    privileged = "privileged"
+
+
 class PreviewPolicy(Model):
     ttl_hours: int = Field(72, ge=1)
     inactivity_hours: int = Field(24, ge=1)
@@ -254,6 +271,18 @@ class PreviewPolicy(Model):
     forks: ForkBehaviour = ForkBehaviour.build_without_secrets
     cpu_quota: str = "4"
     memory_quota: str = "8Gi"
+    pod_security: PodSecurityLevel = Field(
+        PodSecurityLevel.restricted, description="Pod Security Standard the preview "
+        "namespace enforces; lower than restricted needs pod_security_reason")
+    pod_security_reason: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def _lowered_with_reason(self) -> PreviewPolicy:
+        if self.pod_security != PodSecurityLevel.restricted and not self.pod_security_reason:
+            raise ValueError(f"pod_security {self.pod_security.value} needs "
+                             "pod_security_reason: say why previews may run with fewer "
+                             "protections")
+        return self
 
 
 class Environment(Named):
@@ -310,6 +339,12 @@ class Blueprint(Model):
                 raise ValueError(
                     f"variable {var.key} names unknown application {var.application!r}"
                 )
+        rooted = [a.name for a in self.applications if a.run_as_root]
+        if rooted and self.policy.pod_security == PodSecurityLevel.restricted:
+            raise ValueError(
+                f"application {rooted[0]!r} opts out of runAsNonRoot, which the restricted "
+                "pod security level refuses: set policy.pod_security to baseline (with "
+                "policy.pod_security_reason), or make the image run as a non-root user")
         _check_aliases(self)
         if (
             self.environment.isolation == Isolation.account

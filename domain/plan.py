@@ -194,9 +194,13 @@ def _namespace(ctx: _Context) -> list[Step]:
         name=ctx.namespace,
         cpu_quota=policy.cpu_quota,
         memory_quota=policy.memory_quota,
+        pod_security=policy.pod_security.value,
         ingress_namespace=ctx.options.ingress_namespace,
     )
-    return [ctx.step("namespace", spec, f"namespace {ctx.namespace}")]
+    summary = f"namespace {ctx.namespace}"
+    if policy.pod_security_reason:
+        summary += f", pod security {policy.pod_security.value}: {policy.pod_security_reason}"
+    return [ctx.step("namespace", spec, summary)]
 
 
 def _needs_vpc(bp: Blueprint) -> bool:
@@ -375,7 +379,9 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
         command=app.command,
         config_map=config,
         secret=secret,
-    ), f"application {app.name} at {ctx.pr.head_sha[:7]}",
+        run_as_non_root=app.run_as_root is None,
+    ), f"application {app.name} at {ctx.pr.head_sha[:7]}" + (
+        f", may run as root: {app.run_as_root.reason}" if app.run_as_root else ""),
         (f"config/{app.name}", f"secret/{app.name}", *app_deps)))
     if app.public:
         hosts = [hostname(app.name, ctx.pr.number, ctx.base_domain)]

@@ -1,15 +1,29 @@
 """Everything the engine does in Kubernetes clusters: the request layer (api.py), pod
-diagnosis (pods.py), namespaces and the sweeper (namespaces.py), what runs in them
-(workloads.py) and container databases (container_db.py)."""
+diagnosis and hardening (pods.py), namespaces and the sweeper (namespaces.py), what runs
+in them (workloads.py) and container databases (container_db.py).
 
+`kubernetes_activities` is what a worker serving Kubernetes registers: a new kind of
+resource in a cluster adds its activity object there, and nowhere else.
+"""
+
+from activities.aws import AwsClients
 from activities.kubernetes.api import ClusterClients, StoredKubeconfig, poll_delays
 from activities.kubernetes.container_db import ContainerDatabaseActivities
 from activities.kubernetes.workloads import KubernetesActivities
+from engine.sealing import Sealer
+
+
+def kubernetes_activities(clusters: ClusterClients, sealer: Sealer,
+                          aws: AwsClients) -> list[object]:
+    workloads = KubernetesActivities(clusters, sealer)
+    return [workloads, ContainerDatabaseActivities(clusters, sealer, aws)]
+
 
 __all__ = [
     "ClusterClients",
     "ContainerDatabaseActivities",
     "KubernetesActivities",
     "StoredKubeconfig",
+    "kubernetes_activities",
     "poll_delays",
 ]

@@ -359,6 +359,12 @@ def secret_manifest(ref: Ref, labels: Mapping[str, str], values: Mapping[str, st
     )
 
 
+def secret_value(secret: Json | None, key: str) -> str | None:
+    """One value of a Secret as read from the API (base64 in `data`), or None."""
+    encoded = ((secret or {}).get("data") or {}).get(key)
+    return base64.b64decode(encoded).decode() if encoded else None
+
+
 def redact(error: ApplicationError, values: Iterable[str]) -> ApplicationError:
     """The same error with every secret value (and its base64) masked out."""
     message = error.message

@@ -17,7 +17,6 @@ way and a create that follows still find the password the data directory was mad
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import time
@@ -46,6 +45,7 @@ from activities.kubernetes.api import (
     redact,
     remove_owned,
     secret_manifest,
+    secret_value,
     warn_not_ours,
 )
 from activities.kubernetes.container_db_manifests import (
@@ -122,7 +122,7 @@ class ContainerDatabaseActivities:
         # half a database of ours behind it.
         current = {ref: get_owned(api, ref, spec.owner) for ref in objects.all()}
 
-        password = _password_of(current[objects.secret]) or secrets.token_urlsafe(24)
+        password = secret_value(current[objects.secret], PASSWORD_KEY) or secrets.token_urlsafe(24)
         job = current[objects.job]
         loaded = False
         if job is not None:
@@ -368,11 +368,6 @@ def _validate(spec: ContainerDatabaseSpec) -> None:
                 "golden dump's S3 location (golden_dump_s3_uri)"
             )
         parse_s3_uri(spec.golden_dump_s3_uri)
-
-
-def _password_of(secret: Json | None) -> str | None:
-    encoded = ((secret or {}).get("data") or {}).get(PASSWORD_KEY)
-    return base64.b64decode(encoded).decode() if encoded else None
 
 
 def _claimed_by(pv: Json, claim: Ref) -> bool:

@@ -212,21 +212,28 @@ class KubernetesActivities(NamespaceActivities):
             remove_owned(api, svc_ref, spec.owner)  # a Service needs at least one port
         return applied
 
-    @activity.defn(name=ApplicationSpec.present)
-    def ensure_application(self, input: StepInput) -> StepOutput:
-        spec = input.spec_as(ApplicationSpec)
+    def roll_out(self, spec: ApplicationSpec) -> None:
+        """Apply a Deployment and its Service and wait until every replica is ready: for
+        applications, and for other kinds that run as one (caches)."""
         api = self.api(spec.cluster)
         self._apply_application(api, spec)
         self._wait_for_rollout(api, spec)
+
+    def take_down(self, spec: ApplicationSpec) -> None:
+        api = self.api(spec.cluster)
+        remove_owned(api, Ref.of("Service", spec.name, spec.namespace), spec.owner)
+        remove_owned(api, Ref.of("Deployment", spec.name, spec.namespace), spec.owner)
+
+    @activity.defn(name=ApplicationSpec.present)
+    def ensure_application(self, input: StepInput) -> StepOutput:
+        spec = input.spec_as(ApplicationSpec)
+        self.roll_out(spec)
         values = {"service": f"{spec.name}.{spec.namespace}.svc"} if spec.ports else {}
         return StepOutput(values=values, detail=_application_detail(spec))
 
     @activity.defn(name=ApplicationSpec.absent)
     def remove_application(self, input: StepInput) -> None:
-        spec = input.spec_as(ApplicationSpec)
-        api = self.api(spec.cluster)
-        remove_owned(api, Ref.of("Service", spec.name, spec.namespace), spec.owner)
-        remove_owned(api, Ref.of("Deployment", spec.name, spec.namespace), spec.owner)
+        self.take_down(input.spec_as(ApplicationSpec))
 
     @activity.defn(name=ApplicationSpec.sleep)
     def sleep_application(self, spec: ApplicationSpec) -> None:

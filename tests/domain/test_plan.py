@@ -280,3 +280,23 @@ def test_connection_urls_follow_the_collections_declaration() -> None:
         "DATABASE_URL": "database/orders", "DATABASE_URL_ORDERS": "database/orders"}
     assert set(jobs.upstream) == {"DATABASE_URL", "DATABASE_URL_MAIN", "DATABASE_URL_ORDERS"}
     assert plan.step("secret/web").depends_on == ("namespace", "database/orders")
+
+
+def test_hardened_by_default_and_opt_outs_need_a_reason_and_a_lower_level() -> None:
+    plan = plan_preview(blueprint(), PR)
+    namespace, app = plan.step("namespace").spec, plan.step("app/web").spec
+    assert isinstance(namespace, NamespaceSpec) and namespace.pod_security == "restricted"
+    assert isinstance(app, ApplicationSpec) and app.run_as_non_root
+    rooted = {"name": "web", "image": "r/web", "run_as_root": {"reason": "vendor image"}}
+    with pytest.raises(ValidationError, match="restricted pod security level refuses"):
+        blueprint(applications=[rooted])
+    with pytest.raises(ValidationError, match="needs pod_security_reason"):
+        blueprint(applications=[rooted], policy={"pod_security": "baseline"})
+    lowered = plan_preview(blueprint(applications=[rooted], policy={
+        "pod_security": "baseline", "pod_security_reason": "legacy web image"}), PR)
+    namespace, app = lowered.step("namespace").spec, lowered.step("app/web").spec
+    assert isinstance(namespace, NamespaceSpec) and namespace.pod_security == "baseline"
+    assert isinstance(app, ApplicationSpec) and not app.run_as_non_root
+    # Reviewers see both on the pull request (step summaries are its resource list).
+    assert "may run as root: vendor image" in lowered.step("app/web").summary
+    assert "pod security baseline: legacy web image" in lowered.step("namespace").summary
