@@ -121,6 +121,16 @@ class Application(Named):
         None, description="Opt out of runAsNonRoot (needs policy.pod_security baseline)")
 
 
+class Cache(Named):
+    """A Redis server of the preview's own, in its namespace, empty at start. Applications
+    that name it in depends_on get REDIS_URL (and REDIS_URL_<NAME>)."""
+
+    image: str = Field("redis:7.4-alpine", description="Redis image, with its tag")
+    memory: str = Field("256Mi", pattern=r"^[1-9][0-9]{0,5}(Mi|Gi)$",
+                        description="Memory of the server; maxmemory is 90% of it")
+    cpu: str = "250m"
+
+
 class DatabaseMode(StrEnum):
     container = "container"  # a StatefulSet in the preview's namespace
     shared = "shared"  # a database on the shared preview PostgreSQL server
@@ -308,6 +318,7 @@ class Blueprint(Model):
     environment: Environment = Environment()
     applications: list[Application] = Field(min_length=1)
     databases: list[Database] = Field(default_factory=list)
+    caches: list[Cache] = Field(default_factory=list)
     network: Network = Network()
     variables: list[Variable] = Field(default_factory=list)
     policy: PreviewPolicy = PreviewPolicy()
@@ -408,6 +419,8 @@ COLLECTIONS: tuple[BlueprintCollection, ...] = (
     BlueprintCollection(field="databases", model=Database, label="database",
                         path="databases", table="databases", step_prefix="database",
                         url_variable="DATABASE_URL", used_by_default=True),
+    BlueprintCollection(field="caches", model=Cache, label="cache", path="caches",
+                        table="caches", step_prefix="cache", url_variable="REDIS_URL"),
 )
 
 

@@ -40,6 +40,7 @@ from domain.resources import (
     ApplicationSpec,
     AuroraCloneSpec,
     AwsTarget,
+    CacheSpec,
     CertificateSpec,
     ConfigMapSpec,
     ContainerDatabaseSpec,
@@ -303,6 +304,15 @@ def _databases(ctx: _Context) -> list[Step]:
     return [_database(ctx, db) for db in ctx.blueprint.databases]
 
 
+def _caches(ctx: _Context) -> list[Step]:
+    kind = collection("caches")
+    return [ctx.step(kind.step_key(cache.name), CacheSpec(
+        owner=ctx.owner, cluster=ctx.blueprint.environment.cluster.name,
+        namespace=ctx.namespace, name=object_name(f"cache-{cache.name}"), image=cache.image,
+        memory=cache.memory, cpu=cache.cpu,
+    ), f"Redis cache {cache.name}", ("namespace",)) for cache in ctx.blueprint.caches]
+
+
 def _connections(ctx: _Context, app: Application) -> tuple[dict[str, UpstreamRef], tuple[str, ...]]:
     """Connection URLs of what an application uses (databases, caches, any kind that
     COLLECTIONS declares with a url_variable), as secret values from those steps."""
@@ -451,7 +461,8 @@ def _after_slot(steps: list[Step]) -> list[Step]:
             else s.model_copy(update={"depends_on": ("slot",)}) for s in steps]
 
 
-RULES: Sequence[Rule] = (_slot, _namespace, _network, _databases, _applications, _tls, _dns)
+RULES: Sequence[Rule] = (_slot, _namespace, _network, _databases, _caches, _applications, _tls,
+                         _dns)
 
 
 def plan_preview(

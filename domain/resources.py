@@ -141,6 +141,19 @@ class ContainerDatabaseSpec(KubeSpec):
         default_factory=list, description="masked_clone: rules the golden dump must have had")
 
 
+class CacheSpec(KubeSpec):
+    """A Redis Deployment and Service with a generated password; output `url`, sealed."""
+
+    kind: Literal["cache"] = "cache"
+    present: ClassVar[str] = "ensure_cache"
+    absent: ClassVar[str | None] = "remove_cache"
+    namespace: str
+    name: str
+    image: str
+    memory: str = "256Mi"
+    cpu: str = "250m"
+
+
 # --- AWS --------------------------------------------------------------------------
 
 
@@ -247,6 +260,7 @@ ResourceSpec = Annotated[
     | ApplicationSpec
     | IngressSpec
     | ContainerDatabaseSpec
+    | CacheSpec
     | VpcSpec
     | DnsRecordsSpec
     | CertificateSpec

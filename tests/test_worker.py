@@ -55,6 +55,7 @@ def plans() -> Iterator[Plan]:
                 "applications": [{"name": "web", "image": "r/web"},
                                  {"name": "jobs", "image": "r/jobs", "public": False}],
                 "databases": DATABASES,
+                "caches": [{"name": "sessions"}],
                 "network": network,
             })
             yield plan_preview(blueprint, PR, options=options)

@@ -8,6 +8,7 @@ resource in a cluster adds its activity object there, and nowhere else.
 
 from activities.aws import AwsClients
 from activities.kubernetes.api import ClusterClients, StoredKubeconfig, poll_delays
+from activities.kubernetes.cache import CacheActivities
 from activities.kubernetes.container_db import ContainerDatabaseActivities
 from activities.kubernetes.workloads import KubernetesActivities
 from engine.sealing import Sealer
@@ -16,7 +17,8 @@ from engine.sealing import Sealer
 def kubernetes_activities(clusters: ClusterClients, sealer: Sealer,
                           aws: AwsClients) -> list[object]:
     workloads = KubernetesActivities(clusters, sealer)
-    return [workloads, ContainerDatabaseActivities(clusters, sealer, aws)]
+    return [workloads, ContainerDatabaseActivities(clusters, sealer, aws),
+            CacheActivities(workloads)]
 
 
 __all__ = [

@@ -110,7 +110,8 @@ async def test_none_mode_is_local_only(
 ) -> None:
     plain, body = sealed
     with pytest.raises(InsecureSettings, match="PREVIEW_CODEC_AUTH=none"):
-        create_app(settings_for(test_settings, codec_auth="none"), temporal_client, store)
+        create_app(settings_for(test_settings, codec_auth="none", profile="production"),
+                   temporal_client, store)
     with pytest.raises(InsecureSettings, match="PREVIEW_LISTEN_HOST"):
         CodecGate(settings_for(test_settings, codec_auth="none", profile="local",
                                listen_host="0.0.0.0"))

@@ -23,6 +23,7 @@ from domain.resources import (
     ApplicationSpec,
     AwsSpec,
     AwsTarget,
+    CacheSpec,
     ConfigMapSpec,
     ContainerDatabaseSpec,
     DnsRecordsSpec,
@@ -300,3 +301,23 @@ def test_hardened_by_default_and_opt_outs_need_a_reason_and_a_lower_level() -> N
     # Reviewers see both on the pull request (step summaries are its resource list).
     assert "may run as root: vendor image" in lowered.step("app/web").summary
     assert "pod security baseline: legacy web image" in lowered.step("namespace").summary
+
+
+def test_a_cache_is_a_step_of_its_own_wired_only_into_the_apps_that_name_it() -> None:
+    plan = plan_preview(blueprint(
+        applications=[{"name": "web", "image": "r/web", "depends_on": ["sessions"]},
+                      {"name": "jobs", "image": "r/jobs", "public": False}],
+        caches=[{"name": "sessions"}]), PR)
+    cache = plan.step("cache/sessions")
+    assert isinstance(cache.spec, CacheSpec) and cache.depends_on == ("namespace",)
+    assert cache.spec.namespace == plan.environment_id and cache.spec.name == "cache-sessions"
+    web, jobs = plan.step("secret/web").spec, plan.step("secret/jobs").spec
+    assert isinstance(web, SecretSpec) and isinstance(jobs, SecretSpec)
+    assert {k: r.step for k, r in web.upstream.items()} == {
+        "REDIS_URL": "cache/sessions", "REDIS_URL_SESSIONS": "cache/sessions"}
+    assert jobs.upstream == {}
+    assert "cache/sessions" in plan.step("secret/web").depends_on
+    with pytest.raises(ValidationError, match="duplicate cache names"):
+        blueprint(caches=[{"name": "a"}, {"name": "a"}])
+    with pytest.raises(ValidationError, match="memory"):
+        blueprint(caches=[{"name": "a", "memory": "lots"}])

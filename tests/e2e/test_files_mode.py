@@ -34,7 +34,9 @@ REPOSITORY = "acme/files-mode"
 BLUEPRINT: dict[str, Any] = {
     "project": {"name": "files-mode", "repository": REPOSITORY},
     "applications": [{"name": "web", "image": "registry.local/files/web",
-                      "depends_on": ["main"]}],
+                      "depends_on": ["main", "sessions"]},
+                     {"name": "jobs", "image": "registry.local/files/jobs", "public": False}],
+    "caches": [{"name": "sessions", "memory": "64Mi"}],
     "databases": [{"name": "main", "mode": "shared", "data_policy": "seed",
                    "seed_sql": "CREATE TABLE hello (x int); INSERT INTO hello VALUES (1);"}],
     "policy": {"max_live_previews": 2},
@@ -96,7 +98,10 @@ async def files_worker(postgres_server: Any, kube_cluster: Any, temporal_client:
 
 async def test_a_preview_from_a_blueprint_file_is_created_and_removed(
     files_worker: Settings, kube_cluster: Any, postgres_server: Any, temporal_client: Client,
+    git_host_module: Any,
 ) -> None:
+    """With a database and a Redis cache: only the application that names the cache
+    gets REDIS_URL; the cache shows in the status and on the pull request."""
     number = uuid.uuid4().int % 10**5 + 1
     env = environment_id(REPOSITORY, number)
     pr = PullRequest(repository=REPOSITORY, number=number, head_sha="c" * 40)
@@ -111,8 +116,22 @@ async def test_a_preview_from_a_blueprint_file_is_created_and_removed(
     assert ready == "1"
     secret = json.loads(kube_cluster.kubectl("get", "secret", "web-secrets", "-n", env,
                                              "-o", "json"))
-    url = base64.b64decode(secret["data"]["DATABASE_URL"]).decode()
-    assert env.replace("-", "_") in url
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert env.replace("-", "_") in values["DATABASE_URL"]
+    assert values["REDIS_URL"] == values["REDIS_URL_SESSIONS"]
+    assert values["REDIS_URL"].startswith("redis://:") and f".{env}.svc:6379/0" in values[
+        "REDIS_URL"]
+    jobs = json.loads(kube_cluster.kubectl("get", "secret", "jobs-secrets", "-n", env,
+                                           "-o", "json"))
+    assert "REDIS_URL" not in (jobs.get("data") or {}) and "DATABASE_URL" in jobs["data"]
+    assert kube_cluster.kubectl("get", "deploy", "cache-sessions", "-n", env, "-o",
+                                "jsonpath={.status.readyReplicas}") == "1"
+    cache_line = next(line for line in status.resources if line.startswith("Redis cache"))
+    assert cache_line == "Redis cache sessions (redis:7.4-alpine, 64Mi)"
+    comments = await eventually(lambda: git_host_module.comments(REPOSITORY, number),
+                                lambda c: c and "ready" in c[-1]["body"].lower())
+    assert cache_line in comments[-1]["body"]
+    assert values["REDIS_URL"] not in comments[-1]["body"]
 
     await lifecycle.destroy(temporal_client, REPOSITORY, number, "files mode done")
     assert (await handle.result()).state == "destroyed"
@@ -136,7 +155,7 @@ async def test_tls_previews_get_https_urls_and_dns_at_the_configured_load_balanc
     records = moto_server.client("route53").list_resource_record_sets(
         HostedZoneId=zone_id)["ResourceRecordSets"]
     cname = [r for r in records if r["Name"] == f"{host}." and r["Type"] == "CNAME"]
-    assert [v["Value"] for v in cname[0]["ResourceRecords"]] == [LOAD_BALANCER]
+    assert [v["Value"].rstrip(".") for v in cname[0]["ResourceRecords"]] == [LOAD_BALANCER]
     certificates = moto_server.client("acm").list_certificates()["CertificateSummaryList"]
     assert host in {c["DomainName"] for c in certificates}
 

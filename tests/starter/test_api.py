@@ -430,7 +430,7 @@ async def test_blueprint_import_and_export(client: httpx.AsyncClient, store: Sto
     first = await import_example(client, name, f"acme/{name}")
     assert first.status_code == 201 and first.json() == {
         "project": name, "environment": "production", "created": True, "applications": 3,
-        "databases": 1, "variables": 8}
+        "databases": 1, "caches": 1, "variables": 8}
     again = await import_example(client, name, f"acme/{name}")
     assert again.status_code == 200 and not again.json()["created"]
 
