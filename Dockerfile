@@ -9,6 +9,5 @@ COPY workflows workflows
 COPY activities activities
 COPY store store
 COPY starter starter
-COPY stack stack
 COPY worker.py ./
 RUN pip install --no-cache-dir -c constraints.txt .

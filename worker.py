@@ -134,11 +134,11 @@ async def build_activities(
         objects += await kubernetes_activities(settings, target, resources, sealer)
     if System.aws in target.systems:
         from activities.aws import AwsClients
-        from activities.dns import DnsActivities
-        from activities.network import NetworkActivities
-        from activities.rds import RdsActivities
-        from activities.sweeper_aws import AwsSweepActivities
-        from activities.tls import TlsActivities
+        from activities.aws.dns import DnsActivities
+        from activities.aws.network import NetworkActivities
+        from activities.aws.rds import RdsActivities
+        from activities.aws.sweeper import AwsSweepActivities
+        from activities.aws.tls import TlsActivities
 
         aws = AwsClients(settings)
         objects += [
@@ -149,7 +149,7 @@ async def build_activities(
             AwsSweepActivities(aws),
         ]
     if System.git_host in target.systems:
-        from activities.github import FeedbackActivities
+        from activities.git_host import FeedbackActivities
 
         objects.append(FeedbackActivities(settings))
     if System.postgres in target.systems:
@@ -201,9 +201,9 @@ async def kubernetes_activities(settings: Settings, target: Target, resources: R
 
 async def control_plane_activities(settings: Settings, resources: Resources) -> list[object]:
     """Planning, preview slots, where blueprints come from, and Temporal's visibility."""
-    from activities.control_plane import PreviewSlotActivities
-    from activities.planning import PlanningActivities
-    from activities.temporal import VisibilityActivities
+    from activities.control_plane.planning import PlanningActivities
+    from activities.control_plane.store import PreviewSlotActivities
+    from activities.control_plane.visibility import VisibilityActivities
 
     # Slots live in the store's database in every blueprint-source mode: it always
     # exists (the starter de-duplicates webhook deliveries in it).
@@ -218,10 +218,10 @@ async def control_plane_activities(settings: Settings, resources: Resources) -> 
 async def source_activities(settings: Settings, resources: Resources) -> object:
     """Where source environments come from: the store, or a folder of blueprint files."""
     if settings.blueprint_source == "files":
-        from activities.blueprints import BlueprintFileActivities
+        from activities.control_plane.blueprint_files import BlueprintFileActivities
 
         return BlueprintFileActivities(Path(settings.blueprint_dir))
-    from activities.control_plane import StoreSourceActivities
+    from activities.control_plane.store import StoreSourceActivities
 
     return StoreSourceActivities(await _store(settings, resources))
 

@@ -26,11 +26,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients, Waits
-from activities.dns import DnsActivities
+from activities.aws.dns import DnsActivities
+from activities.aws.network import NetworkActivities
+from activities.aws.rds import RdsActivities
 from activities.errors import INVALID_INPUT
 from activities.kubernetes import ClusterClients, ContainerDatabaseActivities, KubernetesActivities
-from activities.network import NetworkActivities
-from activities.rds import RdsActivities
 from domain.blueprint import Blueprint
 from domain.naming import Ownership
 from domain.plan import Plan, PlanOptions, plan_preview

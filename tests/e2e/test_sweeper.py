@@ -16,12 +16,12 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.aws import AwsClients
-from activities.blueprints import BlueprintFileActivities
+from activities.aws.network import NetworkActivities
+from activities.aws.sweeper import AwsSweepActivities
+from activities.control_plane.blueprint_files import BlueprintFileActivities
+from activities.control_plane.visibility import VisibilityActivities
 from activities.kubernetes import ClusterClients, KubernetesActivities
-from activities.network import NetworkActivities
 from activities.postgres import PostgresAccess, PreviewDatabaseActivities
-from activities.sweeper_aws import AwsSweepActivities
-from activities.temporal import VisibilityActivities
 from domain.naming import Ownership, environment_id, pg_identifier
 from domain.pull_request import PullRequest
 from domain.resources import (

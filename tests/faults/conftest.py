@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from activities.planning import plan_options
+from activities.control_plane.planning import plan_options
 from domain.plan import plan_preview
 from engine.settings import Settings
 from tests.faults.support import (

@@ -20,7 +20,7 @@ import asyncpg
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-from activities.planning import plan_options
+from activities.control_plane.planning import plan_options
 from domain.blueprint import Blueprint
 from domain.naming import Ownership, environment_id, hostname
 from domain.plan import Plan, PlanOptions, plan_preview

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.control_plane import StoreSourceActivities
+from activities.control_plane.store import StoreSourceActivities
 from domain.blueprint import (
     COLLECTIONS,
     Application,

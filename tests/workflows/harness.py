@@ -12,8 +12,8 @@ import yaml
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.blueprints import BlueprintFileActivities
-from activities.planning import PlanningActivities
+from activities.control_plane.blueprint_files import BlueprintFileActivities
+from activities.control_plane.planning import PlanningActivities
 from domain.plan import PlanOptions
 from domain.pull_request import PullRequest
 from starter import lifecycle

@@ -24,7 +24,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
 
-from activities.blueprints import BlueprintFileActivities
+from activities.control_plane.blueprint_files import BlueprintFileActivities
 from domain.resources import (
     AwsEnvironmentInput,
     AwsSweepInput,

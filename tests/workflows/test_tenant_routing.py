@@ -27,8 +27,8 @@ from temporalio.worker import (
     Worker,
 )
 
-from activities.blueprints import BlueprintFileActivities
-from activities.planning import PlanningActivities
+from activities.control_plane.blueprint_files import BlueprintFileActivities
+from activities.control_plane.planning import PlanningActivities
 from domain.blueprint import Blueprint
 from domain.plan import PlanOptions, plan_preview
 from domain.pull_request import PullRequest

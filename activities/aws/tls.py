@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 from temporalio import activity
 
-from activities.aws import (
+from activities.aws.clients import (
     AwsClients,
     Waits,
     failed,
@@ -23,7 +23,7 @@ from activities.aws import (
     tag_dict,
     tag_list,
 )
-from activities.dns import claim_cnames, release_cnames
+from activities.aws.dns import claim_cnames, release_cnames
 from activities.errors import invalid_input
 from domain.naming import Ownership, stable_hash
 from domain.resources import CertificateSpec, StepInput, StepOutput

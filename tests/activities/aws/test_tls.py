@@ -19,8 +19,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients, Waits
+from activities.aws.tls import TlsActivities
 from activities.errors import INVALID_INPUT
-from activities.tls import TlsActivities
 from domain.naming import Ownership
 from domain.resources import AwsTarget, CertificateSpec, StepInput, StepOutput
 from tests.plugins.moto import REGION, MotoServer

@@ -10,7 +10,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.control_plane import PreviewSlotActivities
+from activities.control_plane.store import PreviewSlotActivities
 from domain.naming import Ownership
 from domain.resources import PreviewSlotSpec, StepInput
 from stack.postgres import PostgresServer

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 from temporalio import activity
 
-from activities.aws import (
+from activities.aws.clients import (
     AwsClients,
     Waits,
     ec2_filters,

@@ -10,9 +10,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients, Waits
+from activities.aws.network import NetworkActivities
+from activities.aws.rds import RdsActivities, seed_snapshot_name, writer_name
 from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT
-from activities.network import NetworkActivities
-from activities.rds import RdsActivities, seed_snapshot_name, writer_name
 from domain.naming import Ownership
 from domain.resources import (
     AuroraCloneSpec,

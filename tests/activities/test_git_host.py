@@ -11,7 +11,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.github import GIT_HOST_REJECTED, GIT_HOST_UNAVAILABLE, FeedbackActivities
+from activities.git_host import GIT_HOST_REJECTED, GIT_HOST_UNAVAILABLE, FeedbackActivities
 from domain.feedback import Feedback, comment_marker, commit_state, render_comment
 from engine.settings import Settings
 from stack.ports import free_port

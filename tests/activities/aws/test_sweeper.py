@@ -9,11 +9,11 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients, Waits
-from activities.dns import DnsActivities
-from activities.network import NetworkActivities
-from activities.rds import RdsActivities
-from activities.sweeper_aws import AwsEnvironmentInput, AwsSweepActivities, AwsSweepInput
-from activities.tls import TlsActivities
+from activities.aws.dns import DnsActivities
+from activities.aws.network import NetworkActivities
+from activities.aws.rds import RdsActivities
+from activities.aws.sweeper import AwsEnvironmentInput, AwsSweepActivities, AwsSweepInput
+from activities.aws.tls import TlsActivities
 from domain.naming import Ownership
 from domain.resources import (
     AuroraCloneSpec,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.aws import AwsClients, Waits, heartbeat
-from activities.dns import list_marked_records, release_cnames
-from activities.network import list_vpcs, remove_vpcs
-from activities.rds import (
+from activities.aws.clients import AwsClients, Waits, heartbeat
+from activities.aws.dns import list_marked_records, release_cnames
+from activities.aws.network import list_vpcs, remove_vpcs
+from activities.aws.rds import (
     CLUSTER,
     INSTANCE,
     SNAPSHOT,
@@ -21,7 +21,7 @@ from activities.rds import (
     remove_instance,
     remove_snapshot,
 )
-from activities.tls import delete_certificates, list_certificates
+from activities.aws.tls import delete_certificates, list_certificates
 from domain.contract import LIST_AWS_ENVIRONMENTS, REMOVE_AWS_ENVIRONMENT
 from domain.naming import Ownership
 from domain.resources import AwsEnvironmentInput, AwsSweepInput, AwsTarget

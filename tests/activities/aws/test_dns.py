@@ -9,7 +9,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients
-from activities.dns import DnsActivities
+from activities.aws.dns import DnsActivities
 from activities.errors import FOREIGN_RESOURCE
 from domain.naming import Ownership
 from domain.resources import AwsTarget, DnsRecordsSpec, StepInput

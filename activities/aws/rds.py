@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.aws import (
+from activities.aws.clients import (
     AwsClients,
     Waits,
     failed,

@@ -9,8 +9,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients, Waits
+from activities.aws.network import NetworkActivities
 from activities.errors import FOREIGN_RESOURCE
-from activities.network import NetworkActivities
 from domain.naming import Ownership
 from domain.resources import AwsTarget, StepInput, StepOutput, VpcSpec
 from tests.plugins.moto import REGION, MotoServer

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from temporalio import activity
 
-from activities.aws import AwsClients, owning_environment
+from activities.aws.clients import AwsClients, owning_environment
 from activities.errors import foreign_resource
 from domain.naming import MANAGED_BY, Ownership
 from domain.resources import DnsRecordsSpec, StepInput, StepOutput
