@@ -174,6 +174,9 @@ def parse_blueprint(text: str, filename: str = "preview.yaml") -> Blueprint:
         raise BlueprintFileError(
             filename, [Problem(filename, None, None, "", f"invalid YAML: {error}")]
         ) from None
+    except RecursionError:
+        raise BlueprintFileError(filename, [Problem(
+            filename, None, None, "", "invalid YAML: nested too deeply")]) from None
     finally:
         loader.dispose()
     if root is None:

@@ -8,6 +8,7 @@ comment again instead of adding a new one on every update.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from domain.naming import DNS_LABEL
 
 FeedbackState = Literal[
-    "creating", "ready", "updating", "failed", "sleeping", "destroying", "destroyed"
+    "creating", "ready", "updating", "failed", "sleeping", "destroying", "destroyed", "skipped"
 ]
 # GitHub's commit status states; activities/github.py maps them to GitLab's.
 CommitState = Literal["pending", "success", "failure", "error"]
@@ -25,6 +26,26 @@ DESCRIPTION_MAX = 140  # GitHub rejects longer status descriptions.
 MESSAGE_MAX = 2000  # A comment is capped at 65536 characters; keep far below it.
 _MARKER_PREFIX = "<!-- preview-engine:"
 _SAFE_URL = re.compile(r"^https?://[^\s<>|`\\]+$")
+
+
+class TeardownReceipt(BaseModel):
+    """What a teardown removed, and what a check from outside found left afterwards."""
+
+    model_config = ConfigDict(frozen=True)
+
+    finished_at: datetime
+    removed: list[str] = Field(default_factory=list, max_length=500,
+                               description="One line per resource removed (step summaries)")
+    checked: list[str] = Field(default_factory=list, max_length=100,
+                               description="Systems listed afterwards: 'kubernetes:default', ...")
+    leftovers: list[str] = Field(default_factory=list, max_length=500,
+                                 description="'<system>: <resource>' still carrying our marks")
+    unchecked: list[str] = Field(default_factory=list, max_length=100,
+                                 description="'<system>: why it could not be listed'")
+
+    @property
+    def clean(self) -> bool:
+        return not self.leftovers and not self.unchecked
 
 
 class Feedback(BaseModel):
@@ -48,6 +69,7 @@ class Feedback(BaseModel):
         default_factory=list, max_length=200,
         description="What the preview is made of, one line each (step summaries)")
     message: str = ""
+    receipt: TeardownReceipt | None = Field(None, description="Set when the preview is gone")
     # A DNS label, so it cannot close the HTML comment that holds the marker.
     environment_id: str = Field(pattern=DNS_LABEL.pattern, max_length=63)
 
@@ -85,6 +107,7 @@ _HEADLINES: dict[str, str] = {
     "sleeping": "💤 Preview environment asleep",
     "destroying": "🧹 Removing the preview environment",
     "destroyed": "🗑️ Preview environment removed",
+    "skipped": "⏭️ No preview for this pull request",
 }
 
 
@@ -140,6 +163,9 @@ _DESCRIPTIONS: dict[str, tuple[CommitState, str]] = {
     "sleeping": ("success", "Preview environment asleep"),
     "destroying": ("success", "Removing the preview environment"),
     "destroyed": ("success", "Preview environment removed"),
+    # Not a problem with the commit either: a neutral note saying why (GitHub commit
+    # statuses have no neutral state; a required check must not block the merge).
+    "skipped": ("success", "No preview"),
     # "error" (the check could not run) is not used: a failed preview is reported as a
     # failure of this commit's preview, with the step that failed.
     "failed": ("failure", "Preview environment failed"),

@@ -20,8 +20,11 @@ class PullRequest(BaseModel):
                             description="owner/name (GitLab: group/…/name)")
     number: int = Field(ge=1, le=2**31 - 1)
     head_sha: str = Field(pattern=r"^[0-9a-f]{7,64}$")
-    branch: str = Field("", max_length=255)
-    base_branch: str = Field("", max_length=255)
+    # Git itself bounds each path component of a ref (255 bytes), not the whole name.
+    branch: str = Field("", max_length=MAX_TEXT)
+    base_branch: str = Field("", max_length=MAX_TEXT)
+    base_sha: str | None = Field(None, pattern=r"^[0-9a-f]{7,64}$",
+                                 description="The base branch's commit when the PR last changed")
     title: str = Field("", max_length=MAX_TEXT)
     author: str = Field("", max_length=255)
     url: str = Field("", max_length=MAX_TEXT)

@@ -46,6 +46,7 @@ from domain.blueprint import (
 from domain.blueprint_file import BlueprintFileError, dump_blueprint, field_path, parse_blueprint
 from domain.clusters import CLUSTER_NAME, MAX_KUBECONFIG_BYTES
 from engine.sealing import Sealer
+from starter.bodies import MAX_DEPTH, depth
 from store import (
     AuditEntry,
     ClusterMetadata,
@@ -643,6 +644,14 @@ async def _read_blueprint(request: Request, filename: str) -> Blueprint:
         except json.JSONDecodeError as error:
             raise Invalid(f"{filename}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}",
                           field="body") from None
+        except (ValueError, RecursionError):  # a huge integer, or nesting past the stack
+            data = None
+            too_big = True
+        else:
+            too_big = depth(data) > MAX_DEPTH
+        if too_big:
+            raise Invalid(f"{filename}: invalid JSON: nested more than {MAX_DEPTH} levels deep "
+                          "or a number of more than 4300 digits", field="body")
         try:
             return Blueprint.model_validate(data)
         except ValidationError as error:

@@ -26,6 +26,7 @@ from engine.codec_auth import CodecAccessDenied, CodecGate, IssuerUnavailable, s
 from engine.settings import Settings
 from starter import lifecycle
 from starter.api import router as api_router
+from starter.bodies import InvalidBody, parse_json
 from starter.events import (
     Deploy,
     Destroy,
@@ -73,9 +74,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HTTPException(400, f"body is not valid JSON: {error}") from None
+        payload = parse_json(body)
+    except InvalidBody as error:
+        raise HTTPException(400, str(error)) from None
     if not isinstance(payload, dict):
         raise HTTPException(400, "body must be a JSON object")
     return payload

@@ -106,6 +106,7 @@ def github_pull_request(payload: dict[str, Any]) -> PullRequest:
         "head_sha": (f"{pr}.head.sha", _field(payload, pr, "head", "sha")),
         "branch": (f"{pr}.head.ref", _field(payload, pr, "head", "ref")),
         "base_branch": (f"{pr}.base.ref", _optional(payload, pr, "base", "ref")),
+        "base_sha": (f"{pr}.base.sha", _optional(payload, pr, "base", "sha", default=None)),
         "title": (f"{pr}.title", _optional(payload, pr, "title")),
         "author": (f"{pr}.user.login", _optional(payload, pr, "user", "login")),
         "url": (f"{pr}.html_url", _optional(payload, pr, "html_url")),

@@ -282,3 +282,35 @@ async def test_a_delivery_left_unfinished_by_a_dead_starter_is_acted_on(
                              " VALUES ($1, 'pull_request')", hdrs2["X-GitHub-Delivery"])
     answer = await http.post("/webhooks/github", content=body2, headers=hdrs2)
     assert answer.json()["outcome"] == "duplicate"
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested too deeply"),
+    (b'{"a":' * 65 + b"1" + b"}" * 65, "nested too deeply"),
+    (b'{"number": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    (b"\xff\xfe{}", "not valid JSON"),
+])
+async def test_every_body_the_json_parser_refuses_is_a_400(
+    http: httpx.AsyncClient, body: bytes, why: str,
+) -> None:
+    """Validly signed, so only the body's shape decides: never a 500."""
+    answer = await http.post("/webhooks/github", content=body,
+                             headers=headers(body, "pull_request"))
+    assert answer.status_code == 400, answer.text
+    assert why in answer.json()["detail"]
+
+
+async def test_a_branch_name_as_long_as_git_allows_gets_a_preview(
+    http: httpx.AsyncClient, temporal_client: Client,
+) -> None:
+    """Three path components of 99 characters: legal in Git, and on GitHub."""
+    branch = "/".join(["b" * 99] * 3)
+    payload = json.loads(body_of("pull_request.opened"))
+    payload["pull_request"]["head"]["ref"] = branch
+    body = json.dumps(payload).encode()
+    answer = await http.post("/webhooks/github", content=body,
+                             headers=headers(body, "pull_request"))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["outcome"] == "deployed"
+    handle = temporal_client.get_workflow_handle(answer.json()["workflow_id"])
+    await handle.terminate("test done")  # no worker polls this queue
