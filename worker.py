@@ -148,6 +148,11 @@ async def build_activities(
             RdsActivities(aws, sealer),
             AwsSweepActivities(aws),
         ]
+    if System.registry in target.systems:
+        from activities.aws import AwsClients
+        from activities.registry import RegistryActivities
+
+        objects.append(RegistryActivities(settings, aws=AwsClients(settings)))
     if System.git_host in target.systems:
         from activities.git_host import FeedbackActivities
 

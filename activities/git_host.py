@@ -1,8 +1,15 @@
-"""Pull request feedback on GitHub and GitLab: one comment kept up to date, one commit status.
+"""Pull request feedback on GitHub and GitLab: one comment kept up to date, one commit
+status, and a deployment (GitHub: one per preview and commit, in environment
+`preview/pr-N`) or environment (GitLab: `preview/mr-N`, stopped when the preview goes).
 
 Idempotent: the comment is found again by the hidden marker `render_comment` puts on its
 first line (following pagination), created only when absent and edited only when its
-body changed; the commit status is posted only when it differs from the current one.
+body changed; the commit status is posted only when it differs from the current one; a
+deployment is found again by environment, commit and the environment id in its payload,
+and a deployment status is posted only when it differs from the latest one.
+
+Authentication: a personal (or project) token, or on GitHub a GitHub App
+(activities/github_app.py), whose installation token is made per repository.
 
 Errors: 5xx, 429, 408, rate-limited 403 and network errors are retried (with the host's
 Retry-After as the next delay when it gives one). Other 4xx are raised non-retryable with
@@ -10,7 +17,7 @@ the host's message, except 404/422: the pull request or commit is gone (closed, 
 force-pushed away), so that part of the feedback is skipped with a warning. Feedback is
 best effort and never the reason an environment fails.
 
-The token is only ever put in a request header: never logged, never in an error.
+Tokens and JWTs are only ever put in a request header: never logged, never in an error.
 """
 
 from __future__ import annotations
@@ -29,12 +36,17 @@ from pydantic import SecretStr
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from domain.contract import PUBLISH_FEEDBACK
+from activities.github_app import GitHubApp
+from domain.contract import LIST_CHANGED_FILES, PUBLISH_FEEDBACK
 from domain.feedback import (
     STATUS_CONTEXT,
+    ChangedFilesRequest,
     CommitState,
+    DeploymentState,
     Feedback,
     commit_state,
+    deployment_environment,
+    deployment_state,
     is_our_comment,
     render_comment,
 )
@@ -63,23 +75,34 @@ class _Gone(Exception):
     """404/422: the pull request, project or commit no longer exists (or is not visible)."""
 
 
+class _Unauthorized(ApplicationError):
+    """401: the host refused the credential (a GitHub App's token may just be revoked)."""
+
+
 @dataclass(frozen=True)
 class _Host:
     name: str  # "GitHub" or "GitLab", for messages
     api_url: str  # without trailing slash
-    auth_headers: dict[str, str]
-    token: str  # only to scrub it from any text that could reach a log or an error
+    headers: dict[str, str]  # sent with every request, the credential aside
+    credential: Callable[[str], dict[str, str]]  # token → its header
+    token: str  # the configured token; "" when a GitHub App makes one per repository
+    advice: str  # what a person checks when the host refuses a call
 
     def url(self, path: str) -> str:
         return f"{self.api_url}{path}"
 
 
 class _Api:
-    """One host's REST API over a client: status handling and pagination."""
+    """One host's REST API over a client, with one credential: status handling and
+    pagination."""
 
-    def __init__(self, client: httpx.AsyncClient, host: _Host) -> None:
+    def __init__(self, client: httpx.AsyncClient, host: _Host, token: str | None = None) -> None:
         self._client = client
         self._host = host
+        self._token = host.token if token is None else token
+
+    def with_token(self, token: str) -> _Api:
+        return _Api(self._client, self._host, token)
 
     async def request(
         self,
@@ -89,23 +112,30 @@ class _Api:
         json: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
         accept: frozenset[int] = frozenset(),
+        authorization: str | None = None,
     ) -> httpx.Response:
+        """One call; `authorization` replaces the token's header (a GitHub App's JWT)."""
         url = path if path.startswith(("http://", "https://")) else self._host.url(path)
         where = f"{method} {urlsplit(url).path}"
+        headers = dict(self._host.headers)
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        elif self._token:
+            headers.update(self._host.credential(self._token))
         try:
             response = await self._client.request(
-                method, url, json=json, params=params, headers=self._host.auth_headers
+                method, url, json=json, params=params, headers=headers
             )
         except httpx.TransportError as exc:
             # The exception text holds the URL at most, never headers; scrub anyway.
             raise ApplicationError(
-                self.scrub(f"{self._host.name} unreachable for {where}: {exc!r}"),
+                self.scrub(f"{self._host.name} unreachable for {where}: {exc!r}", authorization),
                 type=GIT_HOST_UNAVAILABLE,
             ) from None
         status = response.status_code
         if response.is_success or status in accept:
             return response
-        message = self.scrub(_api_message(response))
+        message = self.scrub(_api_message(response), authorization)
         if status in (404, 422):
             raise _Gone(f"{where}: {status} {message}")
         if status >= 500 or status in _RETRYABLE or _rate_limited(response):
@@ -114,9 +144,8 @@ class _Api:
                 type=GIT_HOST_UNAVAILABLE,
                 next_retry_delay=_retry_after(response),
             )
-        raise ApplicationError(
-            f"{self._host.name} rejected {where} with {status}: {message}. "
-            "Check the token's access to this repository.",
+        raise (_Unauthorized if status == 401 else ApplicationError)(
+            f"{self._host.name} rejected {where} with {status}: {message}. {self._host.advice}",
             type=GIT_HOST_REJECTED,
             non_retryable=True,
         )
@@ -149,8 +178,13 @@ class _Api:
         logger.warning("Stopped listing %s after %d pages", path, MAX_PAGES)
         return items
 
-    def scrub(self, text: str) -> str:
-        return text.replace(self._host.token, "***") if self._host.token else text
+    def scrub(self, text: str, *more: str | None) -> str:
+        for secret in (self._token, self._host.token, *more):
+            if secret:
+                text = text.replace(secret, "***")
+                if secret.startswith("Bearer "):  # a JWT: the header without its scheme
+                    text = text.replace(secret.removeprefix("Bearer "), "***")
+        return text
 
 
 def _api_message(response: httpx.Response) -> str:
@@ -207,35 +241,54 @@ def _default_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=_tls_context(), timeout=httpx.Timeout(15.0, connect=5.0))
 
 
+_GITHUB_HEADERS = {
+    "Accept": "application/vnd.github+json",
+    "X-GitHub-Api-Version": "2022-11-28",
+    "User-Agent": "preview-engine",
+}
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _private_token(token: str) -> dict[str, str]:
+    return {"PRIVATE-TOKEN": token}
+
+
 class FeedbackActivities:
     """Publishes a preview's state on its pull (merge) request.
 
-    GitLab's URL and token are constructor arguments until Settings has
-    `gitlab_api_url` / `gitlab_token`; when Settings has them they are used.
+    GitHub: the GitHub App of the settings when one is configured (`app` overrides it),
+    else the personal token. GitLab's URL and token are constructor arguments until
+    Settings has `gitlab_api_url` / `gitlab_token`; when Settings has them they are used.
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        app: GitHubApp | None = None,
         gitlab_api_url: str | None = None,
         gitlab_token: SecretStr | str | None = None,
         client_factory: Callable[[], httpx.AsyncClient] = _default_client,
     ) -> None:
-        github_token = _secret(settings.github_token)
+        self._app = app or GitHubApp.from_settings(settings)
+        github_token = "" if self._app else _secret(settings.github_token)
         self._github: _Host | None = (
             _Host(
                 name="GitHub",
                 api_url=settings.github_api_url.rstrip("/"),
-                auth_headers={
-                    "Authorization": f"Bearer {github_token}",
-                    "Accept": "application/vnd.github+json",
-                    "X-GitHub-Api-Version": "2022-11-28",
-                    "User-Agent": "preview-engine",
-                },
+                headers=_GITHUB_HEADERS,
+                credential=_bearer,
                 token=github_token,
+                advice=(
+                    f"Check that GitHub App {self._app.app_id} is installed on this repository "
+                    "with write access to pull requests, commit statuses and deployments."
+                    if self._app else "Check the token's access to this repository."
+                ),
             )
-            if github_token
+            if self._app or github_token
             else None
         )
         gitlab_url = (
@@ -246,8 +299,10 @@ class FeedbackActivities:
             _Host(
                 name="GitLab",
                 api_url=str(gitlab_url).rstrip("/"),
-                auth_headers={"PRIVATE-TOKEN": token, "User-Agent": "preview-engine"},
+                headers={"User-Agent": "preview-engine"},
+                credential=_private_token,
                 token=token,
+                advice="Check the token's access to this repository.",
             )
             if token
             else None
@@ -266,12 +321,63 @@ class FeedbackActivities:
             return
         async with self._client_factory() as client:
             api = _Api(client, host)
-            if feedback.provider == "github":
-                await _skip_if_gone(_github_comment(api, feedback), "comment", feedback)
-                await _skip_if_gone(_github_status(api, feedback), "commit status", feedback)
-            else:
+            if feedback.provider == "gitlab":
                 await _skip_if_gone(_gitlab_note(api, feedback), "note", feedback)
                 await _skip_if_gone(_gitlab_status(api, feedback), "commit status", feedback)
+                await _skip_if_gone(_gitlab_environment(api, feedback), "environment", feedback)
+            elif self._app is None:
+                await _publish_on_github(api, feedback)
+            else:
+                await self._publish_as_app(api, feedback)
+
+    @activity.defn(name=LIST_CHANGED_FILES.name)
+    async def list_changed_files(self, request: ChangedFilesRequest) -> list[str]:
+        """Every path the PR adds, changes, removes or renames (both names of a rename),
+        for the blueprint's path filters."""
+        host = self._github if request.provider == "github" else self._gitlab
+        if host is None:
+            raise ApplicationError(
+                f"the blueprint of {request.repository} filters by path, and the engine has "
+                f"no {request.provider} credentials to list a pull request's files: set "
+                f"PREVIEW_{request.provider.upper()}_TOKEN (or a GitHub App)",
+                type=GIT_HOST_REJECTED, non_retryable=True)
+        async with self._client_factory() as client:
+            api = _Api(client, host)
+            if request.provider == "gitlab":
+                items = await api.paginate(f"/projects/{quote(request.repository, safe='')}"
+                                           f"/merge_requests/{request.pr_number}/diffs", {})
+                names = ("new_path", "old_path")
+            else:
+                if self._app is not None:
+                    api = api.with_token(await self._app.token(api, request.repository))
+                items = await api.paginate(
+                    f"/repos/{request.repository}/pulls/{request.pr_number}/files", {})
+                names = ("filename", "previous_filename")
+        paths = {item[name] for item in items for name in names
+                 if isinstance(item.get(name), str)}
+        return sorted(paths)[: request.max_files]
+
+    async def _publish_as_app(self, api: _Api, feedback: Feedback) -> None:
+        assert self._app is not None
+        for attempt in (1, 2):
+            token = await self._app.token(api, feedback.repository)
+            try:
+                await _publish_on_github(api.with_token(token), feedback)
+                return
+            except _Unauthorized:
+                # A cached token GitHub no longer takes (installation suspended or
+                # removed, token revoked): drop it and try once with a fresh one.
+                self._app.forget(repositories=[feedback.repository])
+                if attempt == 2:
+                    raise
+                logger.info("GitHub refused the cached token of GitHub App %s; renewing it",
+                            self._app.app_id)
+
+
+async def _publish_on_github(api: _Api, feedback: Feedback) -> None:
+    await _skip_if_gone(_github_comment(api, feedback), "comment", feedback)
+    await _skip_if_gone(_github_status(api, feedback), "commit status", feedback)
+    await _skip_if_gone(_github_deployment(api, feedback), "deployment", feedback)
 
 
 async def _skip_if_gone(step: Awaitable[None], what: str, feedback: Feedback) -> None:
@@ -337,6 +443,81 @@ def _same_status(current: dict[str, Any], wanted: dict[str, Any], state: str) ->
     )
 
 
+def _is_our_deployment(deployment: dict[str, Any], feedback: Feedback) -> bool:
+    payload = deployment.get("payload")
+    return isinstance(payload, dict) and payload.get("environment_id") == feedback.environment_id
+
+
+async def _github_deployment(api: _Api, feedback: Feedback) -> None:
+    """The deployment of this preview and commit, with a status for its state."""
+    state = deployment_state(feedback)
+    if state is None:
+        return
+    repo, environment = feedback.repository, deployment_environment(feedback)
+    listing = f"/repos/{repo}/deployments"
+    if state == "inactive":
+        await _retire_deployments(api, feedback, keep=None)
+        return
+    found = await api.paginate(listing, {"environment": environment, "sha": feedback.head_sha})
+    ours = next((d for d in found if _is_our_deployment(d, feedback)), None)
+    if ours is None:
+        ours = (await api.request("POST", listing, json={
+            "ref": feedback.head_sha,
+            "environment": environment,
+            "transient_environment": True,
+            "production_environment": False,
+            "auto_merge": False,
+            "required_contexts": [],
+            "payload": {"environment_id": feedback.environment_id},
+            "description": f"Preview environment {feedback.environment_id}",
+        })).json()
+        logger.info("Created deployment %s of %s@%s to %s",
+                    ours.get("id"), repo, feedback.head_sha[:12], environment)
+    await _deployment_status(api, feedback, ours["id"], state)
+    if state == "success":
+        # GitHub's auto_inactive leaves transient environments alone: retire the
+        # deployments of earlier commits here.
+        await _retire_deployments(api, feedback, keep=ours["id"])
+
+
+async def _deployment_status(
+    api: _Api, feedback: Feedback, deployment_id: int, state: DeploymentState
+) -> None:
+    path = f"/repos/{feedback.repository}/deployments/{deployment_id}/statuses"
+    wanted: dict[str, Any] = {"state": state, "description": commit_state(feedback)[1]}
+    if state == "success" and feedback.target_url:
+        wanted["environment_url"] = feedback.target_url
+    latest = (await api.request("GET", path, params={"per_page": 1})).json()
+    if latest and isinstance(latest[0], dict) and (
+        latest[0].get("state") == state
+        and (latest[0].get("environment_url") or None) == wanted.get("environment_url")
+        and (latest[0].get("description") or "") == wanted["description"]
+    ):
+        return
+    await api.request("POST", path, json=wanted)
+    logger.info("Deployment %s of %s is %s", deployment_id, feedback.repository, state)
+
+
+async def _retire_deployments(api: _Api, feedback: Feedback, *, keep: int | None) -> None:
+    """Mark this preview's deployments inactive (shown as destroyed), but `keep`."""
+    response = await api.request(
+        "GET", f"/repos/{feedback.repository}/deployments",
+        params={"environment": deployment_environment(feedback), "per_page": PER_PAGE},
+    )
+    # Newest first; every deployment older than an inactive one was retired with it, so
+    # the first page is enough and the walk stops there.
+    for deployment in response.json():
+        if deployment.get("id") == keep or not _is_our_deployment(deployment, feedback):
+            continue
+        path = f"/repos/{feedback.repository}/deployments/{deployment['id']}/statuses"
+        latest = (await api.request("GET", path, params={"per_page": 1})).json()
+        if latest and latest[0].get("state") == "inactive":
+            break
+        await api.request("POST", path, json={
+            "state": "inactive", "description": commit_state(feedback)[1]})
+        logger.info("Deployment %s of %s is inactive", deployment["id"], feedback.repository)
+
+
 def _project(feedback: Feedback) -> str:
     # GitLab takes "group/sub/name" as one path segment, with its slashes encoded.
     return quote(feedback.repository, safe="")
@@ -390,3 +571,34 @@ async def _gitlab_status(api: _Api, feedback: Feedback) -> None:
             non_retryable=True,
         )
     logger.info("Set commit status %s on %s@%s", state, feedback.repository, sha[:12])
+
+
+async def _gitlab_environment(api: _Api, feedback: Feedback) -> None:
+    """The merge request's environment: created with the preview, given its URL when
+    ready, stopped when the preview is gone."""
+    if feedback.state not in ("creating", "updating", "ready", "destroyed"):
+        return
+    name = deployment_environment(feedback)
+    listing = f"/projects/{_project(feedback)}/environments"
+    found = [e for e in await api.paginate(listing, {"name": name}) if e.get("name") == name]
+    environment = found[0] if found else None
+    if feedback.state == "destroyed":
+        if environment is not None and environment.get("state") == "available":
+            await api.request("POST", f"{listing}/{environment['id']}/stop")
+            logger.info("Stopped environment %s of %s", name, feedback.repository)
+        return
+    if environment is not None and environment.get("state") != "available":
+        # A stopped environment cannot be made available again through the API (only a
+        # CI deployment does that): replace it.
+        await api.request("DELETE", f"{listing}/{environment['id']}")
+        environment = None
+    url = feedback.target_url if feedback.state == "ready" else None
+    if environment is None:
+        body: dict[str, Any] = {"name": name, "tier": "development"}
+        if url:
+            body["external_url"] = url
+        await api.request("POST", listing, json=body)
+        logger.info("Created environment %s of %s", name, feedback.repository)
+    elif url and environment.get("external_url") != url:
+        await api.request("PUT", f"{listing}/{environment['id']}", json={"external_url": url})
+        logger.info("Environment %s of %s is at %s", name, feedback.repository, url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import string
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -98,6 +99,9 @@ class HealthCheck(Model):
     initial_delay_seconds: int = Field(0, ge=0)
 
 
+PathGlob = Annotated[str, Field(min_length=1, max_length=300, pattern=r"^[^\s]+$")]
+
+
 class RunAsRoot(Model):
     """An application whose image needs uid 0: it runs without runAsNonRoot, in a
     namespace whose pod security the policy lowers to baseline. Shown on the PR."""
@@ -119,6 +123,21 @@ class Application(Named):
     depends_on: list[str] = Field(default_factory=list)
     run_as_root: RunAsRoot | None = Field(
         None, description="Opt out of runAsNonRoot (needs policy.pod_security baseline)")
+    paths: list[PathGlob] = Field(
+        default_factory=list, max_length=100, description="Files this application is built "
+        "from (globs); a PR that touches none of them runs base_image_tag instead")
+    base_image_tag: str = Field(
+        "{base_sha}", max_length=128, description="Tag of the base branch's image, for a PR "
+        "that does not touch `paths`: {base_sha} and {base_branch} are replaced")
+
+    @field_validator("base_image_tag")
+    @classmethod
+    def _tag_placeholders(cls, value: str) -> str:
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        if names - {"base_sha", "base_branch"}:
+            raise ValueError(f"base_image_tag {value!r}: only {{base_sha}} and {{base_branch}} "
+                             "are replaced")
+        return value
 
 
 class Cache(Named):
@@ -285,6 +304,15 @@ class PreviewPolicy(Model):
         PodSecurityLevel.restricted, description="Pod Security Standard the preview "
         "namespace enforces; lower than restricted needs pod_security_reason")
     pod_security_reason: str | None = Field(None, max_length=200)
+    paths: list[PathGlob] = Field(
+        default_factory=list, max_length=100,
+        description="A PR gets a preview only when it changes a file under these globs")
+    ignore_paths: list[PathGlob] = Field(
+        default_factory=list, max_length=100,
+        description="Changes to these files alone never make a preview (e.g. docs/, *.md)")
+    image_wait_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="How long a preview waits for CI to push an "
+        "application's image before it fails (and is undone)")
 
     @model_validator(mode="after")
     def _lowered_with_reason(self) -> PreviewPolicy:

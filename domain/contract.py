@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from domain.feedback import Feedback
+from domain.feedback import ChangedFilesRequest, Feedback
 from domain.golden import (
     GoldenDiscardInput,
     GoldenMaskInput,
@@ -57,6 +57,8 @@ LOAD_SOURCE_ENVIRONMENT = ActivityContract(
 PLAN_PREVIEW = ActivityContract(  # a local activity: its result is recorded in history
     "plan_preview", System.control_plane, PlanRequest, Plan)
 PUBLISH_FEEDBACK = ActivityContract("publish_feedback", System.git_host, Feedback, None)
+LIST_CHANGED_FILES = ActivityContract(  # only when the blueprint filters by path
+    "list_changed_files", System.git_host, ChangedFilesRequest, list[str])
 
 # -- golden copies (workflows/golden.py) ----------------------------------------------
 

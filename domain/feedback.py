@@ -1,6 +1,7 @@
-"""What a preview tells its pull request: one comment kept up to date and a commit status.
+"""What a preview tells its pull request: one comment kept up to date, a commit status,
+and a deployment (GitHub) or environment (GitLab).
 
-Pure: the activity in activities/github.py sends what these functions render. The
+Pure: the activity in activities/git_host.py sends what these functions render. The
 comment carries a hidden marker naming the environment, so the activity finds its own
 comment again instead of adding a new one on every update.
 """
@@ -8,7 +9,7 @@ comment again instead of adding a new one on every update.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,14 +19,32 @@ from domain.naming import DNS_LABEL
 FeedbackState = Literal[
     "creating", "ready", "updating", "failed", "sleeping", "destroying", "destroyed", "skipped"
 ]
-# GitHub's commit status states; activities/github.py maps them to GitLab's.
+# GitHub's commit status states; activities/git_host.py maps them to GitLab's.
 CommitState = Literal["pending", "success", "failure", "error"]
+# The GitHub deployment status states a preview uses.
+DeploymentState = Literal["in_progress", "success", "failure", "inactive"]
 
 STATUS_CONTEXT = "preview-engine"
 DESCRIPTION_MAX = 140  # GitHub rejects longer status descriptions.
 MESSAGE_MAX = 2000  # A comment is capped at 65536 characters; keep far below it.
+# Items shown per list, the rest counted: the receipt's lists together stay far below
+# GitHub's 65536 characters per comment (the resources are not shown with them).
+LIST_MAX = 60
+RESOURCES_MAX = 200
+LINE_MAX = 200  # characters shown per list item
 _MARKER_PREFIX = "<!-- preview-engine:"
 _SAFE_URL = re.compile(r"^https?://[^\s<>|`\\]+$")
+
+
+class ChangedFilesRequest(BaseModel):
+    """Which pull request's changed files to list (paths, as the Git host names them)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    provider: Literal["github", "gitlab"] = "github"
+    repository: str
+    pr_number: int = Field(ge=1)
+    max_files: int = Field(3000, ge=1, le=10_000, description="GitHub lists at most 3000")
 
 
 class TeardownReceipt(BaseModel):
@@ -131,17 +150,73 @@ def _code_block(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def _item(text: str) -> str:
+    """An escaped list item of at most LINE_MAX characters (escaping can grow text 5x)."""
+    escaped = _cell(text)
+    if len(escaped) <= LINE_MAX:
+        return escaped
+    cut = escaped[: LINE_MAX - 1]
+    entity = cut.rfind("&", len(cut) - 5)
+    if entity != -1 and ";" not in cut[entity:]:  # never half an entity
+        cut = cut[:entity]
+    return cut.removesuffix("\\") + "…"
+
+
+def _bullets(items: list[str], limit: int = LIST_MAX) -> list[str]:
+    """A Markdown list of escaped, shortened items; past `limit`, a count of the rest."""
+    lines = [f"- {_item(item)}" for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"- … and {len(items) - limit} more")
+    return lines
+
+
+def _minute(moment: datetime) -> str:
+    """ISO 8601 to the minute, in UTC (a naive time is taken as UTC)."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M}Z"
+
+
+def _systems(names: list[str]) -> str:
+    return ", ".join(_cell(name) for name in names) if names else "none"
+
+
+def _receipt(receipt: TeardownReceipt) -> list[str]:
+    """What a teardown removed and what was found afterwards, checked from outside."""
+    count = len(receipt.removed)
+    lines = [f"<details><summary>Removed {count} resource{'' if count == 1 else 's'}</summary>",
+             ""]
+    lines += _bullets(receipt.removed) or ["- nothing"]
+    lines += ["", "</details>", "", f"**Removed at:** {_minute(receipt.finished_at)}", ""]
+    if receipt.clean:
+        return [*lines, f"✅ **Nothing left behind** (checked: {_systems(receipt.checked)}).", ""]
+    if receipt.leftovers:
+        lines += ["⚠️ **Left behind:**", *_bullets(receipt.leftovers), ""]
+        if receipt.checked:
+            lines += [f"Checked: {_systems(receipt.checked)}.", ""]
+    else:
+        lines += [f"**Nothing found left behind** (checked: {_systems(receipt.checked)}), "
+                  "but not everything could be checked.", ""]
+    if receipt.unchecked:
+        lines += ["⚠️ **Not checked:**", *_bullets(receipt.unchecked), ""]
+    lines += ["The orphan sweeper now owns what is left: it removes whatever still carries "
+              "this environment's marks.", ""]
+    return lines
+
+
 def render_comment(feedback: Feedback) -> str:
     """The Markdown body of the pull request comment; equal input gives an equal body."""
     lines = [comment_marker(feedback.environment_id), f"### {_HEADLINES[feedback.state]}", ""]
-    if feedback.urls and feedback.state not in ("destroying", "destroyed"):
+    gone = feedback.state in ("destroying", "destroyed")
+    if feedback.urls and not gone:
         lines += ["| App | URL |", "|---|---|"]
         lines += [f"| {_cell(app)} | {_link(url)} |" for app, url in feedback.urls.items()]
         lines.append("")
-    if feedback.resources and feedback.state not in ("destroying", "destroyed"):
+    if feedback.resources and not gone:
         lines += ["<details><summary>Resources</summary>", ""]
-        lines += [f"- {_cell(line)}" for line in feedback.resources]
+        lines += _bullets(feedback.resources, limit=RESOURCES_MAX)
         lines += ["", "</details>", ""]
+    if feedback.receipt is not None:
+        lines += _receipt(feedback.receipt)
     lines.append(
         f"**State:** `{feedback.state}` · **Commit:** `{feedback.head_sha[:12]}` · "
         f"**Environment:** `{feedback.environment_id}`"
@@ -175,9 +250,35 @@ _DESCRIPTIONS: dict[str, tuple[CommitState, str]] = {
 def commit_state(feedback: Feedback) -> tuple[CommitState, str]:
     """The commit status state and a one-line description of at most 140 characters."""
     state, description = _DESCRIPTIONS[feedback.state]
+    receipt = feedback.receipt
+    if receipt is not None and receipt.leftovers:
+        description += f" ({len(receipt.leftovers)} left behind, for the orphan sweeper)"
+    elif receipt is not None and not receipt.clean:
+        description += " (not every system could be checked)"
     message = " ".join(feedback.message.split())
     if message:
         description = f"{description}: {message}"
     if len(description) > DESCRIPTION_MAX:
         description = description[: DESCRIPTION_MAX - 1].rstrip() + "…"
     return state, description
+
+
+def deployment_environment(feedback: Feedback) -> str:
+    """The Git host environment a preview is deployed to: one per pull (merge) request."""
+    return f"preview/{'pr' if feedback.provider == 'github' else 'mr'}-{feedback.pr_number}"
+
+
+_DEPLOYMENT_STATES: dict[str, DeploymentState] = {
+    "creating": "in_progress",
+    "updating": "in_progress",
+    "ready": "success",
+    "failed": "failure",
+    # A transient deployment set inactive shows as destroyed on GitHub.
+    "destroyed": "inactive",
+}
+
+
+def deployment_state(feedback: Feedback) -> DeploymentState | None:
+    """The GitHub deployment status to post; None leaves the deployment as it is
+    (asleep, being removed, or no preview at all)."""
+    return _DEPLOYMENT_STATES.get(feedback.state)

@@ -35,6 +35,7 @@ from domain.naming import (
     rds_identifier,
     stable_hash,
 )
+from domain.paths import touched
 from domain.pull_request import PullRequest
 from domain.resources import (
     ApplicationSpec,
@@ -45,6 +46,7 @@ from domain.resources import (
     ConfigMapSpec,
     ContainerDatabaseSpec,
     DnsRecordsSpec,
+    ImageSpec,
     IngressHost,
     IngressSpec,
     NamespaceSpec,
@@ -75,6 +77,8 @@ class Step(BaseModel):
     depends_on: tuple[str, ...] = ()
     task_queue: str | None = Field(None, description="None: the workflow's own task queue")
     summary: str = ""
+    wait_seconds: int = Field(0, ge=0, description="How long the saga keeps asking again "
+                              "while the step's activity answers 'not yet' (StepOutput.waiting)")
 
     @property
     def present(self) -> str:
@@ -115,6 +119,9 @@ class PlanOptions(BaseModel):
     )
     base_domain: str = Field(
         "preview.localhost", description="Where previews live when the blueprint names no domain")
+    check_images: bool = Field(
+        True, description="Wait until the registry has each application's image before its "
+                          "rollout (off where images are not pulled, e.g. fake nodes)")
     golden_dump_bucket: str | None = Field(
         None, description="S3 bucket of published golden copies (container databases' clones)")
 
@@ -124,6 +131,8 @@ class PlanRequest(BaseModel):
 
     source: SourceEnvironment
     pull_request: PullRequest
+    changed_files: list[str] | None = Field(
+        None, description="Files the PR changes, when the blueprint filters by path")
 
 
 class _Context(BaseModel):
@@ -136,6 +145,7 @@ class _Context(BaseModel):
     owner: Ownership
     namespace: str
     urls: dict[str, str]
+    changed_files: tuple[str, ...] | None = None
 
     @property
     def base_domain(self) -> str:
@@ -146,12 +156,12 @@ class _Context(BaseModel):
         return aws_target(self.blueprint.environment)
 
     def step(self, key: str, spec: ResourceSpec, summary: str,
-             depends_on: tuple[str, ...] = ()) -> Step:
+             depends_on: tuple[str, ...] = (), wait_seconds: int = 0) -> Step:
         """A step on the task queue its spec's system has for this environment."""
         queue = task_queue_for(type(spec).system, self.blueprint.environment,
                                self.options.task_queue)
         return Step(key=key, spec=spec, depends_on=depends_on, task_queue=queue,
-                    summary=summary)
+                    summary=summary, wait_seconds=wait_seconds)
 
 
 def aws_target(env: Environment) -> AwsTarget:
@@ -376,12 +386,18 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
         ), f"secrets of {app.name}", ("namespace", *connected)),
     ]
     app_deps = [f"app/{d}" for d in app.depends_on if d in {a.name for a in bp.applications}]
+    tag, built_from = _image_tag(ctx, app)
+    if ctx.options.check_images:
+        steps.append(ctx.step(f"image/{app.name}", ImageSpec(
+            owner=ctx.owner, repository=app.image, tag=tag,
+        ), f"image {app.image}:{tag[:12]}", wait_seconds=bp.policy.image_wait_minutes * 60))
+        app_deps.append(f"image/{app.name}")
     steps.append(ctx.step(f"app/{app.name}", ApplicationSpec(
         owner=ctx.owner,
         cluster=cluster,
         namespace=ctx.namespace,
         name=app.name,
-        image=f"{app.image}:{ctx.pr.head_sha}",
+        image=f"{app.image}:{tag}",
         ports=app.ports,
         replicas=app.replicas,
         resources=app.resources,
@@ -390,7 +406,7 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
         config_map=config,
         secret=secret,
         run_as_non_root=app.run_as_root is None,
-    ), f"application {app.name} at {ctx.pr.head_sha[:7]}" + (
+    ), f"application {app.name} {built_from}" + (
         f", may run as root: {app.run_as_root.reason}" if app.run_as_root else ""),
         (f"config/{app.name}", f"secret/{app.name}", *app_deps)))
     if app.public:
@@ -406,6 +422,22 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
             hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
         ), f"route {hosts[0]}", (f"app/{app.name}",)))
     return steps
+
+
+def _image_tag(ctx: _Context, app: Application) -> tuple[str, str]:
+    """The tag an application runs, and where it comes from in words: the PR's commit,
+    or the base branch's image when the PR touches none of the application's paths."""
+    pr = ctx.pr
+    if app.paths and ctx.changed_files is not None and not touched(ctx.changed_files,
+                                                                    app.paths):
+        known = {"base_sha": pr.base_sha, "base_branch": pr.base_branch}
+        try:
+            tag = app.base_image_tag.format_map({k: v for k, v in known.items() if v})
+        except KeyError:
+            tag = ""  # the event did not say (older deliveries): build from the PR
+        if tag:
+            return tag, f"from the base image {tag[:12]} (the PR changes none of its paths)"
+    return pr.head_sha, f"at {pr.head_sha[:7]} (the PR's code)"
 
 
 def _applications(ctx: _Context) -> list[Step]:
@@ -470,6 +502,7 @@ def plan_preview(
     pr: PullRequest,
     secrets: Sequence[SecretVariable] = (),
     options: PlanOptions | None = None,
+    changed_files: Sequence[str] | None = None,
 ) -> Plan:
     """The steps that make a preview of `blueprint` for `pr`, in a valid order."""
     options = options or PlanOptions()
@@ -491,6 +524,7 @@ def plan_preview(
         owner=Ownership(environment=env_id, repository=pr.repository, pr_number=pr.number),
         namespace=env_id,
         urls=urls,
+        changed_files=None if changed_files is None else tuple(changed_files),
     )
     steps = _after_slot([step for rule in RULES for step in rule(ctx)])
     return Plan(environment_id=env_id, steps=tuple(topological(steps)), urls=urls)

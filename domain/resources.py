@@ -234,6 +234,21 @@ class PreviewSlotSpec(Spec):
     max_live: int
 
 
+# --- container registries ---------------------------------------------------------
+
+
+class ImageSpec(Spec):
+    """An image an application needs: present once the registry has the tag. Nothing
+    to remove: the engine never pushes images, CI does."""
+
+    kind: Literal["image"] = "image"
+    system: ClassVar[System] = System.registry
+    present: ClassVar[str] = "ensure_image"
+    absent: ClassVar[str | None] = None
+    repository: str = Field(description="registry host/path, as in the application's image")
+    tag: str
+
+
 # --- PostgreSQL -------------------------------------------------------------------
 
 
@@ -267,7 +282,8 @@ ResourceSpec = Annotated[
     | RdsCloneSpec
     | AuroraCloneSpec
     | PostgresCloneSpec
-    | PreviewSlotSpec,
+    | PreviewSlotSpec
+    | ImageSpec,
     Field(discriminator="kind"),
 ]
 
@@ -283,6 +299,9 @@ class StepOutput(BaseModel):
     urls: dict[str, str] = Field(default_factory=dict)
     detail: str = Field("", description="How it was made, for people (status, PR comment): "
                                         "never a secret")
+    waiting: str | None = Field(None, description="Not there yet, and why (e.g. an image "
+                                "CI has not pushed): the saga asks again, within the step's "
+                                "wait_seconds")
 
 
 class StepInput(BaseModel):

@@ -15,7 +15,8 @@ class System(StrEnum):
     kubernetes = "kubernetes"
     aws = "aws"
     postgres = "postgres"  # the shared preview database server
-    git_host = "git-host"  # GitHub / GitLab feedback
+    git_host = "git-host"  # GitHub / GitLab feedback and changed files
+    registry = "registry"  # container registries: does an image exist yet
 
 
 def tenant_queue(base: str, kind: Literal["cluster", "account"], name: str) -> str:

@@ -117,6 +117,16 @@ class Settings(BaseSettings):
         description="GitLab X-Gitlab-Token")
     github_api_url: str = Field("https://api.github.com", description="GitHub API base URL")
     github_token: SecretStr | None = Field(None, description="Token for PR comments/statuses")
+    github_app_id: str | None = Field(
+        None, description="GitHub App id (or client id) for PR feedback; when set, the app's "
+        "installation tokens are used instead of PREVIEW_GITHUB_TOKEN")
+    github_app_private_key: SecretStr | None = Field(
+        None, description="The GitHub App's private key (PEM text)")
+    github_app_private_key_file: Path | None = Field(
+        None, description="File holding the GitHub App's private key (PEM), instead")
+    github_app_installation_id: int | None = Field(
+        None, description="The app's installation to use for every repository; looked up "
+        "per repository when unset")
     gitlab_api_url: str = Field(
         "https://gitlab.com/api/v4", description="GitLab API root (with /api/v4)"
     )
@@ -134,6 +144,14 @@ class Settings(BaseSettings):
     base_domain: str = Field(
         "preview.localhost",
         description="Domain under which previews live, unless the blueprint names its own")
+    registry_credentials: SecretStr | None = Field(
+        None, description='Pull credentials per registry host, JSON {"host": "user:password"}')
+    registry_plain_http: list[str] = Field(
+        default_factory=list, description="Registry hosts reached over plain HTTP (a registry "
+        "on loopback in tests); all others over HTTPS")
+    check_images: bool = Field(
+        True, description="Wait for each application's image to exist in its registry "
+                          "before rolling it out")
     ingress_hostname: str = Field(
         "ingress.preview.localhost",
         description="Host name of the ingress load balancer that preview DNS records point to")

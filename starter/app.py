@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Iterable
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
@@ -28,10 +29,12 @@ from starter import lifecycle
 from starter.api import router as api_router
 from starter.bodies import InvalidBody, parse_json
 from starter.events import (
+    INSTALLATION_EVENTS,
     Deploy,
     Destroy,
     Operation,
     PayloadError,
+    github_installation_change,
     github_operation,
     gitlab_operation,
 )
@@ -50,8 +53,15 @@ class DeliveryLog(Protocol):
     async def forget_delivery(self, delivery_id: str) -> None: ...
 
 
+class InstallationCache(Protocol):
+    """What a GitHub App caches per installation and repository (activities/github_app.py)."""
+
+    def forget(self, *, installation_id: int | None = None,
+               repositories: Iterable[str] = ()) -> None: ...
+
+
 class WebhookAnswer(BaseModel):
-    outcome: str  # deployed | destroyed | ignored | duplicate | pong
+    outcome: str  # deployed | destroyed | ignored | duplicate | pong | installation
     detail: str = ""
     workflow_id: str | None = None
 
@@ -174,11 +184,30 @@ async def github_webhook(
     payload = _parse_json(body)
     if x_github_event == "ping":
         return WebhookAnswer(outcome="pong", detail=str(payload.get("zen", "")))
+    if x_github_event in INSTALLATION_EVENTS:
+        return _installation_changed(request, x_github_event, payload)
     try:
         operation = github_operation(x_github_event, payload)
     except PayloadError as error:
         raise HTTPException(400, f"{x_github_event} payload: {error}") from None
     return await _act(request, operation, x_github_delivery, x_github_event)
+
+
+def _installation_changed(request: Request, event: str, payload: dict[str, Any]) -> WebhookAnswer:
+    """Drop what is cached for the installation and repositories the event names; nothing
+    is started, so a redelivery does no harm and deliveries are not recorded."""
+    try:
+        change = github_installation_change(event, payload)
+    except PayloadError as error:
+        raise HTTPException(400, f"{event} payload: {error}") from None
+    cache: InstallationCache | None = request.app.state.installations
+    if cache is not None:
+        cache.forget(installation_id=change.installation_id, repositories=change.repositories)
+    dropped = "cached ids and tokens dropped" if cache is not None else "no GitHub App cache here"
+    detail = (f"installation {change.installation_id} {change.action}, repositories named: "
+              f"{len(change.repositories)}; {dropped}")
+    log.info("%s event: %s", event, detail)
+    return WebhookAnswer(outcome="installation", detail=detail)
 
 
 @webhooks.post("/gitlab", response_model=WebhookAnswer, status_code=202,
@@ -256,6 +285,7 @@ def create_app(
     store: Any = None,
     sealer: Any = None,
     timeouts: ActivityTimeouts | None = None,
+    installations: InstallationCache | None = None,
 ) -> FastAPI:
     app = FastAPI(title="preview-engine", version="0.1.0")
     app.state.settings = settings
@@ -264,6 +294,7 @@ def create_app(
     app.state.store = store
     app.state.sealer = sealer
     app.state.timeouts = timeouts or ActivityTimeouts()
+    app.state.installations = installations
     app.state.codec = temporal.data_converter.payload_codec
     app.state.codec_gate = CodecGate(settings)
     # What the Web UI's codec fetch sends: JSON with X-Namespace, plus Authorization (and

@@ -171,3 +171,32 @@ def gitlab_operation(event: str, payload: dict[str, Any]) -> Operation:
     if action in ("open", "reopen", "update"):
         return Deploy(pr)
     return Ignore(f"merge request action {action!r} does not affect previews")
+
+
+# -- GitHub App installations ------------------------------------------------------------
+
+INSTALLATION_EVENTS = frozenset({"installation", "installation_repositories"})
+
+
+@dataclass(frozen=True)
+class InstallationChanged:
+    """A GitHub App installation changed: what is cached for it and its repositories
+    (installation ids, tokens) may be stale."""
+
+    action: str
+    installation_id: int
+    repositories: tuple[str, ...]  # owner/name named by the event
+
+
+def github_installation_change(event: str, payload: dict[str, Any]) -> InstallationChanged:
+    """`installation` (created, deleted, suspend, ...) or `installation_repositories`
+    (added, removed)."""
+    action = _action(payload, "action")
+    installation = _field(payload, "installation", "id")
+    if not isinstance(installation, int) or isinstance(installation, bool):
+        raise PayloadError("field installation.id must be an integer")
+    keys = (("repositories",) if event == "installation"
+            else ("repositories_added", "repositories_removed"))
+    names = [repo["full_name"] for key in keys for repo in _list(payload, key)
+             if isinstance(repo, dict) and isinstance(repo.get("full_name"), str)]
+    return InstallationChanged(action, installation, tuple(names))

@@ -23,14 +23,20 @@ with workflow.unsafe.imports_passed_through():
     import domain.secrets
     import domain.variables  # noqa: F401
     from domain.blueprint import PreviewPolicy
-    from domain.contract import LOAD_SOURCE_ENVIRONMENT, PLAN_PREVIEW, PUBLISH_FEEDBACK
+    from domain.contract import (
+        LIST_CHANGED_FILES,
+        LOAD_SOURCE_ENVIRONMENT,
+        PLAN_PREVIEW,
+        PUBLISH_FEEDBACK,
+    )
     from domain.errors import NON_RETRYABLE
-    from domain.feedback import Feedback
+    from domain.feedback import ChangedFilesRequest, Feedback, TeardownReceipt
     from domain.naming import environment_id
-    from domain.plan import PlanRequest
-    from domain.policy import skip_reason
+    from domain.plan import PlanRequest, Step
+    from domain.policy import filters_paths, skip_reason
     from domain.pull_request import PullRequest
     from domain.source import LoadSourceRequest
+    from workflows.receipt import teardown_receipt
     from workflows.saga import ActivityTimeouts, Ledger, SagaRunner, StepFailed, failure_message
 
 REPOSITORY = SearchAttributeKey.for_keyword("PreviewRepository")
@@ -48,6 +54,7 @@ class PreviewState(StrEnum):
     failed = "failed"
     destroying = "destroying"
     destroyed = "destroyed"
+    skipped = "skipped"  # the policy says this PR gets no preview; nothing was made
 
 
 class DestroyRequest(BaseModel):
@@ -93,6 +100,8 @@ class PreviewStatus(BaseModel):
     expires_at: datetime | None
     asleep: bool
     resources: list[str] = Field(default_factory=list, description="What exists, one line each")
+    waiting: list[str] = Field(default_factory=list, description="Steps waiting, and for what")
+    receipt: TeardownReceipt | None = None
 
 
 _FEEDBACK_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
@@ -105,7 +114,9 @@ class PreviewEnvironmentWorkflow:
         self._input = input
         self._s = input.carried or CarriedState(pull_request=input.pull_request)
         self._env_id = environment_id(input.pull_request.repository, input.pull_request.number)
-        self._saga = SagaRunner(self._s.ledger, input.timeouts)
+        self._saga = SagaRunner(self._s.ledger, input.timeouts, on_waiting=self._on_waiting)
+        self._waiting: dict[str, str] = {}  # step key → what it waits for
+        self._receipt: TeardownReceipt | None = None
         self._wake_requested = False
         self._sleep_requested = False
         self._winding_down = False  # about to continue as new
@@ -168,6 +179,11 @@ class PreviewEnvironmentWorkflow:
             raise ValueError(f"hours must be between 1 and 720, got {hours}")
 
     @workflow.signal
+    def recheck(self) -> None:
+        """CI finished or a registry has a new image: waiting steps ask again now."""
+        self._saga.wake()
+
+    @workflow.signal
     def sleep(self) -> None:
         self._sleep_requested = True
 
@@ -185,6 +201,7 @@ class PreviewEnvironmentWorkflow:
             last_error=self._s.last_error, expires_at=self._s.expires_at,
             asleep=self._s.state == PreviewState.sleeping,
             resources=self._s.ledger.resources(),
+            waiting=list(self._waiting.values()), receipt=self._receipt,
         )
 
     # -- the process --------------------------------------------------------------
@@ -202,6 +219,8 @@ class PreviewEnvironmentWorkflow:
                     self._s = self._restart_after_destroy()
                 elif self._s.pending is not None:
                     await self._deploy(self._s.pending)
+                    if self._s.state == PreviewState.skipped and self._s.pending is None:
+                        break
                 elif self._sleep_requested or self._wake_requested:
                     await self._sleep_or_wake()
                 else:
@@ -299,7 +318,16 @@ class PreviewEnvironmentWorkflow:
                 summary=f"load the source environment of {pr.repository}",
             )
             policy = source.blueprint.policy
-            if (reason := skip_reason(policy, pr)) is not None:
+            changed = None
+            # Runs that began before path filters replay as they ran (no such call).
+            if (filters_paths(policy, source.blueprint.applications)
+                    and workflow.patched("path-filters")):
+                changed = await self._changed_files(pr)
+            if (reason := skip_reason(policy, pr, changed)) is not None:
+                if first and workflow.patched("skipped-state"):
+                    self._set_state(PreviewState.skipped)
+                    await self._feedback(message=f"no preview: {reason}")
+                    return
                 self._s.destroy_reason = f"no preview: {reason}"
                 return
             if self._s.policy is None or self._s.expires_at is None:
@@ -307,7 +335,7 @@ class PreviewEnvironmentWorkflow:
             self._s.policy = policy
             plan = await workflow.execute_local_activity(
                 PLAN_PREVIEW.name,
-                PlanRequest(source=source, pull_request=pr),
+                PlanRequest(source=source, pull_request=pr, changed_files=changed),
                 result_type=PLAN_PREVIEW.output,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3,
@@ -329,6 +357,29 @@ class PreviewEnvironmentWorkflow:
         workflow.upsert_memo({"urls": self._s.urls})
         self._set_state(PreviewState.ready)
         await self._feedback()
+
+    async def _changed_files(self, pr: PullRequest) -> list[str]:
+        files: list[str] = await workflow.execute_activity(
+            LIST_CHANGED_FILES.name,
+            ChangedFilesRequest(provider=pr.provider, repository=pr.repository,
+                                pr_number=pr.number),
+            result_type=LIST_CHANGED_FILES.output,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE),
+            summary=f"list the files {pr.repository}#{pr.number} changes",
+        )
+        return files
+
+    async def _on_waiting(self, step: Step, reason: str | None) -> None:
+        """A step waits for something outside (an image CI has not pushed): say so on
+        the pull request, once per change of what is awaited."""
+        before = dict(self._waiting)
+        if reason is None:
+            self._waiting.pop(step.key, None)
+        else:
+            self._waiting[step.key] = reason
+        if self._waiting != before and self._waiting:
+            await self._feedback(message="; ".join(self._waiting.values()))
 
     # -- sleep / wake -------------------------------------------------------------
 
@@ -363,6 +414,8 @@ class PreviewEnvironmentWorkflow:
     async def _destroy(self, reason: str) -> None:
         self._set_state(PreviewState.destroying)
         await self._feedback(message=f"destroying: {reason}")
+        used = [entry.step for entry in self._s.ledger.entries]
+        removed = self._s.ledger.resources()
         try:
             await self._saga.teardown()
         except StepFailed as error:
@@ -375,6 +428,9 @@ class PreviewEnvironmentWorkflow:
             return await self._destroy(self._s.destroy_reason or reason)
         self._s.destroy_reason = None
         self._s.urls = {}
+        # Runs that began before receipts replay as they ran (no listings after teardown).
+        if used and workflow.patched("teardown-receipt"):
+            self._receipt = await teardown_receipt(self._env_id, used, removed)
         self._set_state(PreviewState.destroyed)
         await self._feedback(message=f"destroyed: {reason}")
 
@@ -407,6 +463,7 @@ class PreviewEnvironmentWorkflow:
             head_sha=pr.head_sha, state="failed" if failed else self._s.state.value,
             urls=self._s.urls, resources=self._s.ledger.resources(),
             message=message or (self._s.last_error or ""),
+            receipt=self._receipt if self._s.state == PreviewState.destroyed else None,
             environment_id=self._env_id,
         )
         try:

@@ -9,6 +9,7 @@ way, or a worker killed mid-step, is still undone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Literal
@@ -91,16 +92,30 @@ def failure_message(error: BaseException) -> str:
     return getattr(error, "message", None) or str(error)
 
 
+WAIT_FIRST_SECONDS, WAIT_MAX_SECONDS = 2.0, 30.0  # asking again: backs off to 30 s
+
+
+async def _nothing_waits(_: Step, __: str | None) -> None:
+    return None
+
+
 class SagaRunner:
     def __init__(
         self,
         ledger: Ledger,
         timeouts: ActivityTimeouts,
         on_progress: Callable[[], None] = lambda: None,
+        on_waiting: Callable[[Step, str | None], Awaitable[None]] = _nothing_waits,
     ) -> None:
         self.ledger = ledger
         self.timeouts = timeouts
         self._on_progress = on_progress
+        self._on_waiting = on_waiting  # a step waits (its reason), or no longer (None)
+        self._woken = False
+
+    def wake(self) -> None:
+        """Something a waiting step waits for may have happened: ask again now."""
+        self._woken = True
 
     # -- activities ---------------------------------------------------------------
 
@@ -129,8 +144,33 @@ class SagaRunner:
 
     async def _make_present(self, step: Step) -> None:
         output = await self._execute(step.present, step, "ensure")
+        if output is not None and output.waiting:
+            output = await self._until_present(step, output.waiting)
         self.ledger.put(AppliedStep(step=step, output=output, complete=True))
         self._on_progress()
+
+    async def _until_present(self, step: Step, reason: str) -> StepOutput | None:
+        """Ask again, on a durable timer that backs off (or when woken), until the step
+        is there or its wait_seconds are spent; then it fails with the last reason."""
+        deadline = workflow.now() + timedelta(seconds=step.wait_seconds)
+        delay = WAIT_FIRST_SECONDS
+        while True:
+            left = (deadline - workflow.now()).total_seconds()
+            if left <= 0:
+                await self._on_waiting(step, None)
+                raise ApplicationError(f"{reason}; gave up after {step.wait_seconds} s",
+                                       type="WaitedTooLong", non_retryable=True)
+            await self._on_waiting(step, reason)
+            self._woken = False
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: self._woken,
+                                              timeout=timedelta(seconds=min(delay, left)))
+            delay = min(delay * 2, WAIT_MAX_SECONDS)
+            output = await self._execute(step.present, step, "check again")
+            if output is None or not output.waiting:
+                await self._on_waiting(step, None)
+                return output
+            reason = output.waiting
 
     async def _make_absent(self, key: str) -> None:
         entry = self.ledger.find(key)

@@ -29,6 +29,7 @@ def plan_options(settings: Settings) -> PlanOptions:
         golden_dump_bucket=settings.golden_dump_bucket,
         ingress_hostname=settings.ingress_hostname,
         base_domain=settings.base_domain,
+        check_images=settings.check_images,
     )
 
 
@@ -44,6 +45,6 @@ class PlanningActivities:
     async def plan_preview(self, request: PlanRequest) -> Plan:
         try:
             return plan_preview(request.source.blueprint, request.pull_request,
-                                request.source.secrets, self.options)
+                                request.source.secrets, self.options, request.changed_files)
         except (PlanError, VariableError, ValueError) as error:
             raise invalid_input(f"cannot plan the preview: {error}") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -12,7 +12,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.git_host import GIT_HOST_REJECTED, GIT_HOST_UNAVAILABLE, FeedbackActivities
-from domain.feedback import Feedback, comment_marker, commit_state, render_comment
+from domain.feedback import (
+    Feedback,
+    TeardownReceipt,
+    comment_marker,
+    commit_state,
+    render_comment,
+)
 from engine.settings import Settings
 from stack.ports import free_port
 from tests.plugins.git_host import BOT, GitHost
@@ -77,7 +83,9 @@ async def test_comment_is_created_once_then_edited_in_place(git_host: GitHost) -
     # Same state again: nothing to change, nothing sent but the reads.
     await publish(acts, ready)
     assert len(git_host.calls_to("PATCH")) == 1
-    assert len(git_host.calls_to("POST")) == 3  # comment + two statuses
+    # The comment, two commit statuses, one deployment and its two statuses.
+    assert len(git_host.calls_to("POST")) == 6
+    assert len(git_host.calls_to("POST", "/deployments")) == 3
     assert len(git_host.comments("acme/shop", 7)) == 1
     assert [s["state"] for s in git_host.statuses("acme/shop", SHA)] == ["pending", "success"]
 
@@ -242,6 +250,139 @@ async def test_the_token_never_appears_in_logs_or_errors(
         assert "***" in str(error) or "500" in str(error)
 
 
+# --- GitHub deployments ---------------------------------------------------------------
+
+SHA2 = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def deployment_states(git_host: GitHost, repo: str = "acme/shop") -> dict[str, list[str]]:
+    return {d["sha"]: [s["state"] for s in d["statuses"]] for d in git_host.deployments(repo)}
+
+
+async def test_deployment_statuses_follow_the_whole_lifecycle(git_host: GitHost) -> None:
+    acts = make(git_host)
+    await publish(acts, feedback(state="creating"))
+    await publish(acts, feedback(state="ready", urls=URLS))
+    await publish(acts, feedback(state="ready", urls=URLS))  # a repeat posts nothing
+    assert deployment_states(git_host) == {SHA: ["in_progress", "success"]}
+
+    await publish(acts, feedback(state="updating", head_sha=SHA2, urls=URLS))
+    # The old commit's deployment keeps serving while the new one is made.
+    assert deployment_states(git_host) == {SHA: ["in_progress", "success"],
+                                           SHA2: ["in_progress"]}
+    await publish(acts, feedback(state="ready", head_sha=SHA2, urls=URLS))
+    assert deployment_states(git_host) == {SHA: ["in_progress", "success", "inactive"],
+                                           SHA2: ["in_progress", "success"]}
+    await publish(acts, feedback(state="destroying", head_sha=SHA2))
+    await publish(acts, feedback(state="destroyed", head_sha=SHA2))
+    await publish(acts, feedback(state="destroyed", head_sha=SHA2))  # a repeat posts nothing
+    assert deployment_states(git_host) == {SHA: ["in_progress", "success", "inactive"],
+                                           SHA2: ["in_progress", "success", "inactive"]}
+
+    first, second = git_host.deployments("acme/shop")
+    for deployment, sha in ((first, SHA), (second, SHA2)):
+        assert deployment["ref"] == sha
+        assert deployment["environment"] == "preview/pr-7"
+        assert deployment["transient_environment"] is True
+        assert deployment["production_environment"] is False
+        assert deployment["auto_merge"] is False
+        assert deployment["required_contexts"] == []
+        assert deployment["payload"] == {"environment_id": ENV}
+        assert ENV in deployment["description"]
+        success = next(s for s in deployment["statuses"] if s["state"] == "success")
+        assert success["environment_url"] == URLS["web"]
+        assert success["description"] == "Preview environment ready"
+        assert all(s["environment_url"] == "" for s in deployment["statuses"]
+                   if s["state"] != "success")
+    assert len(git_host.calls_to("POST", "/repos/acme/shop/deployments")) == 2 + 6
+
+
+async def test_failed_preview_fails_its_deployment(git_host: GitHost) -> None:
+    acts = make(git_host)
+    await publish(acts, feedback(state="creating"))
+    await publish(acts, feedback(state="failed", message="step database: timeout"))
+    [deployment] = git_host.deployments("acme/shop")
+    assert [s["state"] for s in deployment["statuses"]] == ["in_progress", "failure"]
+    assert "step database: timeout" in deployment["statuses"][-1]["description"]
+
+
+async def test_deployment_is_found_again_after_a_fault(git_host: GitHost) -> None:
+    acts = make(git_host)
+    # The deployment is created, then its first status call fails.
+    git_host.fail_next(1, 503, path_contains="/deployments/")
+    assert not (await publish_error(acts, feedback(state="creating"))).non_retryable
+    assert deployment_states(git_host) == {SHA: []}
+    await publish(acts, feedback(state="creating"))  # Temporal's retry
+    assert deployment_states(git_host) == {SHA: ["in_progress"]}
+    assert len(git_host.deployments("acme/shop")) == 1
+
+
+async def test_other_deployments_of_the_environment_are_left_alone(git_host: GitHost) -> None:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {git_host.token}"}) as http:
+        theirs = (await http.post(f"{git_host.url}/repos/acme/shop/deployments", json={
+            "ref": SHA, "environment": "preview/pr-7", "transient_environment": True,
+            "payload": {"environment_id": "other"},
+        })).json()
+        await http.post(f"{git_host.url}/repos/acme/shop/deployments/{theirs['id']}/statuses",
+                        json={"state": "success"})
+    acts = make(git_host)
+    await publish(acts, feedback(state="ready", urls=URLS))
+    await publish(acts, feedback(state="destroyed"))
+    states = [[s["state"] for s in d["statuses"]] for d in git_host.deployments("acme/shop")]
+    assert states == [["success"], ["success", "inactive"]]
+
+
+# --- one comment through the whole life of a preview ----------------------------------
+
+CLEAN = TeardownReceipt(
+    finished_at=datetime(2026, 3, 1, 10, 15, tzinfo=UTC),
+    removed=["namespace shop-pr-7", "database clone shop_pr_7"],
+    checked=["kubernetes:default", "postgres:preview"],
+)
+LEFT = CLEAN.model_copy(update={
+    "leftovers": ["kubernetes:default: configmap shop-pr-7/planted"],
+    "unchecked": ["aws:eu-west-1: AccessDenied"],
+})
+
+
+@pytest.mark.parametrize(("provider", "repo"), [("github", "acme/shop"),
+                                                ("gitlab", "acme/platform/shop")])
+@pytest.mark.parametrize("receipt", [CLEAN, LEFT], ids=["clean", "leftovers"])
+async def test_one_comment_is_edited_from_create_to_teardown_receipt(
+    git_host: GitHost, provider: str, repo: str, receipt: TeardownReceipt
+) -> None:
+    acts = make(git_host)
+    lifecycle = [
+        feedback(provider=provider, repository=repo, state="creating"),
+        feedback(provider=provider, repository=repo, state="ready", urls=URLS),
+        feedback(provider=provider, repository=repo, state="updating", head_sha=SHA2),
+        feedback(provider=provider, repository=repo, state="ready", head_sha=SHA2, urls=URLS),
+        feedback(provider=provider, repository=repo, state="destroying", head_sha=SHA2),
+        feedback(provider=provider, repository=repo, state="destroyed", head_sha=SHA2,
+                 receipt=receipt),
+    ]
+    for fb in lifecycle:
+        await publish(acts, fb)
+        [comment] = git_host.comments(repo, 7, provider=provider)
+        assert comment["body"] == render_comment(fb)
+    body = git_host.comments(repo, 7, provider=provider)[0]["body"]
+    assert len(git_host.calls_to("POST", "/comments" if provider == "github" else "/notes")) == 1
+    assert "**Removed at:** 2026-03-01T10:15Z" in body
+    assert "- namespace shop-pr-7" in body
+    if receipt.clean:
+        assert "**Nothing left behind** (checked: kubernetes:default, postgres:preview)." in body
+    else:
+        assert "- kubernetes:default: configmap shop-pr-7/planted" in body
+        assert "- aws:eu-west-1: AccessDenied" in body
+        assert "orphan sweeper" in body
+    if provider == "github":
+        assert {d["sha"]: d["statuses"][-1]["state"] for d in git_host.deployments(repo)} == {
+            SHA: "inactive", SHA2: "inactive"}
+    else:
+        [environment] = git_host.environments(repo)
+        assert environment["state"] == "stopped"
+
+
 # --- GitLab ---------------------------------------------------------------------------
 
 GL_REPO = "acme/platform/shop"
@@ -261,7 +402,7 @@ async def test_gitlab_note_is_created_once_then_edited_and_status_follows(
     assert len(notes) == 1
     assert notes[0]["body"] == render_comment(ready)
     assert len(git_host.calls_to("POST", f"{GL_PATH}/merge_requests/7/notes")) == 1
-    assert [c.path for c in git_host.calls_to("PUT")] == [
+    assert [c.path for c in git_host.calls_to("PUT", "/notes/")] == [
         f"{GL_PATH}/merge_requests/7/notes/{notes[0]['id']}"
     ]
     # running → success moves the one active status; the repeat posts nothing.
@@ -317,3 +458,33 @@ async def test_gitlab_5xx_retryable_and_401_not(git_host: GitHost) -> None:
     assert error.non_retryable and error.type == GIT_HOST_REJECTED
     assert "401 Unauthorized" in str(error)
     assert "wrong-gitlab-token" not in str(error)
+
+
+async def test_gitlab_environment_gets_its_url_and_is_stopped_then_replaced(
+    git_host: GitHost,
+) -> None:
+    acts = make(git_host)
+    await publish(acts, feedback(provider="gitlab", repository=GL_REPO))
+    [environment] = git_host.environments(GL_REPO)
+    assert environment["name"] == "preview/mr-7"
+    assert environment["state"] == "available" and environment["external_url"] is None
+
+    ready = feedback(provider="gitlab", repository=GL_REPO, state="ready", urls=URLS)
+    await publish(acts, ready)
+    await publish(acts, ready)
+    assert git_host.environments(GL_REPO) == [{**environment, "external_url": URLS["web"]}]
+    assert len(git_host.calls_to("PUT", f"{GL_PATH}/environments/")) == 1
+
+    gone = feedback(provider="gitlab", repository=GL_REPO, state="destroyed")
+    await publish(acts, gone)
+    await publish(acts, gone)
+    assert [e["state"] for e in git_host.environments(GL_REPO)] == ["stopped"]
+    assert len(git_host.calls_to("POST", "/stop")) == 1
+
+    # Reopened: a stopped environment cannot be restarted through the API, so it is
+    # replaced by a new one of the same name.
+    await publish(acts, feedback(provider="gitlab", repository=GL_REPO))
+    [again] = git_host.environments(GL_REPO)
+    assert again["name"] == "preview/mr-7" and again["state"] == "available"
+    assert again["id"] != environment["id"]
+    assert len(git_host.calls_to("POST", f"{GL_PATH}/environments")) == 3  # 2 + one stop

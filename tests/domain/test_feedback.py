@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -10,9 +11,13 @@ from pydantic import ValidationError
 
 from domain.feedback import (
     DESCRIPTION_MAX,
+    LIST_MAX,
     Feedback,
+    TeardownReceipt,
     comment_marker,
     commit_state,
+    deployment_environment,
+    deployment_state,
     is_our_comment,
     render_comment,
 )
@@ -157,3 +162,146 @@ def test_gitlab_accepts_nested_groups() -> None:
 
 def test_marker_helper_matches_render() -> None:
     assert render_comment(feedback()).startswith(comment_marker("shop-pr-42-abc123") + "\n")
+
+
+# --- teardown receipt -----------------------------------------------------------------
+
+FINISHED = datetime(2026, 3, 1, 10, 15, 42, tzinfo=UTC)
+
+
+def receipt(**overrides: Any) -> TeardownReceipt:
+    values: dict[str, Any] = {
+        "finished_at": FINISHED,
+        "removed": ["namespace shop-pr-42", "database clone shop_pr_42"],
+        "checked": ["kubernetes:default", "postgres:preview"],
+    }
+    return TeardownReceipt(**(values | overrides))
+
+
+def removed_items(body: str) -> list[str]:
+    inside = body.split("<details><summary>Removed", 1)[1].split("</details>", 1)[0]
+    return [line for line in inside.splitlines() if line.startswith("- ")]
+
+
+def test_clean_receipt_lists_what_was_removed_when_and_what_was_checked() -> None:
+    body = render_comment(feedback(state="destroyed", receipt=receipt()))
+    assert "<details><summary>Removed 2 resources</summary>" in body
+    assert removed_items(body) == ["- namespace shop-pr-42", "- database clone shop_pr_42"]
+    assert "**Removed at:** 2026-03-01T10:15Z" in body
+    assert "**Nothing left behind** (checked: kubernetes:default, postgres:preview)." in body
+    assert "Left behind:" not in body and "sweeper" not in body
+    # The receipt goes before the state line; the URLs of a removed preview do not show.
+    assert body.index("Nothing left behind") < body.index("**State:**")
+    assert "| App | URL |" not in body
+
+
+def test_receipt_with_leftovers_and_unchecked_systems_hands_them_to_the_sweeper() -> None:
+    body = render_comment(feedback(state="destroyed", receipt=receipt(
+        leftovers=["aws: vpc-0abc (tag preview-env=shop-pr-42-abc123)"],
+        unchecked=["aws:us-east-1: AccessDenied listing VPCs"],
+    )))
+    assert "Nothing left behind" not in body
+    left = body.split("**Left behind:**\n", 1)[1].split("\n\n", 1)[0]
+    assert left == "- aws: vpc-0abc (tag preview-env=shop-pr-42-abc123)"
+    assert "Checked: kubernetes:default, postgres:preview." in body
+    unchecked = body.split("**Not checked:**\n", 1)[1].split("\n\n", 1)[0]
+    assert unchecked == "- aws:us-east-1: AccessDenied listing VPCs"
+    assert "The orphan sweeper now owns what is left" in body
+
+
+def test_receipt_with_only_unchecked_systems_is_not_called_clean() -> None:
+    body = render_comment(feedback(state="destroyed", receipt=receipt(
+        unchecked=["postgres:preview: connection refused"])))
+    assert "**Nothing found left behind** (checked: kubernetes:default, postgres:preview)" in body
+    assert "but not everything could be checked" in body
+    assert "- postgres:preview: connection refused" in body
+    assert "orphan sweeper" in body
+    assert "✅" not in body
+
+
+def test_receipt_time_is_utc_to_the_minute() -> None:
+    paris = FINISHED.astimezone(timezone(timedelta(hours=1)))
+    assert "**Removed at:** 2026-03-01T10:15Z" in render_comment(
+        feedback(state="destroyed", receipt=receipt(finished_at=paris)))
+    naive = datetime(2026, 3, 1, 23, 59, 59)  # taken as UTC
+    assert "**Removed at:** 2026-03-01T23:59Z" in render_comment(
+        feedback(state="destroyed", receipt=receipt(finished_at=naive)))
+
+
+def test_receipt_lines_are_escaped_like_table_cells() -> None:
+    hostile = "vpc <img src=x onerror=alert(1)> `code` @acme/admins | x\n## heading"
+    body = render_comment(feedback(state="destroyed", receipt=receipt(
+        removed=[hostile], leftovers=[hostile], unchecked=[hostile], checked=["<b>k8s</b>"])))
+    assert "<img" not in body and "<b>" not in body
+    assert "@acme" not in body  # no mention pings
+    assert "`code`" not in body
+    assert "\n## heading" not in body  # one line per item, no Markdown structure
+    assert body.count("vpc &lt;img src=x onerror=alert(1)&gt; 'code' @\u200bacme/admins") == 3
+
+
+@pytest.mark.parametrize("filler", ["x", "&", "<|@"])
+def test_long_receipts_are_bounded_and_counted(filler: str) -> None:
+    many = [f"resource {i} " + filler * 500 for i in range(500)]
+    body = render_comment(feedback(state="destroyed", receipt=receipt(
+        removed=many, leftovers=many, unchecked=many[:100])))
+    assert len(body) < 40_000  # GitHub takes 65536 characters
+    items = removed_items(body)
+    assert len(items) == LIST_MAX + 1
+    assert items[-1] == f"- … and {500 - LIST_MAX} more"
+    assert all(len(item) <= 202 for item in items)
+    assert all(re.search(r"&[a-z]*…", item) is None for item in items)  # no half entity
+    assert "<details><summary>Removed 500 resources</summary>" in body
+
+
+def test_receipt_with_nothing_removed_says_so() -> None:
+    body = render_comment(feedback(state="destroyed", receipt=receipt(removed=[], checked=[])))
+    assert "Removed 0 resources" in body and removed_items(body) == ["- nothing"]
+    assert "**Nothing left behind** (checked: none)." in body
+    assert "Removed 1 resource<" in render_comment(
+        feedback(state="destroyed", receipt=receipt(removed=["namespace x"])))
+
+
+def test_commit_status_of_a_removal_counts_what_was_left() -> None:
+    assert commit_state(feedback(state="destroyed", receipt=receipt())) == (
+        "success", "Preview environment removed")
+    state, description = commit_state(feedback(
+        state="destroyed", message="pull request closed",
+        receipt=receipt(leftovers=["aws: vpc-1", "aws: subnet-2"])))
+    assert state == "success"
+    assert description == ("Preview environment removed (2 left behind, for the orphan "
+                           "sweeper): pull request closed")
+    _, unchecked = commit_state(feedback(state="destroyed", receipt=receipt(unchecked=["a: b"])))
+    assert unchecked == "Preview environment removed (not every system could be checked)"
+
+
+# --- deployments ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("creating", "in_progress"),
+        ("updating", "in_progress"),
+        ("ready", "success"),
+        ("failed", "failure"),
+        ("destroyed", "inactive"),
+        ("sleeping", None),
+        ("destroying", None),
+        ("skipped", None),
+    ],
+)
+def test_deployment_state_mapping(state: str, expected: str | None) -> None:
+    assert deployment_state(feedback(state=state)) == expected
+
+
+def test_one_deployment_environment_per_pull_or_merge_request() -> None:
+    assert deployment_environment(feedback()) == "preview/pr-42"
+    gitlab = feedback(provider="gitlab", repository="acme/platform/shop")
+    assert deployment_environment(gitlab) == "preview/mr-42"
+
+
+def test_skipped_state_has_its_own_headline_and_a_neutral_status() -> None:
+    body = render_comment(feedback(state="skipped", urls={}, message="only docs changed"))
+    assert "No preview for this pull request" in body
+    assert commit_state(feedback(state="skipped", message="only docs changed")) == (
+        "success", "No preview: only docs changed")

@@ -27,6 +27,8 @@ from domain.resources import (
     ConfigMapSpec,
     ContainerDatabaseSpec,
     DnsRecordsSpec,
+    ImageSpec,
+    KubeSpec,
     NamespaceSpec,
     PostgresCloneSpec,
     RdsCloneSpec,
@@ -63,8 +65,15 @@ def assert_valid_order(plan: Plan) -> None:
 def test_apps_only() -> None:
     plan = plan_preview(blueprint(), PR)
     assert_valid_order(plan)
-    assert plan.keys() == ["slot", "namespace", "config/web", "secret/web", "app/web",
-                           "ingress/web"]
+    assert plan.keys() == ["slot", "namespace", "image/web", "config/web", "secret/web",
+                           "app/web", "ingress/web"]
+    image = plan.step("image/web").spec
+    assert isinstance(image, ImageSpec) and (image.repository, image.tag) == (
+        "r/web", "abcdef1234567")
+    assert plan.step("image/web").wait_seconds == 30 * 60
+    assert "image/web" in plan.step("app/web").depends_on
+    without = plan_preview(blueprint(), PR, options=PlanOptions(check_images=False))
+    assert "image/web" not in [s.key for s in without.steps]
     assert plan.step("namespace").depends_on == ("slot",)
     app = plan.step("app/web").spec
     assert isinstance(app, ApplicationSpec) and app.image == "r/web:abcdef1234567"
@@ -162,15 +171,19 @@ def test_plan_is_deterministic_and_changes_only_with_the_commit() -> None:
     assert plan_preview(bp, PR) == plan_preview(bp, PR)
     newer = plan_preview(bp, PR.model_copy(update={"head_sha": "1234567abcdef"}))
     changed = {s.key for s in newer.steps if s != plan_preview(bp, PR).step(s.key)}
-    assert changed == {"config/web", "config/api", "app/web", "app/api"}
+    assert changed == {"config/web", "config/api", "image/web", "image/api", "app/web",
+                       "app/api"}
 
 
 def test_isolated_targets_get_their_own_task_queues() -> None:
     bp = blueprint(environment={"isolation": "cluster", "cluster": {"name": "hipaa"}})
     plan = plan_preview(bp, PR)
-    kube = [s for s in plan.steps if s.key != "slot"]
-    assert {s.task_queue for s in kube} == {"previews-cluster-hipaa"}
-    assert plan.step("slot").task_queue is None  # the control plane's own step
+    kube = [s for s in plan.steps if isinstance(s.spec, KubeSpec)]
+    assert kube and {s.task_queue for s in kube} == {"previews-cluster-hipaa"}
+    # The control plane's and the registry's steps stay on the lifecycle worker.
+    others = [s for s in plan.steps if not isinstance(s.spec, KubeSpec)]
+    assert {s.key for s in others} == {"slot", "image/web"}
+    assert {s.task_queue for s in others} == {None}
     assert all(getattr(s.spec, "cluster", "hipaa") == "hipaa" for s in plan.steps)
 
 

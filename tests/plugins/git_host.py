@@ -3,8 +3,14 @@
 It implements the few REST endpoints the feedback activity uses, with in-memory state
 and the hosts' own rules where they matter (pagination with a Link header, token check,
 GitHub's 140-character status description, GitLab's refusal to post a pending/running
-status in the state it already has). Every call is recorded; `fail_next` makes the next
-calls fail with a given status.
+status in the state it already has, GitHub's auto_inactive that skips transient
+environments). Every call is recorded; `fail_next` makes the next calls fail with a
+given status.
+
+A GitHub App (`install_app`) is checked as GitHub does: its JWT against the app's public
+key (signature, issuer, `exp` in the future and at most ten minutes after `iat`), and
+repository calls accept only installation tokens it issued, unexpired, for a repository
+of that installation. Time is `clock` (a test may move it); tokens live `token_lifetime`.
 
 GitHub is served at `.url`, GitLab's API at `.gitlab_url` (`.url` + `/api/v4`).
 """
@@ -17,13 +23,18 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from stack.ports import free_port
 
@@ -33,7 +44,25 @@ GITHUB_STATES = {"pending", "success", "failure", "error"}
 GITLAB_STATES = {"pending", "running", "success", "failed", "canceled"}
 GITLAB_EVENTS = {"pending": "enqueue", "running": "run", "success": "succeed",
                  "failed": "drop", "canceled": "cancel"}  # fmt: skip
+DEPLOYMENT_STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending",
+                     "success"}
 BOT = "preview-bot"
+
+
+def app_key_pair() -> tuple[str, rsa.RSAPublicKey]:
+    """A GitHub App's private key (PEM, as GitHub hands it out) and its public key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    return pem, key.public_key()
+
+
+@dataclass
+class _App:
+    app_id: str
+    public_key: rsa.RSAPublicKey
+    installations: dict[int, set[str]]  # installation id → owner/name it may act on
+    tokens: dict[str, tuple[int, float]] = field(default_factory=dict)  # → (id, expires)
 
 
 @dataclass(frozen=True)
@@ -63,9 +92,16 @@ class GitHost:
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
     # (provider, repository, number) → comments / notes, oldest first
     _comments: dict[tuple[str, str, int], list[dict[str, Any]]] = field(default_factory=dict)
+    _files: dict[tuple[str, str, int], list[dict[str, Any]]] = field(default_factory=dict)
     # (provider, repository, sha) → statuses, oldest first
     _statuses: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
     _failures: list[_Failure] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+    token_lifetime: float = 3600.0  # seconds an installation token is valid
+    _app: _App | None = None
+    _deployments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by repo
+    _deployment_statuses: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    _environments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # GitLab
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -91,6 +127,33 @@ class GitHost:
         """Every commit status posted (GitLab: updated in place while active), oldest first."""
         with self._lock:
             return [dict(s) for s in self._statuses.get((provider, repo, sha), [])]
+
+    def deployments(self, repo: str) -> list[dict[str, Any]]:
+        """GitHub deployments, oldest first, each with its statuses (oldest first)."""
+        with self._lock:
+            return [{**d, "statuses": [dict(s) for s in self._deployment_statuses[d["id"]]]}
+                    for d in self._deployments.get(repo, [])]
+
+    def environments(self, project: str) -> list[dict[str, Any]]:
+        """GitLab environments of a project, oldest first."""
+        with self._lock:
+            return [dict(e) for e in self._environments.get(project, [])]
+
+    def install_app(
+        self, app_id: str, public_key: rsa.RSAPublicKey, installations: dict[int, list[str]]
+    ) -> None:
+        with self._lock:
+            self._app = _App(app_id, public_key,
+                             {i: set(repos) for i, repos in installations.items()})
+
+    def uninstall(self, installation: int) -> None:
+        """Delete an installation: its tokens stop working at once, as on GitHub."""
+        with self._lock:
+            assert self._app is not None
+            self._app.installations.pop(installation, None)
+            for token, (owner, _) in list(self._app.tokens.items()):
+                if owner == installation:
+                    del self._app.tokens[token]
 
     def seed_comment(
         self, repo: str, n: int, body: str, *, user: str = "someone", provider: str = "github"
@@ -118,8 +181,12 @@ class GitHost:
         with self._lock:
             self._calls.clear()
             self._comments.clear()
+            self._files.clear()
             self._statuses.clear()
             self._failures.clear()
+            self._deployments.clear()
+            self._deployment_statuses.clear()
+            self._environments.clear()
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> GitHost:
@@ -142,7 +209,7 @@ class GitHost:
                     status, extra, body = host.handle(self.command, self.path, headers, raw)
                 except Exception as exc:  # a bug in the fake must show, not hang the client
                     status, extra, body = 500, {}, {"message": f"fake git host: {exc!r}"}
-                data = json.dumps(body).encode()
+                data = b"" if status == 204 else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -199,21 +266,57 @@ class GitHost:
                     return failure.status, failure.headers, {"message": failure.message}
             if body is ...:
                 return 400, {}, {"message": "Problems parsing JSON"}
-            gitlab = path.startswith("/api/v4/")
-            if not self._authorised(headers, gitlab):
-                message = "401 Unauthorized" if gitlab else "Bad credentials"
-                return 401, {}, {"message": message}
+            refusal = self._refusal(path, headers)
+            if refusal is not None:
+                return refusal
             for pattern, verb, handler in self._routes():
                 match = pattern.match(path)
                 if match and verb == method:
                     return handler(match, query, body)
             return 404, {}, {"message": "Not Found"}
 
-    def _authorised(self, headers: dict[str, str], gitlab: bool) -> bool:
-        accepted = {f"Bearer {self.token}", f"token {self.token}"}
-        if gitlab and headers.get("private-token") == self.token:
-            return True
-        return headers.get("authorization") in accepted
+    def _refusal(self, path: str, headers: dict[str, str]) -> Reply | None:
+        """Why a call's credential is refused, as the host says it; None when accepted."""
+        authorization = headers.get("authorization") or ""
+        if path.startswith("/api/v4/"):
+            if self.token in (headers.get("private-token"), authorization.removeprefix("Bearer ")):
+                return None
+            return 401, {}, {"message": "401 Unauthorized"}
+        if path.startswith("/app/") or re.match(r"^/repos/[^/]+/[^/]+/installation$", path):
+            why = self._jwt_refusal(authorization.removeprefix("Bearer "))
+            return None if why is None else (401, {}, {"message": why})
+        if authorization in (f"Bearer {self.token}", f"token {self.token}"):
+            return None
+        issued = self._app.tokens.get(authorization.removeprefix("Bearer ")) if self._app else None
+        if issued is None or issued[1] <= self.clock():
+            return 401, {}, {"message": "Bad credentials"}
+        repo = re.match(r"^/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)", path)
+        assert self._app is not None
+        if repo is None or (f"{repo['owner']}/{repo['name']}"
+                            not in self._app.installations.get(issued[0], set())):
+            return 404, {}, {"message": "Not Found"}  # GitHub hides what a token cannot see
+        return None
+
+    def _jwt_refusal(self, token: str) -> str | None:
+        if self._app is None:
+            return "Integration not found"
+        try:
+            claims = jwt.decode(token, self._app.public_key, algorithms=["RS256"],
+                                options={"verify_exp": False, "verify_iat": False,
+                                         "require": ["iat", "exp", "iss"]})
+        except jwt.InvalidTokenError:
+            return "A JSON web token could not be decoded"
+        now = self.clock()
+        if not isinstance(claims["exp"], int) or claims["exp"] <= now:
+            return ("'Expiration time' claim ('exp') must be a numeric value representing the "
+                    "future time at which the assertion expires")
+        if not isinstance(claims["iat"], int) or claims["iat"] > now + 60:
+            return "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued"  # noqa: E501
+        if claims["exp"] - claims["iat"] > 600:
+            return "'Expiration time' claim ('exp') is too far in the future"
+        if str(claims["iss"]) != self._app.app_id:
+            return "Integration not found"
+        return None
 
     def _routes(self) -> list[tuple[re.Pattern[str], str, Callable[..., Reply]]]:
         gh = r"^/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)"
@@ -224,16 +327,44 @@ class GitHost:
             (gh + r"/issues/comments/(?P<id>\d+)$", "PATCH", self._gh_edit_comment),
             (gh + r"/statuses/(?P<sha>[0-9a-f]{7,64})$", "POST", self._gh_create_status),
             (gh + r"/commits/(?P<ref>[^/]+)/status$", "GET", self._gh_combined_status),
+            (gh + r"/installation$", "GET", self._gh_repo_installation),
+            (r"^/app/installations/(?P<id>\d+)/access_tokens$", "POST", self._gh_access_token),
+            (gh + r"/deployments$", "GET", self._gh_list_deployments),
+            (gh + r"/deployments$", "POST", self._gh_create_deployment),
+            (gh + r"/deployments/(?P<id>\d+)/statuses$", "GET", self._gh_list_deployment_statuses),
+            (gh + r"/deployments/(?P<id>\d+)/statuses$", "POST",
+             self._gh_create_deployment_status),
+            (gh + r"/pulls/(?P<n>\d+)/files$", "GET", self._gh_list_files),
+            (gl + r"/merge_requests/(?P<n>\d+)/diffs$", "GET", self._gl_list_diffs),
             (gl + r"/merge_requests/(?P<n>\d+)/notes$", "GET", self._gl_list_notes),
             (gl + r"/merge_requests/(?P<n>\d+)/notes$", "POST", self._gl_create_note),
             (gl + r"/merge_requests/(?P<n>\d+)/notes/(?P<id>\d+)$", "PUT", self._gl_edit_note),
             (gl + r"/statuses/(?P<sha>[0-9a-f]{7,64})$", "POST", self._gl_create_status),
             (gl + r"/repository/commits/(?P<sha>[0-9a-f]+)/statuses$", "GET",
              self._gl_list_statuses),
+            (gl + r"/environments$", "GET", self._gl_list_environments),
+            (gl + r"/environments$", "POST", self._gl_create_environment),
+            (gl + r"/environments/(?P<id>\d+)$", "PUT", self._gl_edit_environment),
+            (gl + r"/environments/(?P<id>\d+)$", "DELETE", self._gl_delete_environment),
+            (gl + r"/environments/(?P<id>\d+)/stop$", "POST", self._gl_stop_environment),
         ]  # fmt: skip
         return [(re.compile(p), verb, h) for p, verb, h in table]
 
     # GitHub
+    def set_changed_files(self, repo: str, n: int, files: list[dict[str, Any]],
+                          provider: str = "github") -> None:
+        """The files a PR changes, as the host lists them (GitHub: filename and, for a
+        rename, previous_filename; GitLab: new_path and old_path)."""
+        self._files[(provider, repo, n)] = files
+
+    def _gh_list_files(self, m: re.Match[str], query: dict[str, str], _: Any) -> Reply:
+        repo = f"{m['owner']}/{m['name']}"
+        return self._page(self._files.get(("github", repo, int(m["n"])), []), m, query, 30)
+
+    def _gl_list_diffs(self, m: re.Match[str], query: dict[str, str], _: Any) -> Reply:
+        repo = unquote(m["project"])
+        return self._page(self._files.get(("gitlab", repo, int(m["n"])), []), m, query, 20)
+
     def _gh_list_comments(self, m: re.Match[str], query: dict[str, str], _: Any) -> Reply:
         repo = f"{m['owner']}/{m['name']}"
         return self._page(self._comments.get(("github", repo, int(m["n"])), []), m, query, 30)
@@ -290,6 +421,94 @@ class GitHost:
         statuses = list(reversed(latest.values()))
         return 200, {}, {"state": combined, "sha": m["ref"], "statuses": statuses,
                          "total_count": len(statuses)}  # fmt: skip
+
+    # GitHub App
+    def _gh_repo_installation(self, m: re.Match[str], _: dict[str, str], __: Any) -> Reply:
+        repo = f"{m['owner']}/{m['name']}"
+        assert self._app is not None  # the JWT check let this through
+        for installation, repos in self._app.installations.items():
+            if repo in repos:
+                return 200, {}, {"id": installation, "app_id": self._app.app_id}
+        return 404, {}, {"message": "Not Found"}
+
+    def _gh_access_token(self, m: re.Match[str], _: dict[str, str], __: Any) -> Reply:
+        assert self._app is not None
+        installation = int(m["id"])
+        if installation not in self._app.installations:
+            return 404, {}, {"message": "Not Found"}
+        token = f"ghs_{secrets.token_hex(18)}"
+        expires = int(self.clock() + self.token_lifetime)
+        self._app.tokens[token] = (installation, expires)
+        expires_at = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return 201, {}, {"token": token, "expires_at": expires_at,
+                         "repository_selection": "selected"}
+
+    # GitHub deployments
+    def _gh_list_deployments(self, m: re.Match[str], query: dict[str, str], _: Any) -> Reply:
+        found = [d for d in reversed(self._deployments.get(f"{m['owner']}/{m['name']}", []))
+                 if all(d[k] == query[k] for k in ("sha", "ref", "environment", "task")
+                        if k in query)]
+        return self._page(found, m, query, 30)
+
+    def _gh_create_deployment(self, m: re.Match[str], _: dict[str, str], body: Any) -> Reply:
+        if not isinstance(body, dict) or not isinstance(body.get("ref"), str):
+            return 422, {}, {"message": "Invalid request. \"ref\" wasn't supplied."}
+        deployment = {
+            "id": next(self._ids), "sha": body["ref"], "ref": body["ref"],
+            "task": body.get("task", "deploy"), "payload": body.get("payload", {}),
+            "environment": body.get("environment", "production"),
+            "description": body.get("description"),
+            "transient_environment": bool(body.get("transient_environment", False)),
+            "production_environment": bool(body.get("production_environment",
+                                                    body.get("environment") == "production")),
+            "required_contexts": body.get("required_contexts"),
+            "auto_merge": body.get("auto_merge", True),
+        }
+        self._deployments.setdefault(f"{m['owner']}/{m['name']}", []).append(deployment)
+        self._deployment_statuses[deployment["id"]] = []
+        return 201, {}, deployment
+
+    def _deployment(self, m: re.Match[str]) -> dict[str, Any] | None:
+        return next((d for d in self._deployments.get(f"{m['owner']}/{m['name']}", [])
+                     if d["id"] == int(m["id"])), None)
+
+    def _gh_list_deployment_statuses(
+        self, m: re.Match[str], query: dict[str, str], _: Any
+    ) -> Reply:
+        if self._deployment(m) is None:
+            return 404, {}, {"message": "Not Found"}
+        return self._page(list(reversed(self._deployment_statuses[int(m["id"])])), m, query, 30)
+
+    def _gh_create_deployment_status(
+        self, m: re.Match[str], _: dict[str, str], body: Any
+    ) -> Reply:
+        deployment = self._deployment(m)
+        if deployment is None:
+            return 404, {}, {"message": "Not Found"}
+        if (
+            not isinstance(body, dict)
+            or body.get("state") not in DEPLOYMENT_STATES
+            or len(body.get("description") or "") > 140
+            or not re.match(r"^https?://", body.get("environment_url") or "http://")
+        ):
+            return 422, {}, {"message": "Validation Failed"}
+        status = {"id": next(self._ids), "state": body["state"],
+                  "description": body.get("description") or "",
+                  "environment_url": body.get("environment_url") or ""}  # fmt: skip
+        self._deployment_statuses[deployment["id"]].append(status)
+        if body["state"] == "success" and body.get("auto_inactive", True):
+            # As GitHub: only earlier non-transient, non-production deployments of the
+            # environment whose latest state is success.
+            for other in self._deployments[f"{m['owner']}/{m['name']}"]:
+                history = self._deployment_statuses[other["id"]]
+                if (other["id"] < deployment["id"] and
+                        other["environment"] == deployment["environment"] and
+                        not other["transient_environment"] and
+                        not other["production_environment"] and
+                        history and history[-1]["state"] == "success"):
+                    history.append({"id": next(self._ids), "state": "inactive",
+                                    "description": "", "environment_url": ""})
+        return 201, {}, status
 
     # GitLab
     def _gl_list_notes(self, m: re.Match[str], query: dict[str, str], _: Any) -> Reply:
@@ -353,6 +572,53 @@ class GitHost:
                 latest[status["name"]] = status
             statuses = list(latest.values())
         return self._page(statuses, m, query, 20)
+
+    # GitLab environments
+    def _gl_list_environments(self, m: re.Match[str], query: dict[str, str], _: Any) -> Reply:
+        found = [e for e in self._environments.get(unquote(m["project"]), [])
+                 if query.get("name") in (None, e["name"])
+                 and query.get("states") in (None, e["state"])]
+        return self._page(found, m, query, 20)
+
+    def _gl_create_environment(self, m: re.Match[str], _: dict[str, str], body: Any) -> Reply:
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            return 400, {}, {"message": "400 Bad request - name is missing"}
+        environments = self._environments.setdefault(unquote(m["project"]), [])
+        if any(e["name"] == body["name"] for e in environments):
+            return 400, {}, {"message": {"name": ["has already been taken"]}}
+        environment = {"id": next(self._ids), "name": body["name"], "state": "available",
+                       "external_url": body.get("external_url"),
+                       "tier": body.get("tier", "other")}  # fmt: skip
+        environments.append(environment)
+        return 201, {}, environment
+
+    def _environment(self, m: re.Match[str]) -> dict[str, Any] | None:
+        return next((e for e in self._environments.get(unquote(m["project"]), [])
+                     if e["id"] == int(m["id"])), None)
+
+    def _gl_edit_environment(self, m: re.Match[str], _: dict[str, str], body: Any) -> Reply:
+        environment = self._environment(m)
+        if environment is None:
+            return 404, {}, {"message": "404 Environment Not Found"}
+        if isinstance(body, dict) and "external_url" in body:
+            environment["external_url"] = body["external_url"]
+        return 200, {}, environment
+
+    def _gl_stop_environment(self, m: re.Match[str], _: dict[str, str], __: Any) -> Reply:
+        environment = self._environment(m)
+        if environment is None:
+            return 404, {}, {"message": "404 Environment Not Found"}
+        environment["state"] = "stopped"
+        return 200, {}, environment
+
+    def _gl_delete_environment(self, m: re.Match[str], _: dict[str, str], __: Any) -> Reply:
+        environment = self._environment(m)
+        if environment is None:
+            return 404, {}, {"message": "404 Environment Not Found"}
+        if environment["state"] != "stopped":  # GitLab deletes stopped environments only
+            return 403, {}, {"message": "403 Forbidden"}
+        self._environments[unquote(m["project"])].remove(environment)
+        return 204, {}, None
 
     # shared
     def _add_comment(

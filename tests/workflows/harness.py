@@ -42,13 +42,15 @@ def pull_request(number: int, sha: str = "a" * 40, **extra: Any) -> PullRequest:
 
 class Harness:
     def __init__(self, client: Client, blueprint_dir: Path,
-                 policy: dict[str, Any] | None = None) -> None:
+                 policy: dict[str, Any] | None = None, *, check_images: bool = True,
+                 **blueprint: Any) -> None:
         self.client = client
-        if policy is not None:  # a blueprint of its own, in a folder of its own
+        if policy is not None or blueprint:  # a blueprint of its own, in a folder of its own
             blueprint_dir = blueprint_dir / uuid.uuid4().hex[:8]
             blueprint_dir.mkdir()
-            (blueprint_dir / "shop.yaml").write_text(yaml.safe_dump({**BLUEPRINT,
-                                                                      "policy": policy}))
+            (blueprint_dir / "shop.yaml").write_text(yaml.safe_dump(
+                {**BLUEPRINT, "policy": policy or BLUEPRINT["policy"], **blueprint}))
+        self.check_images = check_images
         self.inventory = Inventory()
         self.task_queue = f"saga-{uuid.uuid4().hex[:8]}"
         self.files = BlueprintFileActivities(blueprint_dir)
@@ -59,7 +61,9 @@ class Harness:
             task_queue=self.task_queue,
             workflows=[PreviewEnvironmentWorkflow],
             activities=[*self.inventory.activities(), self.files.load_source_environment,
-                        PlanningActivities(PlanOptions(task_queue=self.task_queue)).plan_preview],
+                        PlanningActivities(PlanOptions(
+                            task_queue=self.task_queue,
+                            check_images=self.check_images)).plan_preview],
         )
 
     async def deploy(self, pr: PullRequest) -> WorkflowHandle[Any, Any]:

@@ -14,9 +14,27 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from domain.contract import spec_types
-from domain.feedback import Feedback
-from domain.resources import ApplicationSpec, Spec, StepInput, StepOutput
+from domain.contract import (
+    LIST_AWS_ENVIRONMENTS,
+    LIST_CHANGED_FILES,
+    LIST_KUBE_ENVIRONMENTS,
+    LIST_PREVIEW_DATABASES,
+    spec_types,
+)
+from domain.feedback import ChangedFilesRequest, Feedback
+from domain.resources import (
+    ApplicationSpec,
+    AwsSpec,
+    AwsSweepInput,
+    ImageSpec,
+    KubeSpec,
+    KubeSweepInput,
+    PostgresCloneSpec,
+    PreviewDatabase,
+    Spec,
+    StepInput,
+    StepOutput,
+)
 from domain.secrets import SealedValue
 
 SPEC_CLASSES: list[type[Spec]] = list(spec_types())
@@ -29,6 +47,8 @@ def spec_key(spec: Spec) -> str:
         or getattr(spec, "identifier", None)
         or ",".join(getattr(spec, "hosts", []))
     )
+    if isinstance(spec, ImageSpec):
+        name = f"{spec.repository}:{spec.tag}"
     return f"{getattr(spec, 'kind', '?')}:{name}"
 
 
@@ -40,6 +60,8 @@ class Inventory:
         self.fail_if: list[Callable[[str, Spec], bool]] = []
         self.feedback: list[Feedback] = []
         self.scaled: dict[str, int] = {}
+        self.not_yet: dict[str, int] = {}  # spec key → how many times to answer "waiting"
+        self.changed: list[str] = []  # the files every pull request changes
         # activity name → (reached, release): the activity signals `reached`, then waits
         # for the test to set `release`, so a test can act while a step is in flight.
         self.holds: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
@@ -74,17 +96,54 @@ class Inventory:
             self._scale(ApplicationSpec.sleep or "", 0),
             self._scale(ApplicationSpec.wake or "", None),
             self._feedback(),
+            *self._listings(),
         ]
         return made
+
+    def _listings(self) -> list[Callable[..., Any]]:
+        """The sweeper's listings over this world, which teardown receipts use too."""
+
+        def by_environment(kind: type[Spec], where: Callable[[Any], bool]) -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {}
+            for key, spec in self.present.items():
+                if isinstance(spec, kind) and where(spec):
+                    found.setdefault(spec.owner.environment, []).append(key)
+            return found
+
+        @activity.defn(name=LIST_KUBE_ENVIRONMENTS.name)
+        async def list_kube(request: KubeSweepInput) -> dict[str, list[str]]:
+            return by_environment(KubeSpec, lambda s: s.cluster == request.cluster)
+
+        @activity.defn(name=LIST_AWS_ENVIRONMENTS.name)
+        async def list_aws(request: AwsSweepInput) -> dict[str, list[str]]:
+            return by_environment(AwsSpec, lambda s: s.target == request.target)
+
+        @activity.defn(name=LIST_PREVIEW_DATABASES.name)
+        async def list_databases() -> list[PreviewDatabase]:
+            return [PreviewDatabase(database=s.database, environment=s.owner.environment)
+                    for s in self.present.values() if isinstance(s, PostgresCloneSpec)]
+
+        @activity.defn(name=LIST_CHANGED_FILES.name)
+        async def changed_files(request: ChangedFilesRequest) -> list[str]:
+            self.calls.append(f"{LIST_CHANGED_FILES.name}:{request.pr_number}")
+            return list(self.changed)
+
+        return [list_kube, list_aws, list_databases, changed_files]
 
     def _present(self, name: str) -> Callable[..., Any]:
         @activity.defn(name=name)
         async def present(input: StepInput) -> StepOutput:
             self.calls.append(f"{name}:{spec_key(input.spec)}")
+            key = spec_key(input.spec)
+            if self.not_yet.get(key, 0) > 0:  # e.g. an image CI has not pushed yet
+                self.not_yet[key] -= 1
+                return StepOutput(waiting=f"waiting for {key}")
             # Created before the failure: a half-done step the saga must still undo.
-            self.present[spec_key(input.spec)] = input.spec
+            # (A step with nothing to remove, like an image check, leaves nothing.)
+            if type(input.spec).absent:
+                self.present[key] = input.spec
             self._maybe_fail(name, input.spec)
-            output = StepOutput(values={"made": spec_key(input.spec)})
+            output = StepOutput(values={"made": key})
             if input.spec.kind == "postgres_clone":
                 output.secrets["url"] = SealedValue(
                     key_id="test", wrapped_key="", nonce="", ciphertext=""

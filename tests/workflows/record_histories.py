@@ -28,16 +28,19 @@ OUT = Path(__file__).parent / "histories"
 
 
 async def record(client: Client, blueprints: Path) -> None:
+    """Today's lifecycles, as `*.v2.json` (contract, image waits, path filters, teardown
+    receipts); the files without the suffix were recorded before those and stay."""
     harness = Harness(client, blueprints)
     async with harness.worker():
-        # create → redeploy → destroy
+        # create (waiting once for an image) → redeploy → destroy with its receipt
+        harness.inventory.not_yet[f"image:registry.local/shop/web:{'1' * 40}"] = 1
         handle = await harness.deploy(pull_request(1, "1" * 40))
         await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
         await harness.deploy(pull_request(1, "2" * 40))
         await harness.wait_state(handle, lambda s: s.head_sha == "2" * 40)
         await lifecycle.destroy(client, "acme/shop", 1, "recorded")
         await handle.result()
-        (OUT / "create_redeploy_destroy.json").write_text(
+        (OUT / "create_redeploy_destroy.v2.json").write_text(
             (await handle.fetch_history()).to_json())
 
         # a create that fails at the application step and is compensated
@@ -46,7 +49,16 @@ async def record(client: Client, blueprints: Path) -> None:
         await harness.wait_state(handle, lambda s: s.state == PreviewState.failed)
         await lifecycle.destroy(client, "acme/shop", 2, "recorded")
         await handle.result()
-        (OUT / "failed_create_compensated.json").write_text(
+        (OUT / "failed_create_compensated.v2.json").write_text(
+            (await handle.fetch_history()).to_json())
+
+    # a PR that only touches ignored paths: skipped, nothing made
+    filtered = Harness(client, blueprints, {**BLUEPRINT["policy"], "ignore_paths": ["docs/"]})
+    filtered.inventory.changed = ["docs/index.md"]
+    async with filtered.worker():
+        handle = await filtered.deploy(pull_request(3, "4" * 40))
+        await handle.result()
+        (OUT / "skipped_by_path_filters.v2.json").write_text(
             (await handle.fetch_history()).to_json())
 
 

@@ -32,8 +32,10 @@ async def harness(temporal_client: Client, blueprint_dir: Path) -> AsyncIterator
 
 
 def expected_resources(pr: PullRequest) -> set[str]:
+    """What a preview leaves in the world: steps with something to remove (an image check
+    makes nothing)."""
     bp = Blueprint.model_validate(BLUEPRINT)
-    return {spec_key(step.spec) for step in plan_preview(bp, pr).steps}
+    return {spec_key(step.spec) for step in plan_preview(bp, pr).steps if step.absent}
 
 
 async def test_create_then_destroy_leaves_nothing(harness: Harness) -> None:
@@ -42,7 +44,8 @@ async def test_create_then_destroy_leaves_nothing(harness: Harness) -> None:
         handle = await harness.deploy(pr)
         status = await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
         assert set(harness.inventory.present) == expected_resources(pr)
-        assert status.steps_done == status.steps_total == len(expected_resources(pr))
+        planned = plan_preview(Blueprint.model_validate(BLUEPRINT), pr).steps
+        assert status.steps_done == status.steps_total == len(planned)
         assert set(status.urls) == {"web", "api"}
         assert status.urls["web"] == "http://web-pr-101.preview.localhost"
 
@@ -64,7 +67,8 @@ async def test_failure_at_any_create_step_undoes_everything(
 ) -> None:
     pr = pull_request(200 + STEP_KEYS.index(failing_key))
     step = plan_preview(Blueprint.model_validate(BLUEPRINT), pr).step(failing_key)
-    harness.inventory.fail_on.add(f"{step.present}:{getattr(step.spec, 'name', '')}")
+    harness.inventory.fail_if.append(lambda name, spec: name == step.present
+                                     and spec_key(spec) == spec_key(step.spec))
     async with harness.worker():
         handle = await harness.deploy(pr)
         status = await harness.wait_state(handle, lambda s: s.state == PreviewState.failed)
@@ -73,7 +77,8 @@ async def test_failure_at_any_create_step_undoes_everything(
     assert failing_key in status.last_error and "injected failure" in status.last_error
     assert harness.inventory.feedback[-1].state == "failed"
     # The failing step itself was undone too (undo registered before do).
-    assert f"{step.absent}:{spec_key(step.spec)}" in harness.inventory.calls
+    if step.absent:
+        assert f"{step.absent}:{spec_key(step.spec)}" in harness.inventory.calls
 
 
 async def test_redeploy_rolls_new_commit_and_failed_redeploy_restores(harness: Harness) -> None:
@@ -210,7 +215,8 @@ async def test_continue_as_new_keeps_history_bounded_and_state_intact(harness: H
         assert description.run_id != first_run, "history past the limit must continue as new"
         assert description.history_length < 300
         status = await latest.query("status")
-        assert status["steps_done"] == len(expected_resources(pr))
+        assert status["steps_done"] == len(plan_preview(Blueprint.model_validate(BLUEPRINT),
+                                                        pr).steps)
         await lifecycle.destroy(harness.client, "acme/shop", 800, "done")
         result = await latest.result()
     assert result["state"] == "destroyed"

@@ -18,7 +18,10 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 def test_histories_are_recorded() -> None:
     names = {p.stem for p in HISTORIES}
-    assert {"create_redeploy_destroy", "failed_create_compensated"} <= names
+    # Before and after the contract change (image waits, path filters, receipts).
+    assert {"create_redeploy_destroy", "failed_create_compensated",
+            "create_redeploy_destroy.v2", "failed_create_compensated.v2",
+            "skipped_by_path_filters.v2"} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

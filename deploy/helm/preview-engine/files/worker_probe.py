@@ -18,16 +18,23 @@ import asyncio
 import socket
 import sys
 import time
+from datetime import timedelta
 
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.service import RPCError, RPCStatusCode
 
 from domain.systems import tenant_queue
 from engine.client import connect
 from engine.settings import Settings
 
-TIMEOUT_SECONDS = 10.0
+TIMEOUT = timedelta(seconds=10)
+OUT_OF_REACH = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED}
+
+
+class Unreachable(Exception):
+    """Temporal cannot be asked right now."""
 
 
 def queue_of(settings: Settings, target: str | None) -> tuple[str, TaskQueueType.ValueType]:
@@ -35,18 +42,24 @@ def queue_of(settings: Settings, target: str | None) -> tuple[str, TaskQueueType
     if not target:
         return settings.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
     kind, _, name = target.partition(":")
+    if kind not in ("cluster", "account") or not name:
+        raise SystemExit(f"--target must be cluster:NAME or account:ID, got {target!r}")
     # A tenant worker runs activities only.
-    return tenant_queue(settings.task_queue, kind, name), TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+    queue = tenant_queue(settings.task_queue, "cluster" if kind == "cluster" else "account", name)
+    return queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
 
 
 async def last_seen(settings: Settings, queue: str, kind: TaskQueueType.ValueType,
                     identity: str) -> float | None:
     """Seconds since `identity` last polled `queue`; None if it is not among its pollers."""
-    client = await asyncio.wait_for(connect(settings), TIMEOUT_SECONDS)
+    try:
+        client = await asyncio.wait_for(connect(settings), TIMEOUT.total_seconds())
+    except (RuntimeError, TimeoutError) as error:  # the SDK's "failed client connect"
+        raise Unreachable(error) from None
     answer = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(namespace=settings.temporal_namespace,
                                  task_queue=TaskQueue(name=queue), task_queue_type=kind),
-        timeout=TIMEOUT_SECONDS)
+        timeout=TIMEOUT)
     for poller in answer.pollers:
         if poller.identity == identity:
             return max(0.0, time.time() - poller.last_access_time.ToSeconds())
@@ -65,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     queue, kind = queue_of(settings, args.target)
     try:
         age = asyncio.run(last_seen(settings, queue, kind, args.identity))
-    except Exception as error:  # Temporal out of reach: not this worker's fault
-        print(f"cannot ask Temporal ({type(error).__name__}: {error}); passing", flush=True)
+    except (Unreachable, RPCError) as error:
+        if isinstance(error, RPCError) and error.status not in OUT_OF_REACH:
+            raise
+        # Temporal out of reach is not this worker's fault: a restart cannot fix it.
+        print(f"cannot ask Temporal ({error}); passing", flush=True)
         return 0
     if age is None:
         print(f"{args.identity} is not polling {queue}", flush=True)

@@ -173,7 +173,9 @@ spec:
       securityContext:
         {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
       terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds | default 60 }}
-      {{- include "preview-engine.scheduling" $v | trim | nindent 6 }}
+      {{- with include "preview-engine.scheduling" $v | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
       containers:
         - name: worker
           image: {{ include "preview-engine.image" $root }}

@@ -1,0 +1,204 @@
+"""The chart lints, refuses to render without secrets, and what it renders is what the
+engine needs: checked on the rendered objects, then on the control plane they were
+applied to (a namespace enforcing the Pod Security Standard `restricted`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from engine.settings import Settings
+from tests.deploy.conftest import CHART, CI_VALUES, Helm, Manifest, Release, manifests
+from tests.plugins.kube import KubeCluster
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow]
+
+SETTINGS = {f"PREVIEW_{name.upper()}" for name in Settings.model_fields}
+# Variables of the engine's processes that are not settings (read from the environment).
+RUNTIME_VARIABLES = {"PREVIEW_LOG_LEVEL", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "HOME"}
+
+
+def pod_spec(deployment: Manifest) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(release: Release) -> list[tuple[str, dict[str, Any]]]:
+    return [(d["metadata"]["name"], c) for d in release.of_kind("Deployment")
+            for c in pod_spec(d)["containers"]]
+
+
+def selects(selector: dict[str, str], deployment: Manifest) -> bool:
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_the_chart_lints(helm_cli: Helm) -> None:
+    answer = helm_cli.run("lint", "--strict", str(CHART), "-f", str(CI_VALUES))
+    assert "0 chart(s) failed" in answer.stdout
+
+
+def test_without_secrets_it_refuses_to_render_naming_each(helm_cli: Helm) -> None:
+    answer = helm_cli.run("template", "r", str(CHART), check=False)
+    assert answer.returncode != 0
+    for name in ("PREVIEW_CODEC_KEYS", "PREVIEW_CODEC_TOKEN", "PREVIEW_MASTER_KEYS",
+                 "PREVIEW_GITHUB_WEBHOOK_SECRET", "PREVIEW_GITLAB_WEBHOOK_TOKEN",
+                 "PREVIEW_MASKING_KEY", "PREVIEW_DATABASE_URL", "PREVIEW_PREVIEW_DATABASE_URL"):
+        assert name in answer.stderr
+    # A secret among the plain settings is refused too, not rendered into a ConfigMap.
+    leaked = helm_cli.run("template", "r", str(CHART), "-f", str(CI_VALUES),
+                          "--set", "settings.PREVIEW_MASKING_KEY=oops", check=False)
+    assert leaked.returncode != 0 and "is a secret" in leaked.stderr
+    # An existing Secret replaces the chart's: nothing secret is rendered at all.
+    external = manifests(helm_cli.template("r", "ns", "--set", "secrets.existingSecret=mine"))
+    assert not [o for o in external if o["kind"] == "Secret"]
+    assert {ref["name"] for d in external if d["kind"] == "Deployment"
+            for c in pod_spec(d)["containers"] for e in c["env"]
+            if (ref := (e.get("valueFrom") or {}).get("secretKeyRef"))} == {"mine"}
+
+
+def test_every_secret_key_a_deployment_reads_is_in_the_secret(release: Release) -> None:
+    secret = release.named("Secret", "-secrets")
+    keys = set(secret["data"])
+    referenced = 0
+    for deployment, container in containers(release):
+        for env in container["env"]:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None:
+                continue
+            referenced += 1
+            assert ref["name"] == secret["metadata"]["name"], (deployment, env)
+            assert ref["key"] in keys or ref.get("optional"), (deployment, env)
+            assert env["name"] == ref["key"]  # the key is the variable it becomes
+    assert referenced >= 30
+    assert base64.b64decode(secret["data"]["PREVIEW_CODEC_TOKEN"]).decode() == "ci-codec-token"
+
+
+def test_every_variable_is_a_setting_and_secrets_come_from_the_secret(release: Release) -> None:
+    settings = release.named("ConfigMap", "-settings")["data"]
+    assert set(settings) <= SETTINGS
+    secret_keys = set(release.named("Secret", "-secrets")["data"])
+    assert not secret_keys & set(settings)
+    for deployment, container in containers(release):
+        for env in container["env"]:
+            assert env["name"] in SETTINGS | RUNTIME_VARIABLES, (deployment, env["name"])
+            if env["name"] in secret_keys:
+                assert "value" not in env, (deployment, env["name"])
+
+
+def test_the_starter_has_no_kubernetes_token_nor_any_rights(release: Release) -> None:
+    starter = pod_spec(release.named("Deployment", "-starter"))
+    assert starter["automountServiceAccountToken"] is False
+    account = release.named("ServiceAccount", starter["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+    bound = [s["name"] for b in release.of_kind("ClusterRoleBinding") + release.of_kind(
+        "RoleBinding") for s in b["subjects"]]
+    assert bound == [release.worker_service_account]
+    # Tenant workers reach other clusters or accounts: no token of this one either.
+    tenants = [d for d in release.of_kind("Deployment") if "-tenant-" in d["metadata"]["name"]]
+    assert {json.dumps(pod_spec(d)["containers"][0]["command"]) for d in tenants} == {
+        '["python", "-m", "worker", "--target", "cluster:hipaa"]',
+        '["python", "-m", "worker", "--target", "account:111111111111"]'}
+    assert all(pod_spec(d)["automountServiceAccountToken"] is False for d in tenants)
+    assert pod_spec(release.named("Deployment", "-worker"))["automountServiceAccountToken"]
+
+
+def test_every_container_is_hardened_limited_and_probed(release: Release) -> None:
+    for deployment in release.of_kind("Deployment"):
+        pod = pod_spec(deployment)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            where = f"{deployment['metadata']['name']}/{container['name']}"
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+            for kind in ("requests", "limits"):
+                assert set(container["resources"][kind]) == {"cpu", "memory"}, where
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                assert probe in container, f"{where}: no {probe}"
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], where
+
+
+def test_each_deployment_has_its_disruption_budget_and_network_policy(release: Release) -> None:
+    deployments = release.of_kind("Deployment")
+    assert len(deployments) == 4  # starter, worker, two tenant workers
+    budgets = release.of_kind("PodDisruptionBudget")
+    policies = release.of_kind("NetworkPolicy")
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        mine = [b for b in budgets if selects(b["spec"]["selector"]["matchLabels"], deployment)]
+        assert len(mine) == 1, f"{name}: budgets {[b['metadata']['name'] for b in mine]}"
+        assert [p for p in policies
+                if selects(p["spec"]["podSelector"]["matchLabels"], deployment)], name
+    worker = release.named("NetworkPolicy", "-worker")["spec"]
+    assert worker["policyTypes"] == ["Ingress", "Egress"] and worker["ingress"] == []
+    starter = release.named("NetworkPolicy", "-starter")["spec"]
+    assert starter["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    # The starter reaches DNS, Temporal and its database, not the Kubernetes API.
+    assert sorted(p["port"] for rule in starter["egress"] for p in rule["ports"]) == [
+        53, 53, 5432, 7233]
+
+
+def test_the_workers_role_grants_only_what_the_activities_call(release: Release) -> None:
+    role = release.named("ClusterRole", "-worker")
+    granted = {(group, resource, verb) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert not [g for g in granted if "*" in g]
+    # Nothing that grants rights, acts as someone else, or reads everything at once.
+    for _, resource, verb in granted:
+        assert verb not in {"escalate", "bind", "impersonate", "watch", "update",
+                            "deletecollection"}
+        assert resource not in {"roles", "rolebindings", "clusterroles", "clusterrolebindings",
+                                "serviceaccounts", "nodes", "pods/exec"}
+    assert ("", "secrets", "list") not in granted
+    assert ("", "pods", "get") not in granted
+
+
+def test_the_release_runs_on_the_control_plane(release: Release, kube_cluster: KubeCluster
+                                               ) -> None:
+    kubectl = kube_cluster.kubectl
+    # Pods of every Deployment were admitted under `restricted` and became Ready.
+    kubectl("wait", "--for=condition=Available", "deployment", "--all", "-n",
+            release.namespace, "--timeout=120s", timeout=150)
+    live = json.loads(kubectl("get", "deployments", "-n", release.namespace, "-o", "json"))
+    assert {d["metadata"]["name"]: d["status"].get("readyReplicas") for d in live["items"]} == {
+        d["metadata"]["name"]: d["spec"]["replicas"] for d in release.of_kind("Deployment")}
+    names = {kind: set(kubectl("get", kind, "-n", release.namespace, "-o", "name").split())
+             for kind in ("poddisruptionbudgets", "networkpolicies")}
+    assert names["poddisruptionbudgets"] == {
+        f"poddisruptionbudget.policy/{b['metadata']['name']}"
+        for b in release.of_kind("PodDisruptionBudget")}
+    assert names["networkpolicies"] == {
+        f"networkpolicy.networking.k8s.io/{p['metadata']['name']}"
+        for p in release.of_kind("NetworkPolicy")}
+    # The budgets see the Ready pods (so a drain may take one at a time, not all).
+    budgets = json.loads(kubectl("get", "pdb", "-n", release.namespace, "-o", "json"))
+    for budget in budgets["items"]:
+        assert budget["status"]["currentHealthy"] == budget["status"]["expectedPods"] >= 1
+    # The starter's pods hold no token; the worker's do.
+    pods = json.loads(kubectl("get", "pods", "-n", release.namespace, "-o", "json"))["items"]
+    mounted = {(p["metadata"]["labels"]["app.kubernetes.io/component"], any(
+        m["mountPath"].startswith("/var/run/secrets/kubernetes.io")
+        for m in p["spec"]["containers"][0].get("volumeMounts") or [])) for p in pods}
+    assert mounted == {("starter", False), ("worker", True), ("tenant-worker", False)}
+    starter = f"system:serviceaccount:{release.namespace}:" + pod_spec(
+        release.named("Deployment", "-starter"))["serviceAccountName"]
+    for verb, resource in (("get", "pods"), ("list", "secrets"), ("create", "namespaces")):
+        assert can_i(kube_cluster, verb, resource, starter) == "no", f"starter: {verb} {resource}"
+
+
+def can_i(kube_cluster: KubeCluster, verb: str, resource: str, user: str) -> str:
+    """`kubectl auth can-i` as `user`: its answer, yes or no (it exits 1 on no)."""
+    assert kube_cluster.kubectl_path is not None
+    answer = subprocess.run(
+        [str(kube_cluster.kubectl_path), f"--kubeconfig={kube_cluster.kubeconfig}", "auth",
+         "can-i", verb, resource, "--all-namespaces", "--as", user],
+        capture_output=True, text=True, timeout=60)
+    return answer.stdout.strip()
