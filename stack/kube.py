@@ -12,18 +12,12 @@ versions) and started on free loopback ports in a few seconds. See
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -34,424 +28,29 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from stack.kube_build import (
+    KWOK_STAGES,
+    VERSIONS,
+    build,
+    build_group,
+    cache_dir,
+    cache_root,
+    download_module,
+    missing_binaries,
+    parse_gomod,
+    say,
+    stages_dir,
+    write_wrapper,
+)
+from stack.kube_pki import Pki, generate_pki, write_kubeconfig
 from stack.ports import free_ports
 
-VERSIONS: dict[str, str] = {
-    "kubernetes": "v1.36.3",
-    "etcd": "v3.6.16",
-    "kwok": "v0.8.0",
-}
-
-K8S_MODULE = "k8s.io/kubernetes"
-ETCD_MODULE = "go.etcd.io/etcd/server/v3"
-KWOK_MODULE = "sigs.k8s.io/kwok"
-
-# binary name -> Go package path, grouped by the wrapper module that builds it.
-K8S_BINARIES: dict[str, str] = {
-    "kube-apiserver": f"{K8S_MODULE}/cmd/kube-apiserver",
-    "kube-controller-manager": f"{K8S_MODULE}/cmd/kube-controller-manager",
-    "kube-scheduler": f"{K8S_MODULE}/cmd/kube-scheduler",
-    "kubectl": f"{K8S_MODULE}/cmd/kubectl",
-}
-ETCD_BINARIES: dict[str, str] = {"etcd": ETCD_MODULE}
-KWOK_BINARIES: dict[str, str] = {"kwok": f"{KWOK_MODULE}/cmd/kwok"}
-
-# kwok stage files: nodes become Ready and keep a lease, pods become Ready,
-# complete, and are removed on deletion (what a kubelet would do).
-KWOK_STAGES: tuple[str, ...] = (
-    "node/fast/node-initialize.yaml",
-    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-    "pod/fast/pod-ready.yaml",
-    "pod/fast/pod-complete.yaml",
-    "pod/fast/pod-delete.yaml",
-)
+# Re-exported: tests, stack/helm.py and stack/registry.py build with the same helpers.
+__all__ = ["VERSIONS", "ControlPlane", "build", "build_group", "cache_dir", "cache_root",
+           "download_module", "missing_binaries", "parse_gomod", "stages_dir",
+           "write_wrapper"]
 
 NODE_COUNT = 2
-
-
-def _log(msg: str) -> None:
-    print(f"[stack.kube] {msg}", file=sys.stderr, flush=True)
-
-
-def cache_root() -> Path:
-    """The version-keyed cache folder (binaries, wrapper modules, stages)."""
-    base = os.environ.get("PREVIEW_CACHE_DIR") or str(Path.home() / ".cache" / "preview-engine")
-    key = f"{VERSIONS['kubernetes']}-{VERSIONS['etcd']}-{VERSIONS['kwok']}"
-    return Path(base) / "kube" / key
-
-
-def cache_dir() -> Path:
-    """Where the built binaries live."""
-    return cache_root() / "bin"
-
-
-def stages_dir() -> Path:
-    return cache_root() / "stages"
-
-
-ALL_BINARIES: tuple[str, ...] = (*ETCD_BINARIES, *K8S_BINARIES, *KWOK_BINARIES)
-
-
-def missing_binaries(bin_dir: Path | None = None) -> list[str]:
-    d = bin_dir or cache_dir()
-    return [name for name in ALL_BINARIES if not (d / name).is_file()]
-
-
-# --------------------------------------------------------------------------- build
-
-
-def _go_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Never let a go.mod `toolchain` line trigger a toolchain download, and let
-    # `go build` fill go.sum in the generated wrapper modules by itself.
-    env["GOTOOLCHAIN"] = "local"
-    env["CGO_ENABLED"] = "0"
-    flags = env.get("GOFLAGS", "").split()
-    flags = [f for f in flags if not f.startswith("-mod=")] + ["-mod=mod"]
-    env["GOFLAGS"] = " ".join(flags)
-    return env
-
-
-def _go(args: list[str], cwd: Path) -> str:
-    cmd = ["nice", "-n", "10", "go", *args]
-    _log(f"$ (cd {cwd} && {' '.join(cmd)})")
-    proc = subprocess.run(cmd, cwd=cwd, env=_go_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"go {' '.join(args)} failed ({proc.returncode}) in {cwd}:\n{proc.stderr[-6000:]}"
-        )
-    return proc.stdout
-
-
-def download_module(module: str, version: str, cwd: Path) -> dict[str, str]:
-    """`go mod download -json` gives the module dir and its go.mod path."""
-    out = _go(["mod", "download", "-json", f"{module}@{version}"], cwd)
-    info: dict[str, str] = json.loads(out)
-    if info.get("Error"):
-        raise RuntimeError(f"go mod download {module}@{version}: {info['Error']}")
-    return info
-
-
-def parse_gomod(text: str) -> tuple[list[str], list[str]]:
-    """Return (go/godebug lines, local-path replace targets) of an upstream go.mod."""
-    header: list[str] = []
-    local_replaced: list[str] = []
-    in_block: str | None = None
-    for raw in text.splitlines():
-        line = raw.split("//", 1)[0].strip()
-        if not line:
-            continue
-        if in_block:
-            if line == ")":
-                if in_block == "godebug":
-                    header.append(")")
-                in_block = None
-                continue
-            if in_block == "godebug":
-                header.append("\t" + line)
-            elif in_block == "replace" and "=>" in line:
-                left, right = (s.strip() for s in line.split("=>", 1))
-                if right.startswith("./") or right.startswith("../"):
-                    local_replaced.append(left.split()[0])
-            continue
-        if line.startswith("go "):
-            header.append(line)
-        elif line == "godebug (":
-            header.append(line)
-            in_block = "godebug"
-        elif line.startswith("godebug "):
-            header.append(line)
-        elif line == "replace (":
-            in_block = "replace"
-        elif line.startswith("require (") or line.startswith("exclude ("):
-            in_block = "other"
-        elif line.startswith("replace ") and "=>" in line:
-            left, right = (s.strip() for s in line[len("replace ") :].split("=>", 1))
-            if right.startswith("./") or right.startswith("../"):
-                local_replaced.append(left.split()[0])
-    return header, local_replaced
-
-
-def write_wrapper(
-    wrap_dir: Path,
-    name: str,
-    module: str,
-    version: str,
-    replaces: dict[str, str],
-    header: list[str],
-) -> None:
-    """A tiny module of our own: `go install mod@v` refuses replace directives."""
-    wrap_dir.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"module preview-engine.local/{name}",
-        "",
-        *header,
-        "",
-        f"require {module} {version}",
-        "",
-    ]
-    if replaces:
-        lines.append("replace (")
-        lines += [f"\t{mod} => {mod} {ver}" for mod, ver in sorted(replaces.items())]
-        lines.append(")")
-    text = "\n".join(lines) + "\n"
-    gomod = wrap_dir / "go.mod"
-    # Rewrite only when the intent changed; go.sum and the resolved go.mod stay.
-    marker = wrap_dir / "wrapper.intent"
-    if not gomod.exists() or not marker.exists() or marker.read_text() != text:
-        gomod.write_text(text)
-        (wrap_dir / "go.sum").unlink(missing_ok=True)
-        marker.write_text(text)
-
-
-def build_group(
-    wrap_dir: Path, packages: dict[str, str], ldflags: list[str], bin_dir: Path
-) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_dir))
-    try:
-        for name, pkg in packages.items():
-            started = time.monotonic()
-            _log(f"building {name} ({pkg}) ...")
-            _go(
-                [
-                    "build",
-                    "-p=2",
-                    "-trimpath",
-                    "-ldflags",
-                    " ".join(["-s", "-w", *ldflags]),
-                    "-o",
-                    str(tmp / name),
-                    pkg,
-                ],
-                wrap_dir,
-            )
-            # Atomic: an interrupted build never leaves a half binary in bin/.
-            os.replace(tmp / name, bin_dir / name)
-            _log(f"built {name} in {time.monotonic() - started:.0f}s")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _k8s_ldflags(version: str) -> list[str]:
-    major, minor = version.lstrip("v").split(".")[:2]
-    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    flags: list[str] = []
-    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-        flags += [
-            f"-X {pkg}.gitVersion={version}",
-            f"-X {pkg}.gitMajor={major}",
-            f"-X {pkg}.gitMinor={minor}",
-            f"-X {pkg}.gitTreeState=clean",
-            f"-X {pkg}.buildDate={date}",
-        ]
-    return flags
-
-
-def _copy_stages(kwok_dir: Path) -> None:
-    dest = stages_dir()
-    if all((dest / Path(s).name).is_file() for s in KWOK_STAGES):
-        return
-    dest.mkdir(parents=True, exist_ok=True)
-    for stage in KWOK_STAGES:
-        src = kwok_dir / "kustomize" / "stage" / stage
-        tmp = dest / f".{Path(stage).name}.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest / Path(stage).name)
-
-
-def build() -> Path:
-    """Build whatever is missing into cache_dir(); return that directory."""
-    if shutil.which("go") is None:
-        raise RuntimeError("the `go` command is needed to build the control plane (Go ≥ 1.26)")
-    root = cache_root()
-    bin_dir = cache_dir()
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    missing = set(missing_binaries(bin_dir))
-    need_stages = not all((stages_dir() / Path(s).name).is_file() for s in KWOK_STAGES)
-    if not missing and not need_stages:
-        return bin_dir
-    started = time.monotonic()
-    _log(f"building {sorted(missing) or 'stages'} into {bin_dir}")
-    work = root / "wrappers"
-    work.mkdir(parents=True, exist_ok=True)
-
-    if missing & set(ETCD_BINARIES):
-        ver = VERSIONS["etcd"]
-        info = download_module(ETCD_MODULE, ver, work)
-        header, local = parse_gomod(Path(info["GoMod"]).read_text())
-        # etcd's sibling modules (api, client, pkg) are published at the same tag.
-        reps = {m: ver for m in local if m.startswith("go.etcd.io/etcd/")}
-        wrap = work / "etcd"
-        write_wrapper(wrap, "etcd", ETCD_MODULE, ver, reps, header)
-        build_group(wrap, {n: p for n, p in ETCD_BINARIES.items() if n in missing}, [], bin_dir)
-
-    if missing & set(K8S_BINARIES):
-        ver = VERSIONS["kubernetes"]
-        info = download_module(K8S_MODULE, ver, work)
-        header, local = parse_gomod(Path(info["GoMod"]).read_text())
-        # Each staging module k8s.io/x is published as k8s.io/x v0.<minor>.<patch>.
-        staging_ver = "v0." + ".".join(ver.lstrip("v").split(".")[1:])
-        reps = {m: staging_ver for m in local if m.startswith("k8s.io/")}
-        _log(f"kubernetes {ver}: {len(reps)} staging modules at {staging_ver}")
-        wrap = work / "kubernetes"
-        write_wrapper(wrap, "kubernetes", K8S_MODULE, ver, reps, header)
-        build_group(
-            wrap,
-            {n: p for n, p in K8S_BINARIES.items() if n in missing},
-            _k8s_ldflags(ver),
-            bin_dir,
-        )
-
-    kwok_ver = VERSIONS["kwok"]
-    kwok_info = download_module(KWOK_MODULE, kwok_ver, work)
-    if missing & set(KWOK_BINARIES):
-        header, _ = parse_gomod(Path(kwok_info["GoMod"]).read_text())
-        wrap = work / "kwok"
-        write_wrapper(wrap, "kwok", KWOK_MODULE, kwok_ver, {}, header)
-        ld = [f"-X sigs.k8s.io/kwok/pkg/consts.Version={kwok_ver}"]
-        build_group(wrap, {n: p for n, p in KWOK_BINARIES.items() if n in missing}, ld, bin_dir)
-    _copy_stages(Path(kwok_info["Dir"]))
-    _log(f"build done in {time.monotonic() - started:.0f}s -> {bin_dir}")
-    return bin_dir
-
-
-# --------------------------------------------------------------------------- PKI
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca_cert: Path
-    cert: Path  # 127.0.0.1/localhost, O=system:masters, server + client auth
-    key: Path  # also signs and verifies service-account tokens
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def generate_pki(pki_dir: Path) -> Pki:
-    """A throwaway CA and one admin/serving certificate, as kwokctl does."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    pki_dir.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)  # tolerate small clock skew
-    until = now + dt.timedelta(days=365)
-
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "preview-engine-test-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "kube-admin"),
-        ]
-    )
-    sans: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.DNSName("kubernetes"),
-        x509.DNSName("kubernetes.default"),
-        x509.DNSName("kubernetes.default.svc"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),  # the `kubernetes` Service IP
-    ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    pki = Pki(ca_cert=pki_dir / "ca.crt", cert=pki_dir / "admin.crt", key=pki_dir / "admin.key")
-    pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    pki.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
-        pki.key,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        ),
-    )
-    return pki
-
-
-def write_kubeconfig(path: Path, server: str, pki: Pki, name: str = "preview-test") -> None:
-    """A self-contained kubeconfig (data embedded) so it can be copied anywhere."""
-
-    def b64(p: Path) -> str:
-        return base64.b64encode(p.read_bytes()).decode()
-
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": name,
-                "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_cert)},
-            }
-        ],
-        "users": [
-            {
-                "name": f"{name}-admin",
-                "user": {
-                    "client-certificate-data": b64(pki.cert),
-                    "client-key-data": b64(pki.key),
-                },
-            }
-        ],
-        "contexts": [
-            {"name": name, "context": {"cluster": name, "user": f"{name}-admin"}},
-        ],
-        "current-context": name,
-    }
-    tmp = path.with_name(f".{path.name}.tmp")
-    # JSON is valid YAML; kubectl and the Python client both read it.
-    _write_private(tmp, json.dumps(config, indent=2).encode())
-    os.replace(tmp, path)
-
 
 # --------------------------------------------------------------------------- running
 
@@ -541,12 +140,12 @@ class ControlPlane:
                 # neighbour (e.g. a second control plane) can win the race: retry.
                 if "address already in use" not in str(e) or attempt == 2:
                     raise
-                _log(f"port clash, retrying with new ports: {str(e).splitlines()[0]}")
+                say(f"port clash, retrying with new ports: {str(e).splitlines()[0]}")
             except BaseException:
                 self.stop()
                 raise
         self.timings["start_to_ready_s"] = round(time.monotonic() - t0, 2)
-        _log(
+        say(
             f"control plane ready at {self.server} in {self.timings['start_to_ready_s']}s "
             f"(readyz after {self.timings['start_to_readyz_s']}s); kubeconfig={self.kubeconfig}"
         )
@@ -562,7 +161,7 @@ class ControlPlane:
             try:
                 p.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _log(f"{p.name} ignored SIGTERM for {timeout}s; killing it")
+                say(f"{p.name} ignored SIGTERM for {timeout}s; killing it")
                 self._signal(p, signal.SIGKILL)
                 p.popen.wait(timeout=5)
             # Reap any stray child left in the group (none expected).
@@ -844,7 +443,7 @@ def _cmd_build(_: argparse.Namespace) -> int:
     started = time.monotonic()
     bin_dir = build()
     print(bin_dir)
-    _log(f"total {time.monotonic() - started:.0f}s")
+    say(f"total {time.monotonic() - started:.0f}s")
     return 0
 
 
