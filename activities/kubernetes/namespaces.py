@@ -25,6 +25,7 @@ from activities.kubernetes.api import (
     poll_delays,
     warn_not_ours,
 )
+from domain.contract import LIST_KUBE_ENVIRONMENTS, REMOVE_KUBE_ENVIRONMENT
 from domain.naming import MANAGED_BY, Ownership
 from domain.resources import (
     KubeEnvironmentInput,
@@ -189,7 +190,7 @@ class NamespaceActivities:
 
     # -- orphan sweeper ---------------------------------------------------------------
 
-    @activity.defn(name="list_kube_environments")
+    @activity.defn(name=LIST_KUBE_ENVIRONMENTS.name)
     def list_kube_environments(self, request: KubeSweepInput) -> dict[str, list[str]]:
         """Environment id → ["namespace <name>", ...] for every namespace we manage there."""
         api = self.api(request.cluster)
@@ -202,7 +203,7 @@ class NamespaceActivities:
             found.setdefault(environment, []).append(f"namespace {meta['name']}")
         return {env: sorted(items) for env, items in sorted(found.items())}
 
-    @activity.defn(name="remove_kube_environment")
+    @activity.defn(name=REMOVE_KUBE_ENVIRONMENT.name)
     def remove_kube_environment(self, request: KubeEnvironmentInput) -> list[str]:
         """Delete every namespace of one environment there and wait until each is gone.
 

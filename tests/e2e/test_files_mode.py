@@ -133,9 +133,22 @@ async def test_a_preview_from_a_blueprint_file_is_created_and_removed(
     assert cache_line in comments[-1]["body"]
     assert values["REDIS_URL"] not in comments[-1]["body"]
 
+    # Behind the engine's back, a namespace with this preview's marks: the receipt must
+    # find it from outside, where the teardown (which knows only its ledger) cannot.
+    stray = f"{env[:50]}-stray"
+    kube_cluster.kubectl("create", "namespace", stray)
+    kube_cluster.kubectl("label", "namespace", stray, "app.kubernetes.io/managed-by=preview-engine",
+                         f"preview.dev/environment={env}")
     await lifecycle.destroy(temporal_client, REPOSITORY, number, "files mode done")
-    assert (await handle.result()).state == "destroyed"
-    assert env not in kube_cluster.kubectl("get", "ns", "-o", "name")
+    result = await handle.result()
+    assert result.state == "destroyed" and result.receipt is not None
+    assert result.receipt.leftovers == [f"kubernetes:default: namespace {stray}"]
+    assert set(result.receipt.checked) == {"kubernetes:default", "postgres"}
+    comments = await eventually(lambda: git_host_module.comments(REPOSITORY, number),
+                                lambda c: c and "Left behind" in c[-1]["body"])
+    assert f"namespace {stray}" in comments[-1]["body"] and len(comments) == 1
+    kube_cluster.kubectl("delete", "namespace", stray, "--wait=false")
+    assert env not in kube_cluster.kubectl("get", "ns", "-o", "name").replace(stray, "")
     assert not [d for d in await databases(postgres_server.admin_url)
                 if env.replace("-", "_") in d]
 
@@ -168,7 +181,11 @@ async def test_tls_previews_get_https_urls_and_dns_at_the_configured_load_balanc
     assert statuses[-1]["target_url"] == f"https://{host}"
 
     await lifecycle.destroy(temporal_client, TLS_REPOSITORY, number, "tls done")
-    assert (await handle.result()).state == "destroyed"
+    result = await handle.result()
+    assert result.state == "destroyed" and result.receipt is not None
+    # Nothing of it left in the cluster, in AWS (Route53, ACM) or on the database server.
+    assert result.receipt.clean, result.receipt
+    assert "aws:default:eu-west-1" in result.receipt.checked
     records = moto_server.client("route53").list_resource_record_sets(
         HostedZoneId=zone_id)["ResourceRecordSets"]
     assert not [r for r in records if host in r["Name"]]
