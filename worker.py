@@ -34,6 +34,7 @@ from engine.sealing import Sealer
 from engine.settings import Settings
 
 if TYPE_CHECKING:
+    from activities.aws import AwsClients
     from activities.kubernetes import StoredKubeconfig
     from store import Store
 
@@ -128,44 +129,33 @@ async def build_activities(
 ) -> list[Callable[..., Any]]:
     """The activities this target serves, checked against the contract."""
     # Imported here so a tenant worker loads only the client libraries it needs.
+    from activities.aws import AwsClients
+
     sealer = Sealer.from_settings(settings)
+    aws = AwsClients(settings)  # one per worker: it caches boto3 clients and assumed roles
     objects: list[object] = []
     if System.kubernetes in target.systems:
-        objects += await kubernetes_activities(settings, target, resources, sealer)
+        objects += await kubernetes_activities(settings, target, resources, sealer, aws)
     if System.aws in target.systems:
-        from activities.aws import AwsClients
-        from activities.aws.dns import DnsActivities
-        from activities.aws.network import NetworkActivities
-        from activities.aws.rds import RdsActivities
-        from activities.aws.sweeper import AwsSweepActivities
-        from activities.aws.tls import TlsActivities
+        from activities.aws import aws_activities
 
-        aws = AwsClients(settings)
-        objects += [
-            NetworkActivities(aws),
-            DnsActivities(aws),
-            TlsActivities(aws),
-            RdsActivities(aws, sealer),
-            AwsSweepActivities(aws),
-        ]
+        objects += aws_activities(aws, sealer)
     if System.registry in target.systems:
-        from activities.aws import AwsClients
         from activities.registry import RegistryActivities
 
-        objects.append(RegistryActivities(settings, aws=AwsClients(settings)))
+        objects.append(RegistryActivities(settings, aws=aws))
     if System.git_host in target.systems:
         from activities.git_host import FeedbackActivities
 
         objects.append(FeedbackActivities(settings))
     if System.postgres in target.systems:
-        from activities.aws import AwsClients
         from activities.postgres import postgres_activities
 
         objects += postgres_activities(
             settings.preview_database_url,
             sealer,
             settings.masking_key.get_secret_value().encode(),
-            aws=AwsClients(settings),  # publishes golden dumps to S3
+            aws=aws,  # publishes golden dumps to S3
         )
     if System.control_plane in target.systems:
         objects += await control_plane_activities(settings, resources)
@@ -175,8 +165,7 @@ async def build_activities(
 
 
 async def kubernetes_activities(settings: Settings, target: Target, resources: Resources,
-                                sealer: Sealer) -> list[object]:
-    from activities.aws import AwsClients
+                                sealer: Sealer, aws: AwsClients) -> list[object]:
     from activities.kubernetes import ClusterClients, kubernetes_activities
 
     kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
@@ -201,7 +190,7 @@ async def kubernetes_activities(settings: Settings, target: Target, resources: R
     # clusters, which only their own tenant's worker may reach.
     clusters = ClusterClients(kubeconfigs, stored=stored)
     resources.closers.append(clusters.close)
-    return kubernetes_activities(clusters, sealer, AwsClients(settings))
+    return kubernetes_activities(clusters, sealer, aws)
 
 
 async def control_plane_activities(settings: Settings, resources: Resources) -> list[object]:
