@@ -161,11 +161,12 @@ class SagaRunner:
                 raise ApplicationError(f"{reason}; gave up after {step.wait_seconds} s",
                                        type="WaitedTooLong", non_retryable=True)
             await self._on_waiting(step, reason)
-            self._woken = False
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(lambda: self._woken,
                                               timeout=timedelta(seconds=min(delay, left)))
             delay = min(delay * 2, WAIT_MAX_SECONDS)
+            # A wake from here on may mean what this check cannot see yet: keep it.
+            self._woken = False
             output = await self._execute(step.present, step, "check again")
             if output is None or not output.waiting:
                 await self._on_waiting(step, None)

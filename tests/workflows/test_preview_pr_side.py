@@ -53,14 +53,21 @@ async def test_recheck_wakes_a_waiting_step_before_its_timer(
     async with harness.worker():
         handle = await harness.deploy(pr)
         await harness.wait_state(handle, lambda s: bool(s.waiting))
-        for _ in range(3):
-            await handle.signal(PreviewEnvironmentWorkflow.recheck)
+        await handle.signal(PreviewEnvironmentWorkflow.recheck)
         await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
-        events = [e.event_type async for e in handle.fetch_history_events()]
-        # A wait the signal ended cancels its timer instead of letting it fire.
-        assert EventType.EVENT_TYPE_TIMER_CANCELED in events
+        events = [e async for e in handle.fetch_history_events()]
         await lifecycle.destroy(temporal_client, pr.repository, pr.number, "done")
         await handle.result()
+    signalled = next(i for i, e in enumerate(events)
+                     if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+                     and e.workflow_execution_signaled_event_attributes.signal_name == "recheck")
+    check = next(i for i, e in enumerate(events) if i > signalled
+                 and e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                 and e.activity_task_scheduled_event_attributes.activity_type.name
+                 == "ensure_image")
+    # The next check followed the signal, not a timer: no timer fired in between.
+    assert EventType.EVENT_TYPE_TIMER_FIRED not in [e.event_type
+                                                    for e in events[signalled:check]]
 
 
 async def test_an_image_that_never_appears_fails_naming_it_and_undoes_everything(
