@@ -1,7 +1,7 @@
 """The starter's whole OpenAPI (webhooks, codec, /api, /healthz) fuzzed in-process, and
 the codec endpoints fuzzed with the right token.
 
-tests/starter/test_api.py already fuzzes /api with an admin token; here every operation
+tests/starter/api/test_openapi.py already fuzzes /api with an admin token; here every operation
 of the whole app is called *without* valid credentials (schemathesis makes up the
 signature, token and Authorization headers it sends), positive and negative
 generation: never a 5xx, answers conform to the schema where the schema documents the
