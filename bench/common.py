@@ -161,6 +161,16 @@ def finish(recorder: Recorder, name: str, document: dict[str, Any], notes: list[
     os._exit(0)
 
 
+def parse_size(text: str) -> int:
+    """`100MB`, `1GB`, `512KB` or plain bytes (decimal units, as database sizes go)."""
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
+    text = text.strip().upper()
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
 def percentile(values: Iterable[float], q: float) -> float:
     """The q-th percentile (0..100), linear between closest ranks (numpy's default)."""
     ordered = sorted(values)
@@ -192,11 +202,12 @@ class BenchStack:
     """The real parts on loopback in a private folder; everything it starts, it stops."""
 
     def __init__(self, *, kube: bool = True, moto: bool = True, keep_state: bool = False,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", pg_image_size: str | None = None) -> None:
         self.state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
         os.chmod(self.state, 0o755)  # PostgreSQL runs as `postgres` under root
         self.with_kube, self.with_moto, self.keep_state = kube, moto, keep_state
         self.log_level = log_level
+        self.pg_image_size = pg_image_size  # of its PostgreSQL's XFS image (stack/reflink.py)
         self._stoppers: list[Callable[[], None]] = []
         self.postgres: PostgresServer | None = None
         self.temporal: TemporalDevServer | None = None
@@ -219,7 +230,7 @@ class BenchStack:
 
     def start(self) -> BenchStack:
         began = time.monotonic()
-        postgres = PostgresServer(self.state / "postgres").start()
+        postgres = PostgresServer(self.state / "postgres", image_size=self.pg_image_size).start()
         self.postgres = postgres
         self._stoppers.append(postgres.stop)
         asyncio.run(create_database(postgres.admin_url, CONTROL_DB))

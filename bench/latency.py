@@ -20,6 +20,12 @@ total / sum of the critical path's step execution times (started → completed).
 
     .venv/bin/python -m bench.latency                 # 1 warm-up + 20 measured runs
     .venv/bin/python -m bench.latency --runs 30 --data-policy seed
+    .venv/bin/python -m bench.latency --golden-sizes 100MB,1GB   # same runs per size
+
+With --golden-sizes the runs are repeated, in one stack, for a golden copy of each size
+(the source grown to that size, refreshed again by GoldenRefreshWorkflow): what a larger
+database costs a preview. `figures` are then the largest size's; `by_golden_size` has
+each, and `golden_size_comparison` the ratio of their p50s.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
-from activities.planning import plan_options
+from activities.control_plane.planning import plan_options
 from bench.common import (
     BenchStack,
     Recorder,
@@ -47,6 +53,7 @@ from bench.common import (
     history_events,
     import_blueprints,
     leftovers,
+    parse_size,
     post_webhook,
     pull_request_payload,
     sha_for,
@@ -93,23 +100,32 @@ def blueprint(data_policy: str, zone_id: str | None) -> Blueprint:
 
 
 async def make_golden(client: Client, settings: Settings, admin_url: str, rows: int,
-                      ) -> dict[str, Any]:
-    """A source database and its golden copy, made by the real GoldenRefreshWorkflow."""
+                      target_bytes: int | None = None) -> dict[str, Any]:
+    """A source database (`rows` customers, or as many as make `target_bytes`) and its
+    golden copy, made by the real GoldenRefreshWorkflow."""
     from domain.golden import GoldenRefreshRequest
     from workflows.golden import GoldenRefreshWorkflow
 
     conn = await asyncpg.connect(admin_url)
     try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{SOURCE}"')
         await conn.execute(f'CREATE DATABASE "{SOURCE}"')
     finally:
         await conn.close()
     source_url = admin_url.rsplit("/", 1)[0] + f"/{SOURCE}"
     conn = await asyncpg.connect(source_url)
     try:
-        await conn.execute(
-            "CREATE TABLE customers (id bigint PRIMARY KEY, name text, email text);"
-            "INSERT INTO customers SELECT g, 'name ' || g, 'user' || g || '@example.com' "
-            f"FROM generate_series(1, {int(rows)}) g;")
+        await conn.execute("CREATE TABLE customers (id bigint PRIMARY KEY, name text, email text)")
+        insert = ("INSERT INTO customers SELECT g, 'name ' || g, 'user' || g || '@example.com' "
+                  "FROM generate_series($1::bigint, $2::bigint) g")
+        if target_bytes is None:
+            await conn.execute(insert, 1, rows)
+        else:
+            rows, chunk = 0, 1_000_000
+            while await conn.fetchval("SELECT pg_database_size(current_database())") < target_bytes:
+                await conn.execute(insert, rows + 1, rows + chunk)
+                rows += chunk
+        await conn.execute("VACUUM ANALYZE customers")
         size = await conn.fetchval("SELECT pg_database_size(current_database())")
     finally:
         await conn.close()
@@ -236,7 +252,10 @@ async def one_run(client: Client, http: httpx.AsyncClient, settings: Settings,
     result = await analyse(client, await history_events(client, handle.id), plan, sent_at)
     result.update(number=number, outcome=answer["outcome"],
                   webhook_answer_seconds=round(answered_at - sent_at, 4),
-                  observed_by_polling_seconds=round(seen_at - sent_at, 3))
+                  observed_by_polling_seconds=round(seen_at - sent_at, 3),
+                  # The status's line for the database: how it was made (clone or copy).
+                  database_detail=next((line for line in status.resources
+                                        if "database/main" in line), ""))
 
     closed = pull_request_payload("closed", REPOSITORY, number, sha)
     began = time.monotonic()
@@ -295,32 +314,59 @@ async def bench(stack: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
     stack.start_worker()
     url = stack.start_starter()
     client = await stack.client()
-    golden = None
-    if args.data_policy == "clone":
-        golden = await make_golden(client, settings, settings.preview_database_url,
-                                   args.source_rows)
-        print(f"golden copy {golden['generation']} in {golden['refresh_seconds']} s", flush=True)
-    runs: list[dict[str, Any]] = []
-    warmups: list[dict[str, Any]] = []
+    sizes: list[int | None] = [parse_size(s) for s in args.golden_sizes.split(",") if s]
+    phases: list[dict[str, Any]] = []
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        for i in range(args.warmup + args.runs):
-            run = await one_run(client, http, settings, bp, 1000 + i, args.timeout)
-            (warmups if i < args.warmup else runs).append(run)
-            print(f"run {i + 1}/{args.warmup + args.runs}{' (warm-up)' if i < args.warmup else ''}"
-                  f": ready in {run['total_seconds']:.2f} s, critical path "
-                  f"{run['critical_path_run_seconds']:.2f} s "
-                  f"(x{run['orchestration_overhead']}), destroyed in "
-                  f"{run['destroy_seconds']:.2f} s", flush=True)
-    return {
+        for phase, size in enumerate(sizes or [None]):
+            golden = None
+            if args.data_policy == "clone":
+                golden = await make_golden(client, settings, settings.preview_database_url,
+                                           args.source_rows, size)
+                print(f"golden copy {golden['generation']} ({golden['source_bytes'] / 1e6:.0f} "
+                      f"MB source) in {golden['refresh_seconds']} s", flush=True)
+            runs: list[dict[str, Any]] = []
+            warmups: list[dict[str, Any]] = []
+            for i in range(args.warmup + args.runs):
+                number = 1000 + 100 * phase + i
+                run = await one_run(client, http, settings, bp, number, args.timeout)
+                (warmups if i < args.warmup else runs).append(run)
+                print(f"run {i + 1}/{args.warmup + args.runs}"
+                      f"{' (warm-up)' if i < args.warmup else ''}"
+                      f": ready in {run['total_seconds']:.2f} s, critical path "
+                      f"{run['critical_path_run_seconds']:.2f} s "
+                      f"(x{run['orchestration_overhead']}), destroyed in "
+                      f"{run['destroy_seconds']:.2f} s", flush=True)
+            phases.append({"golden_size": args.golden_sizes.split(",")[phase] if size else None,
+                           "golden": golden, "figures": aggregate(runs), "runs": runs,
+                           "warmup_runs": warmups})
+    last = phases[-1]
+    document = {
         "parameters": {"runs": args.runs, "warmup": args.warmup,
-                       "data_policy": args.data_policy, "source_rows": args.source_rows},
+                       "data_policy": args.data_policy, "source_rows": args.source_rows,
+                       "golden_sizes": args.golden_sizes or None},
         "blueprint": bp.model_dump(mode="json", exclude_defaults=True),
-        "golden": golden,
+        "golden": last["golden"],
         "stack_startup_seconds": stack.startup_seconds,
-        "figures": aggregate(runs),
-        "runs": runs,
-        "warmup_runs": warmups,
+        "figures": last["figures"],
+        "runs": last["runs"],
+        "warmup_runs": last["warmup_runs"],
     }
+    if len(phases) > 1:
+        p50 = {p["golden_size"]: p["figures"]["total_seconds"]["p50"] for p in phases}
+        steps = {p["golden_size"]: p["figures"]["steps"].get("database/main", {}).get(
+            "run_seconds_p50") for p in phases}
+        document["by_golden_size"] = phases
+        document["golden_size_comparison"] = {
+            "webhook_to_ready_p50_seconds": p50,
+            "database_step_run_p50_seconds": steps,
+            "ratio_largest_to_smallest_p50": round(
+                phases[-1]["figures"]["total_seconds"]["p50"]
+                / phases[0]["figures"]["total_seconds"]["p50"], 3),
+            "clone_details": {p["golden_size"]: sorted({
+                s for r in p["runs"] for s in [r.get("database_detail", "")] if s})
+                for p in phases},
+        }
+    return document
 
 
 NOTES = [
@@ -351,11 +397,18 @@ def main() -> None:
     parser.add_argument("--data-policy", choices=["clone", "seed"], default="clone")
     parser.add_argument("--source-rows", type=int, default=20_000,
                         help="rows of the source database the golden copy is made from")
+    parser.add_argument("--golden-sizes", default="",
+                        help="e.g. 100MB,1GB: the runs again for a golden copy of each size "
+                             "(overrides --source-rows)")
     parser.add_argument("--timeout", type=float, default=240, help="per run and phase")
     parser.add_argument("--keep-state", action="store_true")
     args = parser.parse_args()
     recorder = Recorder("bench.latency")
-    with BenchStack(kube=True, moto=True, keep_state=args.keep_state) as stack:
+    largest = max([parse_size(s) for s in args.golden_sizes.split(",") if s] or [0])
+    # The stack's PostgreSQL image holds the source, its golden copy and their WAL.
+    image = f"{max(4, 4 * largest // 10**9 + 4)}G"
+    with BenchStack(kube=True, moto=True, keep_state=args.keep_state,
+                    pg_image_size=image) as stack:
         document = asyncio.run(bench(stack, args))
     fig = document["figures"]
     finish(recorder, "latency", document, NOTES,

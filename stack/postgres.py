@@ -52,14 +52,16 @@ class PostgresServer:
     PREVIEW_PG_REFLINK), else in a plain folder. `storage` says which, and why."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, reflink: str | None = None,
-                 image_size: str | None = None, bin_dir: Path | None = None,
-                 options: Mapping[str, str] | None = None) -> None:
+                 image_size: str | None = None, image_direct_io: bool = False,
+                 bin_dir: Path | None = None, options: Mapping[str, str] | None = None,
+                 ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.bin = bin_dir or pg_bin_dir()
         self.options = {**DEFAULT_OPTIONS, **(options or {})}
         self.reflink = reflink or reflink_mode()
-        self.volume = ReflinkVolume(data_dir, image_size) if self.reflink != "off" else None
+        self.volume = (ReflinkVolume(data_dir, image_size, direct_io=image_direct_io)
+                       if self.reflink != "off" else None)
         self.storage = "plain folder"
         self._process: subprocess.Popen[bytes] | None = None
         self._user = "postgres" if os.geteuid() == 0 else None

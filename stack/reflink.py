@@ -34,6 +34,7 @@ from pathlib import Path
 IMAGE_NAME = "reflink.img"
 MOUNT_NAME = "reflink"
 DEFAULT_SIZE = "4G"
+COW_EXTENT_SIZE = "8k"
 TOOLS = ("mkfs.xfs", "mount", "umount", "losetup")
 
 
@@ -114,8 +115,12 @@ def stop_postmaster(pgdata: Path, timeout: float = 30.0) -> None:
 class ReflinkVolume:
     """The image `<folder>/reflink.img`, mounted on `<folder>/reflink`."""
 
-    def __init__(self, folder: Path, size: str | None = None) -> None:
+    def __init__(self, folder: Path, size: str | None = None, *, direct_io: bool = False,
+                 ) -> None:
         self.folder = folder
+        # Direct I/O on the loop device: the image's data is not cached twice (in this
+        # filesystem and in the host's page cache of the image file); benchmarks want it.
+        self.direct_io = direct_io
         self.image = folder / IMAGE_NAME
         self.mount_point = folder / MOUNT_NAME
         self.size = size or os.environ.get("PREVIEW_PG_REFLINK_SIZE") or DEFAULT_SIZE
@@ -139,6 +144,14 @@ class ReflinkVolume:
                 raise
         _run(["mount", "-t", "xfs", "-o", "loop,discard", str(self.image),
               str(self.mount_point)])
+        if self.direct_io:
+            for device in loop_devices_of(self.image):
+                _run(["losetup", "--direct-io=on", device])
+        if shutil.which("xfs_io"):
+            # Copy-on-write in 8 kB (PostgreSQL's page), inherited by every file made
+            # below: XFS's default reserves 128 kB at each first write to a shared page
+            # and frees the rest only after 30 minutes.
+            _run(["xfs_io", "-c", f"cowextsize {COW_EXTENT_SIZE}", str(self.mount_point)])
         self._guard = subprocess.Popen(
             [sys.executable, "-m", "stack.reflink", "guard", "--pid", str(os.getpid()),
              "--folder", str(self.folder)],

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from temporalio.client import Client, WorkflowHandle
 
 from domain.naming import workflow_id
 from engine.client import connect
-from engine.settings import Settings
+from engine.settings import Settings, generated_secrets
 from stack.moto import MotoServer
 from stack.ports import free_port, stop_group
 from stack.postgres import PostgresServer, create_database
@@ -90,7 +91,7 @@ class LocalStack:
             postgres = PostgresServer(state / "postgres").start()
             self._started(postgres.stop, postgres._process.pid if postgres._process else None)
             asyncio.run(create_database(postgres.admin_url, "preview_control"))
-        console.print(f"[green]✓[/] PostgreSQL      {postgres.admin_url}")
+        console.print(f"[green]✓[/] PostgreSQL      {postgres.admin_url}  ({postgres.storage})")
 
         with console.status("starting Temporal"):
             temporal = TemporalDevServer(
@@ -127,7 +128,9 @@ class LocalStack:
             # The Web UI sends no credential to /codec; loopback and CORS keep others out.
             profile="local",
             codec_auth="none",
-        )
+            check_images=False,  # fake nodes pull no image: nothing to wait for
+        ).model_copy(update={  # random keys of this state folder, not the source's
+            name: SecretStr(value) for name, value in generated_secrets(state).items()})
         self.env = {
             **os.environ,
             **self.settings.as_environment(),

@@ -2,7 +2,9 @@
 
 One database is five objects (see container_db_manifests.py): a credentials Secret, a
 PersistentVolumeClaim, a headless Service, a StatefulSet of one postgres pod and, for
-data policies other than `empty`, a Job that loads the data.
+data policies other than `empty`, a Job that loads the data. Where the cluster has a
+VolumeSnapshotClass and a snapshot of the golden volume, a clone's claim is made from
+that snapshot instead, and its Job only sets the password (container_db_snapshot.py).
 
 The password is generated once and read back from the Secret on every later run, so a
 re-run converges on the same credentials (the data directory keeps the first one
@@ -38,6 +40,7 @@ from activities.kubernetes.api import (
     Json,
     KubeApi,
     Ref,
+    ensure_owned,
     get_owned,
     heartbeat,
     is_ours,
@@ -50,9 +53,11 @@ from activities.kubernetes.api import (
 )
 from activities.kubernetes.container_db_manifests import (
     DUMP_URL_KEY,
+    GOLDEN_PASSWORD_KEY,
     MAX_NAME,
     PASSWORD_KEY,
     PORT,
+    REKEY_KEY,
     SEED_KEY,
     USER,
     Objects,
@@ -60,10 +65,23 @@ from activities.kubernetes.container_db_manifests import (
     connection_url,
     host_of,
     job_manifest,
+    rekey_job_manifest,
     service_manifest,
     stateful_set_manifest,
 )
+from activities.kubernetes.container_db_snapshot import (
+    GOLDEN_NAMESPACE,
+    VIA_JOB,
+    VIA_SNAPSHOT,
+    GoldenSnapshot,
+    SnapshotObjects,
+    claim_source,
+    content_manifest,
+    golden_snapshot,
+    snapshot_manifest,
+)
 from activities.kubernetes.pods import pod_problem
+from activities.postgres.server import scram_verifier
 from domain import masking
 from domain.blueprint import DataPolicy, MaskingRule
 from domain.resources import AwsTarget, ContainerDatabaseSpec, StepInput, StepOutput
@@ -95,6 +113,7 @@ class ContainerDatabaseActivities:
         load_timeout: float = 3600.0,
         release_timeout: float = 600.0,
         dump_url_ttl: timedelta = timedelta(hours=2),
+        golden_namespace: str = GOLDEN_NAMESPACE,
     ) -> None:
         self.clusters = clusters
         self.sealer = sealer
@@ -106,6 +125,7 @@ class ContainerDatabaseActivities:
         self.load_timeout = load_timeout
         self.release_timeout = release_timeout
         self.dump_url_ttl = dump_url_ttl
+        self.golden_namespace = golden_namespace  # where golden volume snapshots are
 
     def api(self, cluster: str) -> KubeApi:
         return KubeApi(self.clusters.get(cluster))
@@ -133,29 +153,89 @@ class ContainerDatabaseActivities:
                 # a fresh Job on the same database is safe (a Job cannot be re-run).
                 self._discard_job(api, objects.job)
         load = spec.data_policy != DataPolicy.empty and not loaded
-        load_inputs = self._load_inputs(spec) if load else {}
+        # A claim's source never changes: a re-run follows the first run's choice.
+        claim = current[objects.claim]
+        from_snapshot = claim_source(claim) if claim is not None else None
+        golden = None
+        if load and (from_snapshot or claim is None):
+            golden = self._golden_snapshot(api, spec, required=from_snapshot is not None)
+            if golden is not None:
+                from_snapshot = SnapshotObjects.of(spec).snapshot.name
+        if not load:
+            load_inputs = {}
+        elif golden is not None:
+            load_inputs = self._rekey_inputs(spec, golden, password)
+        else:
+            load_inputs = self._load_inputs(spec)
 
         self._apply_secret(api, spec, objects.secret, {PASSWORD_KEY: password, **load_inputs})
-        api.apply(objects.claim, claim_manifest(spec, objects.claim))
+        if golden is not None:
+            self._bind_snapshot(api, spec, golden)
+        api.apply(objects.claim, claim_manifest(spec, objects.claim, snapshot=from_snapshot))
         api.apply(objects.service, service_manifest(spec, objects.service))
         api.apply(objects.stateful_set, stateful_set_manifest(spec, objects, self.image))
         self._wait_ready(api, spec, objects)
 
         if load:
             if api.get(objects.job) is None:
-                api.apply(objects.job, job_manifest(
+                api.apply(objects.job, rekey_job_manifest(
+                    spec, objects, image=self.image, deadline_seconds=self.load_timeout,
+                    golden=f"{golden.namespace}/{golden.name}") if golden else job_manifest(
                     spec, objects, image=self.image, fetch_image=self.fetch_image,
                     deadline_seconds=self.load_timeout))
             self._wait_job(api, objects.job)
-            # Loaded: the seed and the dump's URL have no business staying around.
+            # Loaded: the seed, the dump's URL, the golden's password have no business
+            # staying around.
             self._apply_secret(api, spec, objects.secret, {PASSWORD_KEY: password})
 
         url = connection_url(spec, password)
+        values = {"host": host_of(spec), "port": str(PORT), "database": spec.database,
+                  "user": USER}
+        detail = ""
+        if spec.data_policy in (DataPolicy.clone, DataPolicy.masked_clone):
+            values["clone_method"] = VIA_SNAPSHOT if from_snapshot else VIA_JOB
+            detail = (f"volume from VolumeSnapshot {from_snapshot} of the golden volume "
+                      "(copy-on-write in the storage system)" if from_snapshot else
+                      "golden dump restored by a Job (no VolumeSnapshot of the golden "
+                      "volume in this cluster)")
         return StepOutput(
-            values={"host": host_of(spec), "port": str(PORT), "database": spec.database,
-                    "user": USER},
+            values=values, detail=detail,
             secrets={"password": self.sealer.seal(password), "url": self.sealer.seal(url)},
         )
+
+    def _golden_snapshot(self, api: KubeApi, spec: ContainerDatabaseSpec, *,
+                         required: bool) -> GoldenSnapshot | None:
+        """The golden volume's snapshot to make the claim from (None: the restore Job),
+        checked like a dump: a masked_clone needs one masked with its rules."""
+        golden = golden_snapshot(api, spec, self.golden_namespace)
+        if golden is None:
+            if required:
+                # Retryable: the claim was made from it, and only its password is missing.
+                raise ApplicationError(
+                    f"no ready VolumeSnapshot of the golden volume for "
+                    f"{spec.golden_dump_s3_uri} in {self.golden_namespace} any more, and the "
+                    "claim was made from one", type=API_ERROR)
+            return None
+        if spec.masking and spec.golden_dump_s3_uri:
+            s3: S3Client = self.aws.client("s3", AwsTarget(region=self.aws.default_region))
+            self._check_masking(s3, spec.golden_dump_s3_uri, golden.masking, spec.masking)
+        return golden
+
+    @staticmethod
+    def _rekey_inputs(spec: ContainerDatabaseSpec, golden: GoldenSnapshot,
+                      password: str) -> dict[str, str]:
+        # A SCRAM verifier, so no statement log of the database can show the password.
+        return {GOLDEN_PASSWORD_KEY: golden.password,
+                REKEY_KEY: f"ALTER ROLE {USER} PASSWORD '{scram_verifier(password)}';\n"}
+
+    @staticmethod
+    def _bind_snapshot(api: KubeApi, spec: ContainerDatabaseSpec,
+                       golden: GoldenSnapshot) -> None:
+        """The golden's snapshot, bound into the preview's namespace (claims can only
+        name a VolumeSnapshot of their own namespace)."""
+        snap = SnapshotObjects.of(spec)
+        ensure_owned(api, snap.content, content_manifest(spec, snap, golden), spec.owner)
+        ensure_owned(api, snap.snapshot, snapshot_manifest(spec, snap, golden), spec.owner)
 
     def _load_inputs(self, spec: ContainerDatabaseSpec) -> dict[str, str]:
         if spec.data_policy == DataPolicy.seed:
@@ -315,6 +395,9 @@ class ContainerDatabaseActivities:
                 api.delete(objects.claim)
             # Also when the claim is already gone: a retry still waits for the release.
             self._wait_released(api, objects.claim, spec)
+        snap = SnapshotObjects.of(spec)  # absent unless the claim was made from a snapshot
+        for ref in (snap.snapshot, snap.content):
+            remove_owned(api, ref, spec.owner)
         remove_owned(api, objects.secret, spec.owner)  # last: see the module's docstring
 
     def _wait_released(self, api: KubeApi, ref: Ref, spec: ContainerDatabaseSpec) -> None:

@@ -48,6 +48,11 @@ DUMP_FILE = "/work/golden.dump"
 PASSWORD_KEY = "password"
 SEED_KEY = "seed.sql"
 DUMP_URL_KEY = "dump-url"
+# From a golden volume snapshot (container_db_snapshot.py): the golden's password, and
+# the statement giving the role the preview's own (a SCRAM verifier, not the password).
+GOLDEN_PASSWORD_KEY = "golden-password"
+REKEY_KEY = "rekey.sql"
+REKEY_FILE = "/load/rekey.sql"
 
 # StatefulSet pods get a `controller-revision-hash` label of `<name>-<10 chars>`,
 # which must fit the 63 characters of a label value.
@@ -80,6 +85,18 @@ def fetch_dump_command() -> list[str]:
     return ["sh", "-c", (
         "set -eu; curl --fail --silent --show-error --location "
         '--retry 5 --retry-connrefused --output "$DUMP_FILE" "$DUMP_URL"'
+    )]
+
+
+def rekey_command() -> list[str]:
+    """Run `$REKEY_FILE` (ALTER ROLE ... PASSWORD) as the role, signed in with the golden
+    volume's password `$GOLDEN_PASSWORD`; if that no longer works, an earlier pod of the
+    Job did it already: the preview's password ($PGPASSWORD) must then work."""
+    return ["sh", "-c", (
+        f"set -eu; {_WAIT_FOR_SERVER}; "
+        'if PGPASSWORD="$GOLDEN_PASSWORD" psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 '
+        '--file="$REKEY_FILE"; then exit 0; fi; '
+        'psql --no-psqlrc --quiet --tuples-only --command="SELECT 1" >/dev/null'
     )]
 
 
@@ -132,12 +149,17 @@ def connection_url(spec: ContainerDatabaseSpec, password: str) -> str:
 # --- manifests ---------------------------------------------------------------------------
 
 
-def claim_manifest(spec: ContainerDatabaseSpec, ref: Ref) -> Json:
-    return ref.manifest(spec.owner.labels(), spec={
+def claim_manifest(spec: ContainerDatabaseSpec, ref: Ref, snapshot: str | None = None) -> Json:
+    """The claim; `snapshot`: made from that VolumeSnapshot (of the golden volume)."""
+    body: Json = {
         "accessModes": ["ReadWriteOnce"],
         "storageClassName": spec.storage_class,
         "resources": {"requests": {"storage": spec.storage}},
-    })
+    }
+    if snapshot:
+        body["dataSource"] = {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                              "name": snapshot}
+    return ref.manifest(spec.owner.labels(), spec=body)
 
 
 def service_manifest(spec: ContainerDatabaseSpec, ref: Ref) -> Json:
@@ -244,6 +266,36 @@ def job_manifest(spec: ContainerDatabaseSpec, objects: Objects, *, image: str,
     manifest["metadata"]["annotations"] = {
         "preview.dev/data-load": f"{spec.data_policy}:{_digest(source)}",
     }
+    return manifest
+
+
+def rekey_job_manifest(spec: ContainerDatabaseSpec, objects: Objects, *, image: str,
+                       deadline_seconds: float, golden: str) -> Json:
+    """The Job that, on a volume made from the golden's snapshot, sets the preview's own
+    password (`golden`: namespace/name of that snapshot, for the operator)."""
+    labels = {**spec.owner.labels(), NAME_LABEL: objects.job.name}
+    env = [*_connection_env(spec, objects), {"name": "REKEY_FILE", "value": REKEY_FILE},
+           {"name": "GOLDEN_PASSWORD", "valueFrom": {"secretKeyRef": {
+               "name": objects.secret.name, "key": GOLDEN_PASSWORD_KEY}}}]
+    pod: Json = {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "rekey", "image": image, "command": rekey_command(), "env": env,
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                          "limits": {"cpu": "500m", "memory": "256Mi"}},
+            "volumeMounts": [{"name": "rekey", "mountPath": "/load", "readOnly": True}],
+        }],
+        "volumes": [{"name": "rekey", "secret": {
+            "secretName": objects.secret.name, "items": [{"key": REKEY_KEY,
+                                                          "path": "rekey.sql"}]}}],
+    }
+    manifest = objects.job.manifest(labels, spec={
+        "backoffLimit": 2,
+        "activeDeadlineSeconds": max(int(deadline_seconds), 1),
+        "template": {"metadata": {"labels": labels}, "spec": _as_postgres(pod)},
+    })
+    manifest["metadata"]["annotations"] = {
+        "preview.dev/data-load": f"{spec.data_policy}:snapshot:{golden}"}
     return manifest
 
 

@@ -3,6 +3,8 @@
 server.py   server access shared by both: URLs, admin connections, ownership marks,
             advisory locks, the pg_dump/pg_restore pipeline, pg_bin_dir()
 clones.py   PreviewDatabaseActivities: a preview's database and role; the sweeper's half
+clone_method.py  file_copy_method: clone (copy-on-write) or copy, checked once per
+            server and golden generation
 golden.py   GoldenCopyActivities: restore, mask, verify, publish, promote, prune
 verify.py   the check that masking left no original value behind
 """

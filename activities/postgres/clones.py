@@ -2,9 +2,11 @@
 
 `CREATE DATABASE ... TEMPLATE <current golden> STRATEGY FILE_COPY` (or an empty / seeded
 database), owned by a login role of its own with a generated password (returned sealed
-only). When the golden copies live on another server, the clone streams
-`pg_dump | pg_restore` instead. The orphan sweeper lists these databases and removes
-those of environments that are gone.
+only). On PostgreSQL 18 with reflinks the template's files are cloned (copy-on-write,
+constant time), else copied: clone_method.py decides, and the step's output says which
+and why (values["clone_method"], detail). When the golden copies live on another
+server, the clone streams `pg_dump | pg_restore` instead. The orphan sweeper lists these
+databases and removes those of environments that are gone.
 
 A row of `preview_engine.databases` written before the create claims the name for its
 environment (see server.py for the marks and locks).
@@ -16,6 +18,7 @@ import asyncio
 import json
 import secrets
 import string
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +27,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import foreign_resource, invalid_input
+from activities.postgres.clone_method import (
+    CLONE,
+    COPY,
+    STREAM,
+    CloneMethod,
+    checked_method,
+    is_clone_failure,
+    planned_method,
+)
 from activities.postgres.server import (
     KIND_CLONE,
     KIND_ROLE,
@@ -162,11 +174,13 @@ class PreviewDatabaseActivities:
             ):
                 password, sealed = await self._claim(conn, spec, env)
                 await self._ensure_role(conn, spec, env, password)
-                await self._ensure_database(conn, spec, env, password)
+                mark = await self._ensure_database(conn, spec, env, password)
             values = {"host": self._preview.host, "port": str(self._preview.port),
                       "database": spec.database, "user": spec.role}
+            if mark.get("clone-method"):
+                values["clone_method"] = mark["clone-method"]
             url = self._preview.as_user(spec.role, password, spec.database)
-            return StepOutput(values=values,
+            return StepOutput(values=values, detail=mark.get("clone-detail", ""),
                               secrets={"password": sealed,
                                        "url": await asyncio.to_thread(self._sealer.seal, url)})
 
@@ -284,7 +298,8 @@ class PreviewDatabaseActivities:
                               **{"preview-environment": env, "state": state, **extra})
 
     async def _ensure_database(self, conn: asyncpg.Connection, spec: PostgresCloneSpec,
-                               env: str, password: str) -> None:
+                               env: str, password: str) -> dict[str, str]:
+        """The database made, loaded, handed over and marked ready; its final mark."""
         db = await database_info(conn, spec.database)
         if db is not None and db.mark is None:
             # Our claim and no mark: we created it and stopped before marking it.
@@ -304,6 +319,7 @@ class PreviewDatabaseActivities:
         if db is not None and db.connection_limit != spec.connection_limit:
             await conn.execute(f"ALTER DATABASE {ident(spec.database)} "
                                f"CONNECTION LIMIT {spec.connection_limit}")
+        return dict(db.mark or {}) if db is not None else {}
 
     async def _create_database(self, conn: asyncpg.Connection, spec: PostgresCloneSpec,
                                env: str) -> str:
@@ -311,15 +327,19 @@ class PreviewDatabaseActivities:
         if spec.data_policy in (DataPolicy.empty, DataPolicy.seed):
             await self._create(conn, f"CREATE DATABASE {name} OWNER {owner} TEMPLATE template0 "
                                      f"CONNECTION LIMIT {limit}", spec, env)
-            await set_comment(conn, spec.database, self._clone_comment(env, CREATING))
+            made = ("an empty database" if spec.data_policy == DataPolicy.empty
+                    else "an empty database, then its seed SQL")
+            await set_comment(conn, spec.database,
+                              self._clone_comment(env, CREATING, **{"clone-detail": made}))
             return CREATING
         async with self._access.admin(self._golden) as golden:
             if self._golden.endpoint == self._preview.endpoint:
                 async with golden_source_lock(golden, spec.source, exclusive=False):
                     generation = await self._current_golden(golden, spec)
-                    await self._create(conn, f"CREATE DATABASE {name} OWNER {owner} "
-                                             f"TEMPLATE {ident(generation)} STRATEGY FILE_COPY "
-                                             f"CONNECTION LIMIT {limit}", spec, env)
+                    method, detail = await self._clone_template(
+                        conn, spec, env, generation,
+                        f"CREATE DATABASE {name} OWNER {owner} TEMPLATE {ident(generation)} "
+                        f"STRATEGY FILE_COPY CONNECTION LIMIT {limit}")
             else:
                 await self._create(conn, f"CREATE DATABASE {name} OWNER {owner} "
                                          f"TEMPLATE template0 CONNECTION LIMIT {limit}", spec, env)
@@ -329,13 +349,58 @@ class PreviewDatabaseActivities:
                     generation = await self._current_golden(golden, spec)
                     await golden.execute(
                         f"ALTER DATABASE {ident(generation)} ALLOW_CONNECTIONS true")
+                    began = time.monotonic()
                     try:
                         await stream_copy(self._golden, generation, self._preview, spec.database)
                     finally:
                         await close_golden(golden, generation)
-        await set_comment(conn, spec.database,
-                          self._clone_comment(env, LOADED, generation=generation))
+                method = STREAM
+                detail = (f"streamed with pg_dump | pg_restore in "
+                          f"{time.monotonic() - began:.1f} s (the golden copies are on "
+                          "another server)")
+        await set_comment(conn, spec.database, self._clone_comment(
+            env, LOADED, generation=generation,
+            **{"clone-method": method, "clone-detail": detail}))
         return LOADED
+
+    async def _clone_template(self, conn: asyncpg.Connection, spec: PostgresCloneSpec,
+                              env: str, generation: str, create_sql: str) -> tuple[str, str]:
+        """CREATE DATABASE from the golden template with the file_copy_method chosen for
+        this server and generation (the first clone of each decides: clone_method.py).
+        A failed CREATE DATABASE leaves no database, so a failed clone is simply made
+        again as a copy. The method used and the line for people."""
+        key = (self._preview.endpoint, generation)
+        known = self._access.clone_methods.get(key)
+        plan = known or await planned_method(conn, self._preview.host)
+        for attempt in (plan, CloneMethod(COPY, "", has_setting=plan.has_setting)):
+            if attempt.has_setting:
+                await conn.execute(f"SET file_copy_method = {attempt.method}")
+            began = time.monotonic()
+            try:
+                await self._create(conn, create_sql, spec, env)
+            except asyncpg.PostgresError as error:
+                if attempt.method != CLONE or not is_clone_failure(error):
+                    raise
+                failed = pg_message(error)
+                self._access.clone_methods[key] = CloneMethod(
+                    COPY, f"file_copy_method = clone failed: {failed}")
+                continue
+            finally:
+                if attempt.has_setting:
+                    await conn.execute("RESET file_copy_method")
+            milliseconds = round((time.monotonic() - began) * 1000)
+            chosen = self._access.clone_methods.get(key, attempt)
+            if chosen.check:
+                chosen = await checked_method(conn, self._preview.host, spec.database)
+                if chosen.method == COPY:
+                    # This one was made with `clone`, and copied all the same.
+                    self._access.clone_methods[key] = chosen
+                    this_one = CloneMethod(COPY, f"file_copy_method=clone copied: "
+                                                 f"{chosen.reason}", has_setting=False)
+                    return COPY, this_one.detail(milliseconds)
+            self._access.clone_methods[key] = chosen
+            return chosen.method, chosen.detail(milliseconds)
+        raise AssertionError("unreachable: the copy attempt returns or raises")
 
     async def _create(self, conn: asyncpg.Connection, sql: str, spec: PostgresCloneSpec,
                       env: str) -> None:

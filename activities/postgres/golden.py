@@ -2,12 +2,12 @@
 
 Per source, a *generation* database is restored from a pg_dump of the source, masked
 (domain/masking.py), scrubbed (no dead row version, index entry or statistic keeps an
-original value), verified against the source (verify.py), and only then made the
-source's current golden copy (one row of `preview_engine.golden`, switched in one
-transaction). A refresh that fails anywhere leaves the previous golden in service.
-Golden databases refuse connections (datallowconn = false): a template clone needs no
-other session on its template. A verified generation can also be published to S3 as a
-pg_dump, for container databases.
+original value) and frozen (so reads in copy-on-write clones write nothing), verified
+against the source (verify.py), and only then made the source's current golden copy
+(one row of `preview_engine.golden`, switched in one transaction). A refresh that fails
+anywhere leaves the previous golden in service. Golden databases refuse connections
+(datallowconn = false): a template clone needs no other session on its template. A
+verified generation can also be published to S3 as a pg_dump, for container databases.
 """
 
 from __future__ import annotations
@@ -245,6 +245,11 @@ class GoldenCopyActivities:
                 await asyncio.sleep(1.0)  # let the holder of the old snapshot finish
         finally:
             db.remove_log_listener(listen)
+        # Hint bits and frozen row versions set once, here: else each preview's first
+        # read of a page sets them, which dirties the page, and a copy-on-write clone
+        # then stores its own copy of every page it read (measured: all of them).
+        heartbeat("freezing")
+        await db.execute("VACUUM (FREEZE)")
         await set_comment(db, step.generation,
                           self._golden_comment(step.source_name, SCRUBBED))
 

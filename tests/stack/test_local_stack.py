@@ -1,8 +1,13 @@
-"""`make run`'s program: it shows a preview reach Ready, and Ctrl-C leaves nothing running."""
+"""`make run`'s program: it shows a preview reach Ready, and Ctrl-C leaves nothing running;
+its PostgreSQL's XFS image (stack/reflink.py) is unmounted and its loop device freed after
+Ctrl-C and after a kill -9 of the stack process, as seen from outside (/proc/mounts,
+`losetup`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from stack.reflink import reflink_mode, unavailable_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 ROOT = Path(__file__).parents[2]
@@ -31,13 +38,48 @@ def processes_using(marker: str) -> list[str]:
     return found
 
 
-def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
-    state = Path(tempfile.mkdtemp(prefix="preview-run-"))
-    process = subprocess.Popen(
+def mounts_under(folder: Path) -> list[str]:
+    """Lines of /proc/mounts whose mount point is inside `folder`."""
+    inside = str(folder.resolve())
+    return [line for line in Path("/proc/mounts").read_text().splitlines()
+            if len(line.split()) > 1 and line.split()[1].startswith(inside)]
+
+
+def loop_devices_under(folder: Path) -> list[str]:
+    """Lines of `losetup -a` whose backing file is inside `folder`."""
+    if shutil.which("losetup") is None:
+        return []
+    listed = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return [line for line in listed.splitlines() if str(folder.resolve()) in line]
+
+
+def image_expected() -> bool:
+    return reflink_mode() != "off" and unavailable_reason() is None
+
+
+def wait_released(state: Path, timeout: float = 60) -> None:
+    """Until nothing of the state folder is mounted or attached (the guard works after
+    the stack is gone), within a deadline."""
+    deadline = time.monotonic() + timeout
+    while mounts_under(state) or loop_devices_under(state):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling a condition with a deadline
+    assert mounts_under(state) == [], "the XFS image is still mounted"
+    assert loop_devices_under(state) == [], "its loop device is still attached"
+
+
+def start_stack(state: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "stack.run", "--state-dir", str(state)], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
+    state = Path(tempfile.mkdtemp(prefix="preview-run-"))
+    process = start_stack(state)
     assert process.stdout is not None
     output: list[str] = []
     deadline = time.monotonic() + 300
@@ -53,6 +95,9 @@ def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
         assert "preview ready: hello-world-pr-2-" in text, text
         assert "http://web-pr-2.preview.localhost" in text
         assert processes_using(str(state)), "the stack should be running now"
+        if image_expected():
+            assert "XFS image with reflinks" in text, text
+            assert mounts_under(state) and loop_devices_under(state)
     finally:
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=120)
@@ -62,3 +107,38 @@ def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in (
             Path(f"/proc/{pid}/status").read_text().lower()), f"pid {pid} still runs"
+    wait_released(state, timeout=10)  # stopped, not killed: nothing is left at all
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_killed_stack_leaves_no_mount_or_loop_device() -> None:
+    """kill -9 of the stack process right after its PostgreSQL came up: the image's
+    guard stops that server and unmounts; the loop device goes with the mount."""
+    if not image_expected():
+        pytest.skip(f"no XFS image here: {unavailable_reason() or 'PREVIEW_PG_REFLINK=off'}")
+    state = Path(tempfile.mkdtemp(prefix="preview-kill-"))
+    process = start_stack(state)
+    assert process.stdout is not None
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if "PostgreSQL " in line and "postgresql://" in line:
+                break
+        assert "XFS image with reflinks" in "".join(seen), "".join(seen)
+        assert mounts_under(state) and loop_devices_under(state)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        wait_released(state)
+        servers = [p for p in processes_using(str(state))
+                   if "pgdata" in p and "stack.reflink" not in p]
+        assert servers == [], servers  # stopped before the unmount
+    finally:
+        process.kill()
+        process.wait()
+        # What else the stack had started by then (it may be starting Temporal).
+        for entry in processes_using(str(state)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.split(":")[0]), signal.SIGKILL)
+    if not mounts_under(state):
+        shutil.rmtree(state, ignore_errors=True)

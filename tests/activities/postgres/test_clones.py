@@ -1,6 +1,6 @@
-"""Preview databases against a real PostgreSQL 15: clones of the golden copy, seeded and
+"""Preview databases against a real PostgreSQL 18: clones of the golden copy, seeded and
 empty databases, ownership, removal, the sweeper's half, and the streaming fallback to a
-second server."""
+second server (test_clone_method.py: clone or copy, and why)."""
 
 from __future__ import annotations
 
@@ -53,8 +53,11 @@ async def test_clone_belongs_to_its_role_only(
     mine, other = clone_spec("owner-a"), clone_spec("owner-b")
     out, other_out = await ensure(golden.clones, mine), await ensure(golden.clones, other)
     password = SEALER.unseal(out.secrets["password"])
+    method = "clone" if postgres_server.on_reflinks else "copy"
     assert out.values == {"host": "127.0.0.1", "port": str(postgres_server.port),
-                          "database": mine.database, "user": mine.role}
+                          "database": mine.database, "user": mine.role,
+                          "clone_method": method}
+    assert out.detail.startswith("cloned in " if method == "clone" else "copied in ")
     assert password not in repr(out.values) and len(password) == 32
     assert SEALER.unseal(out.secrets["url"]) == (
         f"postgresql://{mine.role}:{password}@127.0.0.1:{postgres_server.port}/{mine.database}")
@@ -110,6 +113,7 @@ async def test_ensure_twice_changes_nothing(
     assert await state() == before
     assert again.secrets["password"] == out.secrets["password"]
     assert SEALER.unseal(again.secrets["url"]) == SEALER.unseal(out.secrets["url"])
+    assert (again.values, again.detail) == (out.values, out.detail)  # read back from the mark
     assert '"state": "ready"' in before[0][3]
 
 
@@ -210,7 +214,10 @@ async def test_seed_and_empty_policies(golden: Golden) -> None:
     finally:
         await conn.close()
 
+    assert "clone_method" not in out.values
+    assert out.detail == "an empty database, then its seed SQL"
     empty = await ensure(golden.clones, clone_spec("empty", DataPolicy.empty))
+    assert empty.detail == "an empty database"
     conn = await connect_clone(empty)
     try:
         assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
@@ -263,7 +270,7 @@ async def test_sweeper_lists_and_removes_by_environment(
 def second_server() -> Iterator[PostgresServer]:
     data_dir = Path(tempfile.mkdtemp(prefix="preview-test-pg2-"))
     os.chmod(data_dir, 0o755)
-    server = PostgresServer(data_dir).start()
+    server = PostgresServer(data_dir, reflink="off").start()  # it holds streamed copies
     try:
         yield server
     finally:
@@ -290,6 +297,8 @@ async def test_streaming_copy_between_servers(
     again = await ensure(remote_acts, spec)
     assert again.secrets["password"] == out.secrets["password"]
     assert out.values["port"] == str(second_server.port)
+    assert out.values["clone_method"] == "dump_restore"
+    assert out.detail.startswith("streamed with pg_dump | pg_restore in ")
     a, b = await connect_clone(local), await connect_clone(out)
     try:
         for query in ("SELECT * FROM users ORDER BY id", "SELECT * FROM orders ORDER BY id",

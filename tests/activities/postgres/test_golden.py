@@ -1,4 +1,4 @@
-"""Golden copies against a real PostgreSQL 15: what masking leaves (in the data and in the
+"""Golden copies against a real PostgreSQL 18: what masking leaves (in the data and in the
 files), verification against the source, failed refreshes, pruning, tool errors."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ async def masked_originals(source_url: str) -> set[str]:
 
 
 def database_files(server: PostgresServer, oid: int) -> bytes:
-    folder = server.data_dir / "pgdata" / "base" / str(oid)
+    folder = server.pgdata / "base" / str(oid)
     return b"".join(p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file())
 
 
@@ -93,6 +93,8 @@ async def test_masked_clone_holds_no_original_value(
     golden: Golden, postgres_server: PostgresServer
 ) -> None:
     out = await ensure(golden.clones, clone_spec("scan"))
+    # Scanned as made: copy-on-write where the data directory has reflinks.
+    assert out.values["clone_method"] == ("clone" if postgres_server.on_reflinks else "copy")
     originals = await masked_originals(golden.source_url)
     conn = await connect_clone(out)
     try:
