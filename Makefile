@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test test-fast lint kube helm bench clean
+.PHONY: run test test-fast lint kube helm registry bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,13 @@ kube: $(VENV)/.installed  ## build the Kubernetes control plane once (cached out
 helm: $(VENV)/.installed  ## build helm once, next to the control plane (for the chart's tests)
 	$(PY) -m stack.helm build
 
+registry: $(VENV)/.installed  ## build the OCI registry and crane once, next to the control plane
+	$(PY) -m stack.registry build
+
 run: kube  ## the whole system on the embedded local stack, following one preview to Ready
 	$(PY) -m stack.run
 
-test: kube helm  ## every test, on real servers the fixtures start on loopback
+test: kube helm registry  ## every test, on real servers the fixtures start on loopback
 	$(VENV)/bin/pytest -p no:cacheprovider
 
 test-fast: $(VENV)/.installed  ## tests that need no Kubernetes control plane

@@ -27,11 +27,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, is_error
+from activities.aws.clients import heartbeat
 from activities.errors import invalid_input
 from domain.resources import AwsTarget, ImageSpec, StepInput, StepOutput
 from engine.settings import Settings
 
 DOCKER_HUB = "registry-1.docker.io"
+# What people write for Docker Hub (in image names and docker's config.json): none of
+# them serves the registry API, so each means DOCKER_HUB.
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry.hub.docker.com"})
 MANIFEST_TYPES = ", ".join((
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -53,12 +57,19 @@ class ImageRef:
         """`registry.example.com:5000/team/web` → host and name; no host: Docker Hub."""
         first, _, rest = repository.partition("/")
         if rest and ("." in first or ":" in first or first == "localhost"):
-            return cls(first, rest, tag)
-        name = repository if rest else f"library/{repository}"
-        return cls(DOCKER_HUB, name, tag)
+            host, name = _registry_host(first), rest
+        else:
+            host, name = DOCKER_HUB, repository
+        if host == DOCKER_HUB and "/" not in name:
+            name = f"library/{name}"  # Docker Hub's official images
+        return cls(host, name, tag)
 
     def __str__(self) -> str:
         return f"{self.host}/{self.name}:{self.tag}"
+
+
+def _registry_host(host: str) -> str:
+    return DOCKER_HUB if host.lower() in DOCKER_HUB_ALIASES else host
 
 
 def _challenge(header: str) -> dict[str, str]:
@@ -72,7 +83,7 @@ def _challenge(header: str) -> dict[str, str]:
 class RegistryActivities:
     def __init__(self, settings: Settings, *, aws: AwsClients | None = None,
                  client: httpx.AsyncClient | None = None) -> None:
-        self._credentials = _parse_credentials(settings.registry_credentials)
+        self._credentials = parse_credentials(settings.registry_credentials)
         self._plain_http = set(settings.registry_plain_http)
         self._aws = aws or AwsClients(settings)
         self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
@@ -111,6 +122,7 @@ class RegistryActivities:
                                type=REGISTRY_UNAVAILABLE)
 
     async def _send(self, ref: ImageRef, headers: dict[str, str]) -> httpx.Response:
+        heartbeat(f"asking {ref.host}")  # before each request: up to three per check
         try:
             return await self._client.head(self._url(ref), headers=headers)
         except httpx.HTTPError as error:
@@ -126,11 +138,15 @@ class RegistryActivities:
         if "service" in challenge:
             params["service"] = challenge["service"]
         auth = self._credentials.get(ref.host)
+        heartbeat(f"token for {ref.host}")
         try:
             answer = await self._client.get(challenge["realm"], params=params, auth=auth)
         except httpx.HTTPError as error:
             raise ApplicationError(f"token service of {ref.host} unreachable: "
                                    f"{type(error).__name__}", type=REGISTRY_UNAVAILABLE) from None
+        if answer.status_code in (401, 403) and auth is None:
+            raise invalid_input(f"registry {ref.host} wants credentials for {ref.name}: give "
+                                "the worker pull access (PREVIEW_REGISTRY_CREDENTIALS)")
         if answer.status_code in (401, 403):
             raise invalid_input(f"registry {ref.host} refused the worker's credentials for "
                                 f"{ref.name}: check PREVIEW_REGISTRY_CREDENTIALS")
@@ -162,7 +178,7 @@ class RegistryActivities:
         return str(details[0].get("imageDigest") or "present") if details else None
 
 
-def _parse_credentials(value: SecretStr | None) -> dict[str, tuple[str, str]]:
+def parse_credentials(value: SecretStr | None) -> dict[str, tuple[str, str]]:
     """`{"host": "user:password", ...}` (JSON in PREVIEW_REGISTRY_CREDENTIALS)."""
     if value is None:
         return {}
@@ -175,4 +191,4 @@ def _parse_credentials(value: SecretStr | None) -> dict[str, tuple[str, str]]:
     bad = sorted(host for host, pair in pairs.items() if len(pair) != 2)
     if bad:
         raise SystemExit(f"PREVIEW_REGISTRY_CREDENTIALS: {', '.join(bad)}: want user:password")
-    return {host: (pair[0], pair[1]) for host, pair in pairs.items()}
+    return {_registry_host(host): (pair[0], pair[1]) for host, pair in pairs.items()}

@@ -255,7 +255,8 @@ async def one_run(client: Client, http: httpx.AsyncClient, settings: Settings,
                   observed_by_polling_seconds=round(seen_at - sent_at, 3),
                   # The status's line for the database: how it was made (clone or copy).
                   database_detail=next((line for line in status.resources
-                                        if "database/main" in line), ""))
+                                        if "file_copy_method" in line
+                                        or "pg_dump | pg_restore" in line), ""))
 
     closed = pull_request_payload("closed", REPOSITORY, number, sha)
     began = time.monotonic()

@@ -30,6 +30,9 @@ ABOUT = {
                 "redeploys (continue-as-new)"),
     "clone": ("bench/clone_bench.py", "preview database clone time: template clone vs "
               "dump/restore vs `cp`"),
+    "crash_recovery": ("bench/crash_recovery.py", "a worker SIGKILLed at random moments of a "
+                       "create: seconds until the step it ran runs again on another worker, "
+                       "vs the old 60 s heartbeat timeout"),
 }
 
 
@@ -145,12 +148,38 @@ def clone_rows(doc: dict[str, Any]) -> Rows:
     return rows
 
 
+def crash_recovery_rows(doc: dict[str, Any]) -> Rows:
+    fig, params = doc["figures"], doc.get("parameters", {})
+    rec, ready = fig["recovery_seconds"], fig["kill_to_ready_seconds"]
+    rows = [
+        (f"kill → the killed step running again, median / max ({rec.get('n', 0)} steps, "
+         f"{params.get('kills')} kills, {params.get('workers')} workers)",
+         f"{_s(rec.get('median'))} / {_s(rec.get('max'))}"),
+        ("by kind of step: median / max", ", ".join(
+            f"{kind} {_s(v['median'])} / {_s(v['max'])}"
+            for kind, v in fig.get("recovery_seconds_by_kind", {}).items()) or "—"),
+    ]
+    if (base := fig.get("baseline_60s_recovery_seconds", {})).get("n"):
+        rows.append((f"baseline, one 60 s heartbeat timeout (same moments, {base['n']} steps): "
+                     "median / max, median ratio", f"{_s(base.get('median'))} / "
+                     f"{_s(base.get('max'))}, x{fig.get('median_ratio_to_baseline')}"))
+    between = fig.get("between_steps_next_step_seconds", {})
+    if between.get("n"):
+        rows.append((f"kill between steps → next step started, median ({between['n']})",
+                     _s(between.get("p50"))))
+    rows.append(("kill → Ready, median / max (create without a kill: "
+                 f"{_s(doc.get('create_without_kill_seconds', {}).get('median'))})",
+                 f"{_s(ready.get('p50'))} / {_s(ready.get('max'))}"))
+    return rows
+
+
 EXTRACTORS: dict[str, Callable[[dict[str, Any]], Rows]] = {
     "latency": latency_rows,
     "starter_throughput": throughput_rows,
     "burst": burst_rows,
     "history": history_rows,
     "clone": clone_rows,
+    "crash_recovery": crash_recovery_rows,
 }
 
 

@@ -24,6 +24,11 @@ class Spec(BaseModel):
     absent: ClassVar[str | None]
     sleep: ClassVar[str | None] = None  # scales the resource to zero
     wake: ClassVar[str | None] = None
+    # A step's heartbeat timeout: how soon the server notices a dead worker and hands
+    # the step to another (+1 s retry backoff). Activities heartbeat every 2 s or less
+    # while they wait, between short calls: a kind needs longer only if one of its calls
+    # may block past this with no side task heartbeating.
+    heartbeat_seconds: ClassVar[float] = 7.0
 
     owner: Ownership
 

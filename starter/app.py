@@ -30,14 +30,19 @@ from starter.api import router as api_router
 from starter.bodies import InvalidBody, parse_json
 from starter.events import (
     INSTALLATION_EVENTS,
+    WAKE_EVENTS,
     Deploy,
     Destroy,
+    Ignore,
     Operation,
     PayloadError,
+    WakeWaiting,
     github_installation_change,
     github_operation,
+    github_wake,
     gitlab_operation,
 )
+from workflows.preview import PreviewEnvironmentWorkflow
 from workflows.saga import ActivityTimeouts
 
 log = logging.getLogger("preview.starter")
@@ -61,9 +66,10 @@ class InstallationCache(Protocol):
 
 
 class WebhookAnswer(BaseModel):
-    outcome: str  # deployed | destroyed | ignored | duplicate | pong | installation
+    outcome: str  # deployed | destroyed | ignored | duplicate | pong | installation | woken
     detail: str = ""
     workflow_id: str | None = None
+    woken: int | None = None  # previews asked to look for their images again
 
 
 class ServiceUnavailable(Exception):
@@ -186,6 +192,8 @@ async def github_webhook(
         return WebhookAnswer(outcome="pong", detail=str(payload.get("zen", "")))
     if x_github_event in INSTALLATION_EVENTS:
         return _installation_changed(request, x_github_event, payload)
+    if x_github_event in WAKE_EVENTS:
+        return await _wake_waiting(request, x_github_event, payload)
     try:
         operation = github_operation(x_github_event, payload)
     except PayloadError as error:
@@ -208,6 +216,52 @@ def _installation_changed(request: Request, event: str, payload: dict[str, Any])
               f"{len(change.repositories)}; {dropped}")
     log.info("%s event: %s", event, detail)
     return WebhookAnswer(outcome="installation", detail=detail)
+
+
+async def _wake_waiting(request: Request, event: str, payload: dict[str, Any]) -> WebhookAnswer:
+    """Signal `recheck` to the running previews the event may concern. A redelivery only
+    makes them ask their registry once more, so deliveries are not recorded."""
+    try:
+        wake = github_wake(event, payload)
+    except PayloadError as error:
+        raise HTTPException(400, f"{event} payload: {error}") from None
+    if isinstance(wake, Ignore):
+        return WebhookAnswer(outcome="ignored", detail=wake.reason)
+    try:
+        woken = await wake_previews(request.app.state.temporal, wake)
+    except RPCError as error:
+        log.warning("temporal unavailable: %s", error.status)
+        raise ServiceUnavailable("temporal unavailable") from error
+    detail = f"{wake.reason}: {woken} running preview(s) of {wake.repository} asked to recheck"
+    log.info("%s event: %s", event, detail)
+    return WebhookAnswer(outcome="woken", detail=detail, woken=woken)
+
+
+def wake_query(wake: WakeWaiting) -> str:
+    """The visibility query for the running previews a wake concerns (the event's fields
+    were checked against strict patterns, so they are safe to quote)."""
+    query = ("WorkflowType = 'PreviewEnvironmentWorkflow' AND ExecutionStatus = 'Running' "
+             f"AND PreviewRepository = '{wake.repository.lower()}'")
+    # HEAD_SHA is the deployed commit: a redeploy waiting for a new commit's image is
+    # found by its pull request number instead (absent for forks: the timer finds it).
+    narrow = [f"PreviewHeadSha = '{wake.head_sha}'"] if wake.head_sha else []
+    narrow += [f"PreviewPullRequest = {number}" for number in wake.pull_requests]
+    return f"{query} AND ({' OR '.join(narrow)})" if narrow else query
+
+
+async def wake_previews(client: Client, wake: WakeWaiting) -> int:
+    """Signal `recheck` to each running preview `wake` concerns; how many got it."""
+    woken = 0
+    async for execution in client.list_workflows(wake_query(wake)):
+        handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        try:
+            await handle.signal(PreviewEnvironmentWorkflow.recheck)
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                continue  # it ended since it was listed
+            raise
+        woken += 1
+    return woken
 
 
 @webhooks.post("/gitlab", response_model=WebhookAnswer, status_code=202,

@@ -8,6 +8,7 @@ Closing becomes `Destroy`. Anything else is ignored with a reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,3 +201,73 @@ def github_installation_change(event: str, payload: dict[str, Any]) -> Installat
     names = [repo["full_name"] for key in keys for repo in _list(payload, key)
              if isinstance(repo, dict) and isinstance(repo.get("full_name"), str)]
     return InstallationChanged(action, installation, tuple(names))
+
+
+# -- CI and registry events that wake waiting previews -----------------------------------
+
+# event -> the actions that mean "an image may exist now"
+WAKE_EVENTS: dict[str, frozenset[str]] = {
+    "workflow_run": frozenset({"completed"}),
+    "check_suite": frozenset({"completed"}),
+    # GitHub sends `registry_package` to older hooks and `package` to newer ones.
+    "registry_package": frozenset({"published", "updated"}),
+    "package": frozenset({"published", "updated"}),
+}
+GITHUB_REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class WakeWaiting:
+    """CI finished or an image was published: previews of `repository` that wait for an
+    image ask their registry again now instead of at their next timer.
+
+    `head_sha` and `pull_requests` narrow it to the previews of that commit or those pull
+    requests (CI events); neither set means every preview of the repository."""
+
+    repository: str
+    reason: str
+    head_sha: str | None = None
+    pull_requests: tuple[int, ...] = ()
+
+
+def _repository(payload: dict[str, Any]) -> str:
+    name = _field(payload, "repository", "full_name")
+    if not isinstance(name, str) or not GITHUB_REPOSITORY.match(name):
+        raise PayloadError("field repository.full_name must be owner/name")
+    return name
+
+
+def _own_pull_requests(run: dict[str, Any], repository: str) -> tuple[int, ...]:
+    """Numbers of the run's pull requests opened on `repository`: GitHub also lists pull
+    requests of other repositories whose head is the same commit."""
+    own = f"/repos/{repository}".lower()
+    numbers = []
+    for pr in _list(run, "pull_requests"):
+        base = pr.get("base") if isinstance(pr, dict) else None
+        repo = base.get("repo") if isinstance(base, dict) else None
+        url = repo.get("url") if isinstance(repo, dict) else None
+        number = pr.get("number") if isinstance(pr, dict) else None
+        if (isinstance(url, str) and url.lower().endswith(own)
+                and isinstance(number, int) and not isinstance(number, bool)):
+            numbers.append(number)
+    return tuple(sorted(set(numbers)))
+
+
+def github_wake(event: str, payload: dict[str, Any]) -> WakeWaiting | Ignore:
+    """`workflow_run` / `check_suite` completed, `registry_package` / `package` published
+    or updated → wake the previews they may concern; other actions are ignored."""
+    action = _action(payload, "action")
+    if action not in WAKE_EVENTS[event]:
+        return Ignore(f"{event} action {action!r} does not wake previews")
+    repository = _repository(payload)
+    if event in ("registry_package", "package"):
+        return WakeWaiting(repository, f"{event} {action}")
+    run = _field(payload, event)
+    if not isinstance(run, dict):
+        raise PayloadError(f"field {event} must be an object")
+    sha = _field(payload, event, "head_sha")
+    if not isinstance(sha, str) or not COMMIT_SHA.match(sha):
+        raise PayloadError(f"field {event}.head_sha must be a 40-character commit sha")
+    return WakeWaiting(repository, f"{event} {action} for {sha[:7]}", head_sha=sha,
+                       pull_requests=_own_pull_requests(run, repository))

@@ -405,7 +405,7 @@ class PreviewEnvironmentWorkflow:
                 activity, entry.step.spec,
                 task_queue=entry.step.task_queue or workflow.info().task_queue,
                 start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat_seconds),
+                heartbeat_timeout=self._input.timeouts.heartbeat_for(entry.step.spec),
                 summary=f"{direction} {entry.step.summary}",
             )
 

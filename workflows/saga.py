@@ -22,7 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from domain.errors import NON_RETRYABLE
     from domain.plan import Plan, Step
-    from domain.resources import StepInput, StepOutput
+    from domain.resources import Spec, StepInput, StepOutput
 
 
 class AppliedStep(BaseModel):
@@ -67,9 +67,19 @@ class ActivityTimeouts(BaseModel):
     """How long a step may take; tests shorten heartbeats so a killed worker is noticed fast."""
 
     start_to_close_seconds: float = 1800
-    heartbeat_seconds: float = 60
+    heartbeat_seconds: float = 60  # the longest: each kind of step sets its own below it
     max_attempts: int = 8
     max_interval_seconds: float = 30
+    # False: heartbeat_seconds for every step, as before kinds had their own (a baseline).
+    heartbeat_per_kind: bool = True
+
+    def heartbeat_for(self, spec: Spec) -> timedelta:
+        """The step's kind's own, never above heartbeat_seconds. An activity option only
+        (not in the command's identity): safe to change under running workflows."""
+        seconds = self.heartbeat_seconds
+        if self.heartbeat_per_kind:
+            seconds = min(seconds, type(spec).heartbeat_seconds)
+        return timedelta(seconds=seconds)
 
 
 class StepFailed(Exception):
@@ -132,7 +142,7 @@ class SagaRunner:
             result_type=StepOutput,
             task_queue=step.task_queue or workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=t.start_to_close_seconds),
-            heartbeat_timeout=timedelta(seconds=t.heartbeat_seconds),
+            heartbeat_timeout=t.heartbeat_for(step.spec),
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=1),
                 maximum_interval=timedelta(seconds=t.max_interval_seconds),

@@ -261,6 +261,9 @@ def heartbeat(*details: Any) -> None:
         activity.heartbeat(*details)
 
 
+BEAT_SECONDS = 2.0  # longest wait between heartbeats while polling
+
+
 @dataclass(frozen=True)
 class Waits:
     """How long and how often activities poll AWS; tests shorten the interval."""
@@ -283,7 +286,12 @@ def poll(check: Callable[[], T | None], *, what: str, waits: Waits) -> T:
         if time.monotonic() >= deadline:
             raise ApplicationError(f"still waiting for {what} after {waits.timeout:.0f}s")
         heartbeat(what)
-        time.sleep(waits.interval)
+        # A step's heartbeat timeout is a few seconds (domain/resources.py): keep beating
+        # through polls minutes apart, so only a dead worker misses it.
+        resume = time.monotonic() + waits.interval
+        while (left := resume - time.monotonic()) > 0:
+            time.sleep(min(left, BEAT_SECONDS))
+            heartbeat(what)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

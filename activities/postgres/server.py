@@ -50,7 +50,7 @@ log = logging.getLogger("activities.postgres")
 
 SCHEMA = "preview_engine"
 KIND_CLONE, KIND_ROLE, KIND_GOLDEN = "clone", "clone-role", "golden"
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = 2.0  # well inside a step's heartbeat timeout (domain/resources.py)
 
 
 def pg_bin_dir() -> Path:

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import uuid
@@ -30,7 +31,7 @@ from engine.sealing import Sealer
 from engine.settings import Settings
 from stack.postgres import create_database
 from store import Store
-from tests.faults.worker_process import KILL_LINE, READY_LINE
+from tests.faults.worker_process import KILL_LINE, READY_LINE, STARTED_LINE
 from workflows.preview import HEAD_SHA, STATE, PreviewEnvironmentWorkflow, PreviewStatus
 
 ROOT = Path(__file__).parents[2]
@@ -67,7 +68,9 @@ def pull_request(number: int, sha: str, minute: int = 0) -> PullRequest:
 
 def plan_for(pr: PullRequest, zone_id: str = "ZFAULTS", options: PlanOptions | None = None,
              ) -> Plan:
-    return plan_preview(blueprint(zone_id), pr, options=options)
+    # The fault stack's worker checks no image (fake nodes pull none): plan as it does.
+    return plan_preview(blueprint(zone_id), pr,
+                        options=options or PlanOptions(check_images=False))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -149,6 +152,28 @@ class WorkerProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def attempt_starts(self) -> list[AttemptStart]:
+        """Every activity attempt this worker started (it needs PREVIEW_FAULT_TRACE=1)."""
+        starts = []
+        for line in self.lines:
+            if line.startswith(STARTED_LINE):
+                kind, attempt, workflow_id, activity_id, at = line.split()[-5:]
+                starts.append(AttemptStart(kind, int(attempt), workflow_id, activity_id,
+                                           float(at)))
+        return starts
+
+    def kill_switch_fired(self) -> AttemptStart | None:
+        """The attempt its kill switch killed it in, `at` the moment of the kill."""
+        for line in self.lines:
+            if line.startswith(KILL_LINE) and (found := _KILLED.search(line)):
+                return AttemptStart(found["type"], 1, found["workflow"], found["activity"],
+                                    float(found["at"]))
+        return None
+
     async def stop(self, timeout: float = 20) -> None:
         process = self._process
         if process is None:
@@ -165,6 +190,27 @@ class WorkerProcess:
         if self._reader is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._reader, 5)
+
+
+@dataclass(frozen=True)
+class AttemptStart:
+    activity_type: str
+    attempt: int
+    workflow_id: str
+    activity_id: str
+    at: float  # Unix time, this machine's clock
+
+
+_KILLED = re.compile(r" (?P<type>\w+) #\d+ \(activity (?P<activity>\S+)\) "
+                     r"workflow (?P<workflow>\S+) at (?P<at>[\d.]+)$")
+
+
+def restarted(attempt: AttemptStart, workers: list[WorkerProcess]) -> AttemptStart | None:
+    """The first later attempt of that same activity that one of `workers` started."""
+    later = [s for w in workers for s in w.attempt_starts()
+             if (s.workflow_id, s.activity_id) == (attempt.workflow_id, attempt.activity_id)
+             and s.attempt > attempt.attempt]
+    return min(later, key=lambda s: s.at, default=None)
 
 
 # --- waiting on a workflow without a worker ---------------------------------------------
@@ -422,3 +468,19 @@ async def connect_when_healthy(address: str, settings: Settings, timeout: float 
             if loop.time() > deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+async def retry_started_at(handle: WorkflowHandle[Any, Any], activity_id: str) -> float | None:
+    """Server time (Unix) of the ActivityTaskStarted event of a retried attempt (2 or
+    later) of one activity, from the history; None if it has not been written yet (the
+    server writes a retry's Started event only once the attempt ends)."""
+    history = await handle.fetch_history()
+    scheduled = {e.event_id for e in history.events
+                 if e.HasField("activity_task_scheduled_event_attributes")
+                 and e.activity_task_scheduled_event_attributes.activity_id == activity_id}
+    for event in history.events:
+        started = event.activity_task_started_event_attributes
+        if (event.HasField("activity_task_started_event_attributes")
+                and started.scheduled_event_id in scheduled and started.attempt >= 2):
+            return event.event_time.seconds + event.event_time.nanos / 1e9
+    return None

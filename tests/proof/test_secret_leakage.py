@@ -49,7 +49,7 @@ from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHandle
 
-from domain.blueprint import Blueprint
+from domain.blueprint import COLLECTIONS, Blueprint
 from domain.naming import environment_id, workflow_id
 from engine.sealing import Sealer
 from engine.settings import Settings
@@ -259,7 +259,8 @@ async def api_answers(http: httpx.AsyncClient, project_token: str,
             "application/json") else None
 
     names: dict[str, list[str]] = {}
-    for kind in ("environments", "applications", "databases", "variables", "secrets"):
+    kinds = ["environments", *(c.path for c in COLLECTIONS), "variables", "secrets"]
+    for kind in kinds:
         listed = await get(f"/api/projects/{PROJECT}/{kind}", scoped)
         names[kind] = sorted({item.get("name") or item.get("key") for item in listed["items"]})
     for path, operations in spec["paths"].items():
@@ -270,6 +271,8 @@ async def api_answers(http: httpx.AsyncClient, project_token: str,
             continue
         kind = path.split("/")[4] if path.count("/") >= 5 else ""
         fills = names.get(kind, [""]) if ("{name}" in path or "{key}" in path) else [""]
+        if not fills:
+            continue  # the project has none of this kind: nothing to GET by name
         for name in fills:
             concrete = (path.replace("{project}", PROJECT).replace("{name}", name)
                         .replace("{key}", name))

@@ -170,6 +170,7 @@ async def test_ping_push_and_closed_without_preview(http: httpx.AsyncClient) -> 
         "outcome": "ignored",
         "detail": "event 'push' does not affect previews",
         "workflow_id": None,
+        "woken": None,
     }
     closed = body_of("pull_request.closed")
     answer = await http.post(
