@@ -315,29 +315,33 @@ async def bench(stack: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
 
 
 NOTES = [
-    "recovery = from the SIGKILL (bench clock) to the retried attempt of the step that was "
+    "recovery = from the SIGKILL (bench clock) to the retried attempt of a step that was "
     "running on the killed worker starting on another worker (that worker's own line, same "
     "clock; the server's ActivityTaskStarted time of that attempt, in runs[].recoveries, "
-    "agrees within milliseconds).",
+    "agrees within milliseconds). Which steps were running comes from the history (attempts "
+    "that timed out after the kill), not from the dead worker: activities dispatched "
+    "eagerly to it may die before it prints anything.",
     "What it is made of: the step's heartbeat timeout counted from the last heartbeat the "
     "server received (7 s for every kind, domain/resources.py; the SDK sends heartbeats at "
-    "most every 0.8 x timeout, so the server notices 1.4-7 s after the kill), then the "
-    "retry policy's 1 s initial interval, then the hand-off to the polling worker "
-    "(milliseconds: it is already long-polling).",
+    "most every 0.8 x timeout, so it fires 1.4-7 s after a kill, about 7 s here where "
+    "each step lasts well under a second and was killed soon after it began), then the "
+    "retry policy's 1 s initial interval, then the hand-off to the other worker "
+    "(milliseconds: it is already long-polling the task queue).",
     "baseline_60s = the same kill moments with one 60 s heartbeat timeout for every step "
-    "(the engine before per-kind timeouts): noticed 12-60 s after the kill (heartbeats every "
-    "48 s), plus the same 1 s.",
+    "(the engine before per-kind timeouts): 12-60 s (heartbeats every 48 s), about 60 s "
+    "here, plus the same 1 s. What was running at a moment differs between the phases.",
     "Two `python -m tests.faults.worker_process` workers (built by worker.build_worker, as "
     "`python -m worker`) poll one task queue; each killed one is replaced at once. Kill "
     "moments are uniform in 10-90 % of the median create time without a kill (same seed "
-    "for both phases). A kill that finds no step running (between steps) is counted in "
-    "between_steps_next_step_seconds: the workflow task then waits on the dead worker's "
-    "sticky queue.",
-    "kill_to_ready is longer than the recovery: when the retried step completes, the "
-    "workflow task that schedules what follows is first offered on the dead worker's sticky "
-    "queue and reaches the shared queue only after the SDK's sticky schedule-to-start "
-    "timeout (10 s, the Worker default worker.py keeps); workflow_task_timeouts counts "
-    "those.",
+    "for both phases).",
+    "A kill with no step running (between steps) costs a workflow task instead: the one in "
+    "flight on the dead worker (START_TO_CLOSE) or offered on its sticky queue "
+    "(SCHEDULE_TO_START) times out after 10 s (the workflow task timeout and the SDK's "
+    "sticky schedule-to-start timeout, both defaults), so the next step starts about 10 s "
+    "after the kill (between_steps_next_step_seconds). The same sticky timeout follows a "
+    "recovered step: its completion's workflow task is offered to the dead worker first, "
+    "which is why kill_to_ready reaches about recovery + 10 s; workflow_task_timeouts "
+    "counts both kinds.",
     "Each preview is destroyed after its run and checked gone (namespace, database, "
     "preview slot) before the next.",
 ]
