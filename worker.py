@@ -143,7 +143,9 @@ async def build_activities(
     if System.registry in target.systems:
         from activities.registry import RegistryActivities
 
-        objects.append(RegistryActivities(settings, aws=aws))
+        registry = RegistryActivities(settings, aws=aws)
+        resources.closers.append(registry.close)  # its HTTP connection pool
+        objects.append(registry)
     if System.git_host in target.systems:
         from activities.git_host import FeedbackActivities
 

@@ -88,6 +88,9 @@ class RegistryActivities:
         self._aws = aws or AwsClients(settings)
         self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
 
+    async def close(self) -> None:
+        await self._client.aclose()
+
     @activity.defn(name=ImageSpec.present)
     async def ensure_image(self, input: StepInput) -> StepOutput:
         spec = input.spec_as(ImageSpec)
