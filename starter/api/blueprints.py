@@ -48,6 +48,11 @@ class _BlueprintInvalid(ApiError):
                                         errors=errors))
 
 
+def _too_big(filename: str) -> Invalid:
+    return Invalid(f"{filename}: invalid JSON: nested more than {MAX_DEPTH} levels deep or "
+                   "a number of more than 4300 digits", field="body")
+
+
 async def _read_blueprint(request: Request, filename: str) -> Blueprint:
     body = await request.body()
     if len(body) > MAX_BLUEPRINT_BYTES:
@@ -65,13 +70,9 @@ async def _read_blueprint(request: Request, filename: str) -> Blueprint:
             raise Invalid(f"{filename}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}",
                           field="body") from None
         except (ValueError, RecursionError):  # a huge integer, or nesting past the stack
-            data = None
-            too_big = True
-        else:
-            too_big = depth(data) > MAX_DEPTH
-        if too_big:
-            raise Invalid(f"{filename}: invalid JSON: nested more than {MAX_DEPTH} levels deep "
-                          "or a number of more than 4300 digits", field="body")
+            raise _too_big(filename) from None
+        if depth(data) > MAX_DEPTH:
+            raise _too_big(filename)
         try:
             return Blueprint.model_validate(data)
         except ValidationError as error:

@@ -56,6 +56,13 @@ async def test_blueprint_errors(client: httpx.AsyncClient, project: str) -> None
         "applications")
     assert_error(await client.post("/blueprints", content="{", headers={
         **auth(), "Content-Type": "application/json"}), 422, "invalid", "invalid JSON")
+    for deep in ('{"a":' * 5000 + "1" + "}" * 5000, '{"a":' * 65 + "1" + "}" * 65,
+                 '{"n": ' + "9" * 5000 + "}"):
+        assert_error(await client.post("/blueprints", content=deep, headers={
+            **auth(), "Content-Type": "application/json"}), 422, "invalid", "nested more than")
+    assert_error(await client.post("/blueprints", content="a:\n" + "  - " * 3000 + "x",
+                                   headers={**auth(), "Content-Type": "application/yaml"}),
+                 422, "invalid", "invalid YAML")
     assert_error(await client.post("/blueprints", content="<xml/>", headers={
         **auth(), "Content-Type": "application/xml"}), 415, "unsupported_media_type")
     assert_error(await client.post("/blueprints", content=b"#" * (1024 * 1024 + 1), headers={
