@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.sealing import Sealer
 from stack.postgres import PostgresServer
+from store import Store
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +29,11 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def migrated_store(url: str, sealer: Sealer | None = None, *, max_size: int = 8) -> Store:
+    """A store on the database at `url` with its schema, as the starter makes at start;
+    the caller closes it."""
+    store = await Store.connect(url, sealer, max_size=max_size)
+    await store.migrate()
+    return store

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from stack.ports import free_port
 from stack.postgres import PostgresServer
 from store import Store
+from tests.plugins.postgres import migrated_store
 from tests.starter.api_support import SEALER, auth, build_app, import_example
 
 
@@ -28,11 +29,9 @@ async def database_url(postgres_server: PostgresServer) -> str:
 
 @pytest.fixture(scope="module")
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
-    store = Store(pool, SEALER)
-    await store.migrate()
+    store = await migrated_store(database_url, SEALER)
     yield store
-    await pool.close()
+    await store.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from engine.settings import Settings
 from stack.postgres import PostgresServer
 from starter.app import create_app
 from store import Store
+from tests.plugins.postgres import migrated_store
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "github-webhooks"
 SECRET = "test-webhook-secret"
@@ -28,12 +29,9 @@ SECRET = "test-webhook-secret"
 
 @pytest.fixture(scope="module")
 async def store(postgres_server: PostgresServer) -> AsyncIterator[Store]:
-    url = await postgres_server.new_database("webhooks")
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-    store = Store(pool)
-    await store.migrate()
+    store = await migrated_store(await postgres_server.new_database("webhooks"), max_size=4)
     yield store
-    await pool.close()
+    await store.close()
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ from store import (
     VariableRef,
     token_hash,
 )
+from tests.plugins.postgres import migrated_store
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "preview.yaml"
 SECRET = "s3cr3t-Value-that-must-never-leak-7f1c"
@@ -77,11 +78,9 @@ async def database_url(postgres_server: PostgresServer) -> str:
 
 @pytest.fixture(scope="module")
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
-    store = Store(pool, SEALER)
-    await store.migrate()
+    store = await migrated_store(database_url, SEALER)
     yield store
-    await pool.close()
+    await store.close()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from domain.contract import (
     LIST_CHANGED_FILES,
     LIST_KUBE_ENVIRONMENTS,
     LIST_PREVIEW_DATABASES,
+    PUBLISH_FEEDBACK,
     spec_types,
 )
 from domain.feedback import ChangedFilesRequest, Feedback
@@ -171,7 +172,7 @@ class Inventory:
         return scale
 
     def _feedback(self) -> Callable[..., Any]:
-        @activity.defn(name="publish_feedback")
+        @activity.defn(name=PUBLISH_FEEDBACK.name)
         async def publish(feedback: Feedback) -> None:
             self.feedback.append(feedback)
 

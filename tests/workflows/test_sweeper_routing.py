@@ -25,6 +25,14 @@ from temporalio.exceptions import CancelledError
 from temporalio.worker import Worker
 
 from activities.control_plane.blueprint_files import BlueprintFileActivities
+from domain.contract import (
+    LIST_AWS_ENVIRONMENTS,
+    LIST_KUBE_ENVIRONMENTS,
+    LIST_PREVIEW_DATABASES,
+    LIVE_ENVIRONMENTS,
+    REMOVE_AWS_ENVIRONMENT,
+    REMOVE_KUBE_ENVIRONMENT,
+)
 from domain.resources import (
     AwsEnvironmentInput,
     AwsSweepInput,
@@ -65,23 +73,23 @@ class Systems:
     def _found(self) -> dict[str, list[str]]:
         return {"env-live": ["kept"], f"env-orphan-{self.label}": ["leftover"]}
 
-    @activity.defn(name="list_kube_environments")
+    @activity.defn(name=LIST_KUBE_ENVIRONMENTS.name)
     async def list_kube(self, arg: KubeSweepInput) -> dict[str, list[str]]:
         self.calls.append((self.label, "list_kube_environments", arg.cluster))
         return self._found()
 
-    @activity.defn(name="remove_kube_environment")
+    @activity.defn(name=REMOVE_KUBE_ENVIRONMENT.name)
     async def remove_kube(self, arg: KubeEnvironmentInput) -> list[str]:
         self.calls.append((self.label, f"remove {arg.environment}", arg.cluster))
         return ["leftover"]
 
-    @activity.defn(name="list_aws_environments")
+    @activity.defn(name=LIST_AWS_ENVIRONMENTS.name)
     async def list_aws(self, arg: AwsSweepInput) -> dict[str, list[str]]:
         self.calls.append((self.label, "list_aws_environments",
                            f"{arg.target.account_id}:{arg.target.region}"))
         return self._found()
 
-    @activity.defn(name="remove_aws_environment")
+    @activity.defn(name=REMOVE_AWS_ENVIRONMENT.name)
     async def remove_aws(self, arg: AwsEnvironmentInput) -> list[str]:
         self.calls.append((self.label, f"remove {arg.environment}",
                            f"{arg.target.account_id}:{arg.target.region}"))
@@ -91,12 +99,12 @@ class Systems:
         return [self.list_kube, self.remove_kube, self.list_aws, self.remove_aws]
 
 
-@activity.defn(name="live_environments")
+@activity.defn(name=LIVE_ENVIRONMENTS.name)
 async def live_environments() -> list[str]:
     return ["env-live"]
 
 
-@activity.defn(name="list_preview_databases")
+@activity.defn(name=LIST_PREVIEW_DATABASES.name)
 async def list_preview_databases() -> list[PreviewDatabase]:
     return []
 
@@ -157,12 +165,12 @@ async def test_a_cancelled_sweep_removes_nothing_more(
     started, release = asyncio.Event(), asyncio.Event()
     calls: list[str] = []
 
-    @activity.defn(name="list_kube_environments")
+    @activity.defn(name=LIST_KUBE_ENVIRONMENTS.name)
     async def list_kube(arg: KubeSweepInput) -> dict[str, list[str]]:
         calls.append(f"list {arg.cluster}")
         return {"env-orphan": ["leftover"]}
 
-    @activity.defn(name="remove_kube_environment")
+    @activity.defn(name=REMOVE_KUBE_ENVIRONMENT.name)
     async def remove_kube(arg: KubeEnvironmentInput) -> list[str]:
         calls.append(f"remove {arg.environment}")
         if not started.is_set():
@@ -170,7 +178,7 @@ async def test_a_cancelled_sweep_removes_nothing_more(
             await release.wait()  # the operator cancels the sweep meanwhile
         return ["leftover"]
 
-    @activity.defn(name="list_aws_environments")
+    @activity.defn(name=LIST_AWS_ENVIRONMENTS.name)
     async def list_aws(arg: AwsSweepInput) -> dict[str, list[str]]:
         calls.append("list aws")
         return {}

@@ -14,13 +14,12 @@ from activities.control_plane.store import PreviewSlotActivities
 from domain.naming import Ownership
 from domain.resources import PreviewSlotSpec, StepInput
 from stack.postgres import PostgresServer
-from store import Store
+from tests.plugins.postgres import migrated_store
 
 
 @pytest.fixture(scope="module")
 async def activities(postgres_server: PostgresServer) -> AsyncIterator[PreviewSlotActivities]:
-    store = await Store.connect(await postgres_server.new_database("slots_test"))
-    await store.migrate()
+    store = await migrated_store(await postgres_server.new_database("slots_test"))
     yield PreviewSlotActivities(store)
     await store.close()
 
