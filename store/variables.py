@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 from pydantic import ValidationError
@@ -36,6 +36,10 @@ REF_WHERE = (
 def ref_args(project_id: int, ref: VariableRef) -> list[Any]:
     return [project_id, ref.key, ref.scope.value, ref.environment, ref.application,
             ref.applies_to.value]
+
+
+Table = Literal["variables", "secrets"]
+NOUN: dict[Table, str] = {"variables": "variable", "secrets": "secret"}
 
 
 class VariablesAndSecrets(StoreCore):
@@ -81,17 +85,40 @@ class VariablesAndSecrets(StoreCore):
         return Page[ScopedVariable](items=[ScopedVariable.from_row(r) for r in rows],
                                     total=total, limit=limit, offset=offset)
 
-    async def get_variable(self, project: str, ref: VariableRef) -> ScopedVariable:
+    async def _row_at(self, table: Table, project: str, ref: VariableRef) -> asyncpg.Record:
+        """The variable's or secret's row at `ref`; NotFound when there is none."""
         async with self.pool.acquire() as conn:
             row = await self.project_row(conn, project)
             ref = await self._complete_ref(conn, row, ref)
             found = await conn.fetchrow(
-                f"SELECT * FROM variables WHERE {REF_WHERE}", *ref_args(row["id"], ref)
+                f"SELECT * FROM {table} WHERE {REF_WHERE}", *ref_args(row["id"], ref)
             )
         if found is None:
-            raise NotFound(f"variable {ref.describe()} of project {project!r} not found",
-                           object=f"variable {ref.describe()}")
-        return ScopedVariable.from_row(found)
+            raise self._not_found(table, project, ref)
+        return found
+
+    async def _delete_at(self, table: Table, project: str, ref: VariableRef, actor: str) -> None:
+        """Delete the variable or secret at `ref` (audited); NotFound when there is none."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self.lock_project(conn, project)
+            ref = await self._complete_ref(conn, row, ref)
+            deleted = await conn.fetchval(
+                f"DELETE FROM {table} WHERE {REF_WHERE} RETURNING true",
+                *ref_args(row["id"], ref),
+            )
+            if not deleted:
+                raise self._not_found(table, project, ref)
+            await self.check_project(conn, row, deleting=True)
+            noun = NOUN[table]
+            await audit(conn, actor, f"{noun}.delete", f"{noun} {ref.describe()}", project)
+
+    @staticmethod
+    def _not_found(table: Table, project: str, ref: VariableRef) -> NotFound:
+        what = f"{NOUN[table]} {ref.describe()}"
+        return NotFound(f"{what} of project {project!r} not found", object=what)
+
+    async def get_variable(self, project: str, ref: VariableRef) -> ScopedVariable:
+        return ScopedVariable.from_row(await self._row_at("variables", project, ref))
 
     async def create_variable(
         self, project: str, variable: ScopedVariable, actor: str
@@ -146,18 +173,7 @@ class VariablesAndSecrets(StoreCore):
         return variable, existing is None
 
     async def delete_variable(self, project: str, ref: VariableRef, actor: str) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await self.lock_project(conn, project)
-            ref = await self._complete_ref(conn, row, ref)
-            deleted = await conn.fetchval(
-                f"DELETE FROM variables WHERE {REF_WHERE} RETURNING true",
-                *ref_args(row["id"], ref),
-            )
-            if not deleted:
-                raise NotFound(f"variable {ref.describe()} of project {project!r} not found",
-                               object=f"variable {ref.describe()}")
-            await self.check_project(conn, row, deleting=True)
-            await audit(conn, actor, "variable.delete", f"variable {ref.describe()}", project)
+        await self._delete_at("variables", project, ref, actor)
 
     # -- secrets ---------------------------------------------------------------------
 
@@ -231,30 +247,10 @@ class VariablesAndSecrets(StoreCore):
                                     total=total, limit=limit, offset=offset)
 
     async def get_secret_metadata(self, project: str, ref: VariableRef) -> SecretMetadata:
-        async with self.pool.acquire() as conn:
-            row = await self.project_row(conn, project)
-            ref = await self._complete_ref(conn, row, ref)
-            found = await conn.fetchrow(
-                f"SELECT * FROM secrets WHERE {REF_WHERE}", *ref_args(row["id"], ref)
-            )
-        if found is None:
-            raise NotFound(f"secret {ref.describe()} of project {project!r} not found",
-                           object=f"secret {ref.describe()}")
-        return SecretMetadata.from_row(found)
+        return SecretMetadata.from_row(await self._row_at("secrets", project, ref))
 
     async def delete_secret(self, project: str, ref: VariableRef, actor: str) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await self.lock_project(conn, project)
-            ref = await self._complete_ref(conn, row, ref)
-            deleted = await conn.fetchval(
-                f"DELETE FROM secrets WHERE {REF_WHERE} RETURNING true",
-                *ref_args(row["id"], ref),
-            )
-            if not deleted:
-                raise NotFound(f"secret {ref.describe()} of project {project!r} not found",
-                               object=f"secret {ref.describe()}")
-            await self.check_project(conn, row, deleting=True)
-            await audit(conn, actor, "secret.delete", f"secret {ref.describe()}", project)
+        await self._delete_at("secrets", project, ref, actor)
 
     async def rewrap_secrets(self, sealer: Sealer, actor: str = "system", batch: int = 200) -> int:
         """Re-wrap every data key (secrets' and stored kubeconfigs') under the sealer's
