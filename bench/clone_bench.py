@@ -41,6 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ from engine.sealing import Sealer
 from stack.postgres import PostgresServer
 
 METHODS = ["clone", "copy", "wal_log", "dump_restore", "cp_floor", "cp_reflink"]
+FAST_METHODS = ("clone", "cp_reflink")  # a tenth of a second: --fast-repeat runs each
+SLOW_REPEAT = 3  # byte copies above --slow-repeat-above: minutes per size, 3 runs each
 PGBENCH_SCALE_BYTES = 15_000_000  # pgbench -i: about 15 MB per unit of scale
 DISK_HEADROOM = 4 * 10**9
 # The fleet's write to each clone: 0.01% of the rows, spread over the whole table.
@@ -204,10 +207,10 @@ class SizeBench:
         os.sync()
         await settle(self.scratch)
 
-    async def run(self, target: int, repeat: int, methods: list[str], slow_repeat_above: int,
+    async def run(self, target: int, counts: RunCounts, methods: list[str],
                   caches: list[str]) -> list[dict[str, Any]]:
-        """One source of about `target` bytes; every method timed `repeat` times for
-        each cache state; one result per cache state."""
+        """One source of about `target` bytes; every method timed (`counts` says how
+        often) for each cache state; one result per cache state."""
         await self.admin.execute("DROP DATABASE IF EXISTS bench_src WITH (FORCE)")
         await self.admin.execute("CREATE DATABASE bench_src")
         scale, fill_seconds = await asyncio.to_thread(make_source, self.server, "bench_src",
@@ -222,8 +225,8 @@ class SizeBench:
         sources = sorted(p for p in template_dir.iterdir() if p.is_file())
         results = []
         for cache in caches:
-            runs, shared = await self.timings(target, db_bytes, repeat, methods,
-                                              slow_repeat_above, cache, sources, actions)
+            runs, shared = await self.timings(target, counts.of(methods, db_bytes), cache,
+                                              sources, actions)
             results.append({
                 "target_bytes": target,
                 "cache": cache,
@@ -235,17 +238,17 @@ class SizeBench:
             })
         return results
 
-    async def timings(self, target: int, db_bytes: int, repeat: int, methods: list[str],
-                      slow_repeat_above: int, cache: str, sources: list[Path],
-                      actions: dict[str, Callable[[], Awaitable[None]]],
+    async def timings(self, target: int, count: dict[str, int], cache: str,
+                      sources: list[Path], actions: dict[str, Callable[[], Awaitable[None]]],
                       ) -> tuple[dict[str, list[float]], bool | None]:
+        methods = list(count)
         runs: dict[str, list[float]] = {m: [] for m in methods}
         shared: bool | None = None
-        for n in range(repeat):
+        for n in range(max(count.values())):
             order = methods[n % len(methods):] + methods[: n % len(methods)]
             for method in order:
-                if method == "dump_restore" and n > 0 and db_bytes > slow_repeat_above:
-                    continue  # minutes per run at this size: once is enough
+                if len(runs[method]) >= count[method]:
+                    continue
                 set_cache(sources, cache)
                 runs[method].append(round(await timed(actions[method]), 4))
                 if method == "clone" and shared is None:
@@ -274,6 +277,27 @@ class SizeBench:
             }
 
         return {m: entry(v) for m, v in runs.items() if v}
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """How many runs each method gets at one size."""
+
+    repeat: int
+    fast_repeat: int
+    slow_above: int
+
+    def of(self, methods: list[str], db_bytes: int) -> dict[str, int]:
+        big = db_bytes > self.slow_above
+
+        def count(method: str) -> int:
+            if method in FAST_METHODS:
+                return max(self.repeat, self.fast_repeat)
+            if big:  # minutes per run at this size
+                return 1 if method == "dump_restore" else min(self.repeat, SLOW_REPEAT)
+            return self.repeat
+
+        return {m: count(m) for m in methods}
 
 
 async def fleet(server: PostgresServer, admin: asyncpg.Connection, size: int,
@@ -398,9 +422,9 @@ async def bench_mode(args: argparse.Namespace, sizes: list[int], durable: bool, 
             results = []
             fleet_result = None
             caches = ["cold", "warm"] if args.cache == "both" else [args.cache]
+            counts = RunCounts(args.repeat, args.fast_repeat, parse_size(args.slow_repeat_above))
             for size in sizes:
-                results += await size_bench.run(size, args.repeat, methods,
-                                                parse_size(args.slow_repeat_above), caches)
+                results += await size_bench.run(size, counts, methods, caches)
             await admin.execute("DROP DATABASE IF EXISTS bench_src")
             if args.fleet and with_fleet:
                 print(f"  {args.fleet} previews at once on a {args.fleet_size} golden copy",
@@ -411,6 +435,7 @@ async def bench_mode(args: argparse.Namespace, sizes: list[int], durable: bool, 
             await admin.close()
         return {
             "parameters": {"sizes": [label(s) for s in sizes], "repeat": args.repeat,
+                           "fast_repeat": args.fast_repeat,
                            "methods": methods, "durable": durable, "reflink": args.reflink,
                            "fleet": args.fleet, "fleet_size": args.fleet_size,
                            "slow_repeat_above": args.slow_repeat_above,
@@ -468,7 +493,8 @@ def cache_figures(sizes: list[dict[str, Any]]) -> dict[str, Any]:
 
 NOTES = [
     "One server, one run: every method on the same template, in rotating order, --repeat "
-    "times (dump_restore once above --slow-repeat-above); a CHECKPOINT, a sync and a wait "
+    "times; clone and cp_reflink --fast-repeat times; above --slow-repeat-above dump_restore "
+    f"once and the other byte copies {SLOW_REPEAT} times; a CHECKPOINT, a sync and a wait "
     "until the disk is idle (/sys/dev/block/*/stat) after each run, outside the timing. "
     "Before each run the template's files are evicted from the page cache "
     "(POSIX_FADV_DONTNEED: cache=cold, as a golden copy's are, since no session reads a "
@@ -508,8 +534,11 @@ def main() -> None:
                         help="comma-separated database sizes (KB/MB/GB), default %(default)s")
     parser.add_argument("--repeat", type=int, default=5, help="runs per method and size")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--fast-repeat", type=int, default=9,
+                        help="runs of clone and cp_reflink per size, default %(default)s")
     parser.add_argument("--slow-repeat-above", default="5GB",
-                        help="above this size dump_restore runs once (default %(default)s)")
+                        help=f"above this size dump_restore runs once, the other byte "
+                             f"copies {SLOW_REPEAT} times (default %(default)s)")
     parser.add_argument("--fleet", type=int, default=20,
                         help="previews cloned at once (0: none), default %(default)s")
     parser.add_argument("--fleet-size", default="1GB")
