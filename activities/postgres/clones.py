@@ -53,6 +53,7 @@ from activities.postgres.server import (
     literal,
     lock_key,
     marks_environment,
+    own_role_grant,
     ownership_mark,
     parse_mark,
     pg_message,
@@ -226,7 +227,7 @@ class PreviewDatabaseActivities:
                 ):
                     removed.append(db.database)
             roles = await conn.fetch(
-                "SELECT rolname, shobj_description(oid, 'pg_authid') AS comment FROM pg_authid")
+                "SELECT rolname, shobj_description(oid, 'pg_authid') AS comment FROM pg_roles")
             for row in roles:
                 if marks_environment(parse_mark(row["comment"]), environment, KIND_ROLE):
                     await self._drop_role(conn, row["rolname"], environment)
@@ -287,6 +288,8 @@ class PreviewDatabaseActivities:
                     f"PASSWORD {literal(scram_verifier(password))}")
                 role_mark = ownership_mark(KIND_ROLE, **{"preview-environment": env})
                 await conn.execute(f"COMMENT ON ROLE {name} IS {literal(role_mark)}")
+                if grant := await own_role_grant(conn, spec.role):
+                    await conn.execute(grant)
             return
         if role.connection_limit != spec.connection_limit:
             await conn.execute(f"ALTER ROLE {name} CONNECTION LIMIT {spec.connection_limit}")

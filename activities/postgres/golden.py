@@ -87,6 +87,24 @@ RESTORING, RESTORED, MASKED, SCRUBBED, VERIFIED = (
 SCRUB_DEADLINE_SECONDS = 120.0
 
 
+async def english_messages(db: asyncpg.Connection) -> None:
+    """Server messages in English for this session (VACUUM VERBOSE's are parsed).
+
+    `lc_messages` is a superuser's setting: a role without the right keeps the server's,
+    which must then be English already (C, POSIX or en_*, the default of initdb and of
+    managed servers)."""
+    try:
+        await db.execute("SET lc_messages = 'C'")
+    except asyncpg.InsufficientPrivilegeError:
+        current = str(await db.fetchval("SHOW lc_messages"))
+        if not re.match(r"^(|C|POSIX|en)([._-]|$)", current):
+            raise ApplicationError(
+                f"the server's lc_messages is {current!r} and this role may not change it: "
+                "set it to C or an English locale (postgresql.conf or the parameter "
+                "group), or GRANT SET ON PARAMETER lc_messages to the engine's role",
+                non_retryable=True) from None
+
+
 class GoldenCopyActivities:
     """The steps of a golden refresh on the server holding golden copies (the workflow
     runs them one by one; `refresh_golden_copy` runs them all in this process)."""
@@ -197,6 +215,14 @@ class GoldenCopyActivities:
                 # The state moves in the same transaction as the data.
                 await set_comment(db, step.generation,
                                   self._golden_comment(step.source_name, MASKED))
+        except asyncpg.InsufficientPrivilegeError as error:
+            if "session_replication_role" not in pg_message(error):
+                raise invalid_input(f"masking golden generation {step.generation} failed: "
+                                    f"{pg_message(error)}") from None
+            raise invalid_input(
+                f"masking golden generation {step.generation} failed: {pg_message(error)} "
+                "(the engine's role needs `GRANT SET ON PARAMETER session_replication_role`, "
+                "rds_superuser on RDS: README, Production notes)") from None
         except asyncpg.PostgresError as error:
             if is_user_error(error):
                 raise invalid_input(f"masking golden generation {step.generation} failed: "
@@ -215,7 +241,7 @@ class GoldenCopyActivities:
             if found:
                 kept.append(int(found[1]))
 
-        await db.execute("SET lc_messages = 'C'")  # the message parsed above
+        await english_messages(db)  # the message parsed above
         db.add_log_listener(listen)
         try:
             targets = [masking.qualified(s, t) for s, t in masking.masked_tables(columns)]

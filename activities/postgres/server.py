@@ -333,13 +333,28 @@ async def database_info(conn: asyncpg.Connection, name: str) -> DatabaseInfo | N
 
 
 async def role_info(conn: asyncpg.Connection, name: str) -> RoleInfo | None:
+    """The role, from pg_roles (any role may read it); its password verifier only where
+    this role may read pg_authid (a superuser), else None."""
     row = await conn.fetchrow(
         "SELECT oid, shobj_description(oid, 'pg_authid') AS comment, rolconnlimit, "
-        "rolpassword FROM pg_authid WHERE rolname = $1", name)
+        "has_table_privilege('pg_authid', 'SELECT') AS sees_passwords "
+        "FROM pg_roles WHERE rolname = $1", name)
     if row is None:
         return None
-    return RoleInfo(row["oid"], parse_mark(row["comment"]), row["rolconnlimit"],
-                    row["rolpassword"])
+    password = await conn.fetchval("SELECT rolpassword FROM pg_authid WHERE oid = $1",
+                                   row["oid"]) if row["sees_passwords"] else None
+    return RoleInfo(row["oid"], parse_mark(row["comment"]), row["rolconnlimit"], password)
+
+
+async def own_role_grant(conn: asyncpg.Connection, role: str) -> str | None:
+    """What lets this role act as `role`, which it just created, or None (a superuser
+    needs nothing): making a database OWNER `role` and handing objects to it need SET
+    (PostgreSQL 16+), dropping its database needs INHERIT. A CREATEROLE role gets only
+    ADMIN on the roles it creates unless it asks."""
+    if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        return None
+    options = " WITH INHERIT TRUE, SET TRUE" if conn.get_server_version().major >= 16 else ""
+    return f"GRANT {ident(role)} TO CURRENT_USER{options}"
 
 
 async def set_comment(conn: asyncpg.Connection, database: str, comment: str) -> None:
