@@ -182,6 +182,10 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Job": ("batch/v1", "jobs"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
     "PersistentVolume": ("v1", "persistentvolumes"),
+    # The CSI snapshot API: served only where the cluster has the external snapshotter.
+    "VolumeSnapshotClass": ("snapshot.storage.k8s.io/v1", "volumesnapshotclasses"),
+    "VolumeSnapshot": ("snapshot.storage.k8s.io/v1", "volumesnapshots"),
+    "VolumeSnapshotContent": ("snapshot.storage.k8s.io/v1", "volumesnapshotcontents"),
 }
 
 
@@ -246,8 +250,11 @@ class KubeApi:
         return self.request("GET", ref.path, what=ref.what, missing_ok=True)
 
     def list(
-        self, kind: str, namespace: str | None, selector: Mapping[str, str] | None = None
+        self, kind: str, namespace: str | None, selector: Mapping[str, str] | None = None,
+        *, missing_ok: bool = False,
     ) -> list[Json]:
+        """Objects of `kind` (across namespaces when `namespace` is None); `missing_ok`:
+        none, instead of an error, where the cluster does not serve the kind's API."""
         query: list[tuple[str, str | bool | int]] = []
         if selector:
             query.append(
@@ -255,7 +262,8 @@ class KubeApi:
             )
         where = f" in {namespace}" if namespace else ""
         path = _collection(*_KINDS[kind], namespace)
-        result = self.request("GET", path, query=query, what=f"{kind}s{where}")
+        result = self.request("GET", path, query=query, what=f"{kind}s{where}",
+                              missing_ok=missing_ok)
         return list((result or {}).get("items") or [])
 
     def apply(self, ref: Ref, manifest: Json) -> Json:

@@ -28,20 +28,11 @@ from dataclasses import dataclass
 from activities.kubernetes.api import Json, KubeApi, Ref, secret_value
 from domain.resources import ContainerDatabaseSpec
 
-SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
 GOLDEN_NAMESPACE = "preview-golden"
 DUMP_ANNOTATION = "preview.dev/golden-dump"
 MASKING_ANNOTATION = "preview.dev/masking"
 CREDENTIALS_ANNOTATION = "preview.dev/credentials"
 VIA_SNAPSHOT, VIA_JOB = "volume_snapshot", "restore_job"
-
-
-def snapshot_ref(name: str, namespace: str) -> Ref:
-    return Ref(SNAPSHOT_API, "VolumeSnapshot", "volumesnapshots", name, namespace)
-
-
-def content_ref(name: str) -> Ref:
-    return Ref(SNAPSHOT_API, "VolumeSnapshotContent", "volumesnapshotcontents", name)
 
 
 @dataclass(frozen=True)
@@ -68,14 +59,13 @@ class SnapshotObjects:
     def of(cls, spec: ContainerDatabaseSpec) -> SnapshotObjects:
         name = f"{spec.name}-golden"
         # Cluster-scoped: the namespace (the preview's own, unique) keeps it unique.
-        return cls(snapshot_ref(name, spec.namespace), content_ref(f"{spec.namespace}-{name}"))
+        return cls(Ref.of("VolumeSnapshot", name, spec.namespace),
+                   Ref.of("VolumeSnapshotContent", f"{spec.namespace}-{name}"))
 
 
 def snapshot_classes(api: KubeApi) -> list[Json]:
     """The cluster's VolumeSnapshotClasses; none when the API group is not served."""
-    found = api.request("GET", f"/apis/{SNAPSHOT_API}/volumesnapshotclasses",
-                        what="VolumeSnapshotClasses", missing_ok=True)
-    return list((found or {}).get("items") or [])
+    return api.list("VolumeSnapshotClass", None, missing_ok=True)
 
 
 def golden_snapshot(api: KubeApi, spec: ContainerDatabaseSpec,
@@ -84,17 +74,16 @@ def golden_snapshot(api: KubeApi, spec: ContainerDatabaseSpec,
     None: then the restore Job loads the dump."""
     if not spec.golden_dump_s3_uri or not snapshot_classes(api):
         return None
-    listed = api.request("GET", f"/apis/{SNAPSHOT_API}/namespaces/{namespace}/volumesnapshots",
-                         what=f"VolumeSnapshots in {namespace}", missing_ok=True)
     candidates = sorted(
-        (s for s in (listed or {}).get("items") or []
+        (s for s in api.list("VolumeSnapshot", namespace, missing_ok=True)
          if _annotations(s).get(DUMP_ANNOTATION) == spec.golden_dump_s3_uri
          and (s.get("status") or {}).get("readyToUse") is True
          and (s.get("status") or {}).get("boundVolumeSnapshotContentName")),
         key=lambda s: (s["metadata"].get("creationTimestamp") or "", s["metadata"]["name"]),
         reverse=True)
     for found in candidates:
-        content = api.get(content_ref(found["status"]["boundVolumeSnapshotContentName"]))
+        content = api.get(Ref.of("VolumeSnapshotContent",
+                                  found["status"]["boundVolumeSnapshotContentName"]))
         handle = ((content or {}).get("status") or {}).get("snapshotHandle")
         credentials = _annotations(found).get(CREDENTIALS_ANNOTATION)
         password = secret_value(api.get(Ref.of("Secret", credentials, namespace)),

@@ -39,6 +39,11 @@ NAMESPACE_TERMINATING = "NamespaceTerminating"
 
 POD_SECURITY = "pod-security.kubernetes.io"
 
+# What a preview makes outside its namespace, so that deleting the namespace leaves it:
+# the re-bound copy of a golden volume snapshot (container_db_snapshot). Listed where the
+# cluster serves the kind's API, and swept with the environment's namespaces.
+CLUSTER_SCOPED_KINDS = ("VolumeSnapshotContent",)
+
 
 def pod_security_labels(level: str) -> dict[str, str]:
     """Previews run arbitrary images from pull requests: the namespace enforces `level`
@@ -192,22 +197,28 @@ class NamespaceActivities:
 
     @activity.defn(name=LIST_KUBE_ENVIRONMENTS.name)
     def list_kube_environments(self, request: KubeSweepInput) -> dict[str, list[str]]:
-        """Environment id → ["namespace <name>", ...] for every namespace we manage there."""
+        """Environment id → ["namespace <name>", "volumesnapshotcontent <name>", ...]:
+        every namespace and cluster-scoped object we manage there."""
         api = self.api(request.cluster)
         found: dict[str, list[str]] = {}
-        for ns in api.list("Namespace", None, {MANAGED_BY_LABEL: MANAGED_BY}):
-            meta = ns.get("metadata") or {}
+        ours = {MANAGED_BY_LABEL: MANAGED_BY}
+        listed = [("Namespace", obj) for obj in api.list("Namespace", None, ours)] + [
+            (kind, obj) for kind in CLUSTER_SCOPED_KINDS
+            for obj in api.list(kind, None, ours, missing_ok=True)]
+        for kind, obj in listed:
+            meta = obj.get("metadata") or {}
             environment = (meta.get("labels") or {}).get(ENVIRONMENT_LABEL)
             if not environment:
                 continue  # our manager label without an owner: nobody to attribute it to
-            found.setdefault(environment, []).append(f"namespace {meta['name']}")
+            found.setdefault(environment, []).append(f"{kind.lower()} {meta['name']}")
         return {env: sorted(items) for env, items in sorted(found.items())}
 
     @activity.defn(name=REMOVE_KUBE_ENVIRONMENT.name)
     def remove_kube_environment(self, request: KubeEnvironmentInput) -> list[str]:
-        """Delete every namespace of one environment there and wait until each is gone.
+        """Delete every namespace of one environment there and wait until each is gone,
+        then its cluster-scoped objects.
 
-        The label selector is the ownership check: only namespaces carrying our mark for
+        The label selector is the ownership check: only objects carrying our mark for
         this environment are listed, so nothing foreign can be deleted.
         """
         api = self.api(request.cluster)
@@ -218,7 +229,12 @@ class NamespaceActivities:
             ns = Ref.of("Namespace", current["metadata"]["name"])
             self._delete_namespace(api, ns, current)
             removed.append(f"namespace {ns.name}")
-        return removed
+        for kind in CLUSTER_SCOPED_KINDS:
+            for current in api.list(kind, None, owner.labels(), missing_ok=True):
+                ref = Ref.of(kind, current["metadata"]["name"])
+                api.delete(ref)  # a retained snapshot content: only the API object goes
+                removed.append(f"{kind.lower()} {ref.name}")
+        return sorted(removed)
 
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of this class, for the worker."""

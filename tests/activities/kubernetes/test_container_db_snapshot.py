@@ -25,15 +25,19 @@ from typing import Any
 
 import asyncpg
 import pytest
+from temporalio.testing import ActivityEnvironment
 
 from activities.aws import AwsClients
 from activities.kubernetes import ClusterClients, ContainerDatabaseActivities
 from activities.kubernetes.api import KubeApi
 from activities.kubernetes.container_db_manifests import rekey_command
 from activities.kubernetes.container_db_snapshot import golden_snapshot, snapshot_classes
+from activities.kubernetes.namespaces import NamespaceActivities
 from activities.postgres.server import scram_verifier
 from domain.blueprint import DataPolicy, MaskingMethod, MaskingRule
 from domain.masking import golden_masking_uri, masking_record
+from domain.naming import Ownership
+from domain.resources import KubeEnvironmentInput, KubeSweepInput
 from engine.sealing import Sealer
 from stack.postgres import PostgresServer
 from tests.activities.kubernetes.test_container_db import (  # noqa: F401 - fixtures
@@ -250,3 +254,47 @@ def test_the_rekey_command_swaps_the_golden_password_for_the_previews(
         subprocess.run([*psql_admin, "SELECT pg_reload_conf()"], check=True,
                        capture_output=True)
         subprocess.run([*psql_admin, f"DROP ROLE IF EXISTS {role}"], capture_output=True)
+
+
+def test_the_sweeper_removes_the_snapshot_content_a_namespace_leaves_behind(
+    kube_cluster: KubeCluster, clusters: ClusterClients,  # noqa: F811
+) -> None:
+    """A preview's VolumeSnapshotContent is cluster-scoped: deleting its namespace (what
+    the sweeper does for a preview whose workflow is gone) leaves it. The sweeper lists it
+    under its environment and removes it with the namespace; a live preview's and an
+    unmarked one stay."""
+    register_snapshot_api(kube_cluster)
+    orphan = f"orphan-{uuid.uuid4().hex[:8]}"
+
+    def content(name: str, labels: dict[str, str]) -> None:
+        kube_cluster.kubectl("create", "-f", "-", input=json.dumps({
+            "apiVersion": f"{GROUP}/v1", "kind": "VolumeSnapshotContent",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"deletionPolicy": "Retain", "driver": "ebs.csi.aws.com",
+                     "source": {"snapshotHandle": "snap-0123456789golden"},
+                     "volumeSnapshotRef": {"name": "db-main-golden", "namespace": name}}}))
+
+    kube_cluster.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": orphan, "labels": Ownership(environment=orphan).labels()}}))
+    content(f"{orphan}-db-main-golden", Ownership(environment=orphan).labels())
+    content(f"{orphan}-live-db-main-golden", Ownership(environment=f"{orphan}-live").labels())
+    content(f"{orphan}-foreign", {"app": "someone-elses"})
+    sweeper = NamespaceActivities(clusters, poll_interval=0.2)
+    run = ActivityEnvironment().run
+
+    found = run(sweeper.list_kube_environments, KubeSweepInput(cluster=CLUSTER))
+    assert found[orphan] == [f"namespace {orphan}",
+                             f"volumesnapshotcontent {orphan}-db-main-golden"]
+    assert found[f"{orphan}-live"] == [f"volumesnapshotcontent {orphan}-live-db-main-golden"]
+    assert not any("foreign" in item for items in found.values() for item in items)
+
+    removed = run(sweeper.remove_kube_environment,
+                  KubeEnvironmentInput(cluster=CLUSTER, environment=orphan))
+    assert removed == found[orphan]
+    left = kube_cluster.kubectl("get", "volumesnapshotcontents", "-o", "name")
+    assert f"{orphan}-db-main-golden\n" not in left + "\n"
+    assert f"{orphan}-live-db-main-golden" in left and f"{orphan}-foreign" in left
+    assert orphan not in run(sweeper.list_kube_environments, KubeSweepInput(cluster=CLUSTER))
+    kube_cluster.kubectl("delete", "volumesnapshotcontent", f"{orphan}-live-db-main-golden",
+                         f"{orphan}-foreign")
