@@ -26,7 +26,7 @@ import asyncpg
 
 from activities.postgres import pg_bin_dir
 from stack.ports import free_port, stop_group
-from stack.reflink import ReflinkVolume, reflink_mode, unavailable_reason
+from stack.reflink import FolderInUse, ReflinkVolume, reflink_mode, unavailable_reason
 
 SUPERUSER = "preview"
 
@@ -112,6 +112,8 @@ class PostgresServer:
                 self._chown(self.volume.mount())
                 self.storage = f"XFS image with reflinks ({self.volume.image}, {self.volume.size})"
                 return
+            except FolderInUse:
+                raise
             except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
                 why = str(error)  # e.g. a container without CAP_SYS_ADMIN
         if self.reflink == "on":
@@ -126,8 +128,8 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._chown(self.data_dir)
-        self._mount()
         try:
+            self._mount()
             self._start_server()
         except BaseException:
             self.stop()

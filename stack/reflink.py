@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import select
 import shutil
@@ -33,9 +34,15 @@ from pathlib import Path
 
 IMAGE_NAME = "reflink.img"
 MOUNT_NAME = "reflink"
+LOCK_NAME = "reflink.lock"
+LOCK_WAIT_SECONDS = 30.0  # a guard still clearing what a killed run left
 DEFAULT_SIZE = "4G"
 COW_EXTENT_SIZE = "8k"
 TOOLS = ("mkfs.xfs", "mount", "umount", "losetup")
+
+
+class FolderInUse(RuntimeError):
+    """Another stack holds this state folder: nothing may fall back around it."""
 
 
 def reflink_mode() -> str:
@@ -101,6 +108,10 @@ def stop_postmaster(pgdata: Path, timeout: float = 30.0) -> None:
     fast shutdown, then immediate, then SIGKILL (its backends follow the postmaster)."""
     try:
         pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        # A stale file's pid may be anyone's now: the postmaster works in its data
+        # directory, so only a process there is it.
+        if Path(f"/proc/{pid}/cwd").resolve() != pgdata.resolve():
+            return
     except (OSError, ValueError, IndexError):
         return
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
@@ -117,7 +128,8 @@ class ReflinkVolume:
 
     def __init__(self, folder: Path, size: str | None = None, *, direct_io: bool = False,
                  ) -> None:
-        self.folder = folder
+        # Absolute: the guard runs from the repository's root, and must find this folder.
+        self.folder = folder.resolve()
         # Direct I/O on the loop device: the image's data is not cached twice (in this
         # filesystem and in the host's page cache of the image file); benchmarks want it.
         self.direct_io = direct_io
@@ -125,6 +137,31 @@ class ReflinkVolume:
         self.mount_point = folder / MOUNT_NAME
         self.size = size or os.environ.get("PREVIEW_PG_REFLINK_SIZE") or DEFAULT_SIZE
         self._guard: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None
+
+    def _take_lock(self) -> None:
+        """One user of the folder at a time: held by this process and its guard (who
+        inherits it), so a second stack on the same folder cannot clear a live one's
+        mount, and waits for a guard still clearing a killed one's."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise FolderInUse(f"{self.folder} is in use by another stack (its "
+                                       f"{LOCK_NAME} is locked); stop that one first") from None
+                time.sleep(0.2)  # polling a lock with a deadline
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     @property
     def mounted(self) -> bool:
@@ -132,8 +169,15 @@ class ReflinkVolume:
 
     def mount(self) -> Path:
         """Mount the image (made on first use) and start its guard; the mount point."""
+        self._take_lock()
+        try:
+            return self._mount()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _mount(self) -> Path:
         self.clear_stale()
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.mount_point.mkdir(exist_ok=True)
         if not self.image.exists():
             subprocess.run(["truncate", "-s", self.size, str(self.image)], check=True)
@@ -144,24 +188,43 @@ class ReflinkVolume:
                 raise
         _run(["mount", "-t", "xfs", "-o", "loop,discard", str(self.image),
               str(self.mount_point)])
-        if self.direct_io:
-            for device in loop_devices_of(self.image):
-                _run(["losetup", "--direct-io=on", device])
-        if shutil.which("xfs_io"):
-            # Copy-on-write in 8 kB (PostgreSQL's page), inherited by every file made
-            # below: XFS's default reserves 128 kB at each first write to a shared page
-            # and frees the rest only after 30 minutes.
-            _run(["xfs_io", "-c", f"cowextsize {COW_EXTENT_SIZE}", str(self.mount_point)])
-        self._guard = subprocess.Popen(
-            [sys.executable, "-m", "stack.reflink", "guard", "--pid", str(os.getpid()),
-             "--folder", str(self.folder)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, cwd=Path(__file__).resolve().parents[1],
-        )
+        try:
+            # The guard first: whatever fails or is interrupted from here on, the mount
+            # does not outlive this process.
+            self._guard = subprocess.Popen(
+                [sys.executable, "-m", "stack.reflink", "guard", "--pid", str(os.getpid()),
+                 "--folder", str(self.folder)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, cwd=Path(__file__).resolve().parents[1],
+                pass_fds=(self._lock,) if self._lock is not None else (),
+            )
+            if self.direct_io:
+                for device in loop_devices_of(self.image):
+                    _run(["losetup", "--direct-io=on", device])
+            if shutil.which("xfs_io"):
+                # Copy-on-write in 8 kB (PostgreSQL's page), inherited by every file made
+                # below: XFS's default reserves 128 kB at each first write to a shared page
+                # and frees the rest only after 30 minutes.
+                _run(["xfs_io", "-c", f"cowextsize {COW_EXTENT_SIZE}", str(self.mount_point)])
+        except BaseException:
+            self.unmount()
+            raise
         return self.mount_point
 
     def unmount(self, timeout: float = 20.0) -> None:
-        """Unmount and free the loop device; the guard then has nothing left to do."""
+        """Unmount and free the loop device; the guard then has nothing left to do, and
+        the folder is free for the next stack. Nothing, unless this volume mounted it."""
+        if self._lock is None:
+            return  # another stack's (or nobody's): not ours to unmount
+        self._detach(timeout)
+        if self._guard is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._guard.terminate()
+            self._guard.wait()
+            self._guard = None
+        self._release_lock()
+
+    def _detach(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while self.mounted:
             done = subprocess.run(["umount", str(self.mount_point)], capture_output=True,
@@ -175,17 +238,13 @@ class ReflinkVolume:
             time.sleep(0.2)  # a process of ours is still closing files: polling
         for device in loop_devices_of(self.image):
             subprocess.run(["losetup", "--detach", device], capture_output=True)
-        if self._guard is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._guard.terminate()
-            self._guard.wait()
-            self._guard = None
 
     def clear_stale(self) -> None:
-        """What an earlier run of this folder left mounted: stop its server, unmount."""
+        """What an earlier run of this folder left mounted: stop its server, unmount
+        (the caller holds the folder: mount() took its lock, a guard inherited it)."""
         if self.mounted:
             stop_postmaster(self.mount_point / "pgdata")
-        self.unmount()
+        self._detach()
 
 
 def _run(argv: list[str]) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from stack import reflink
 from stack.postgres import PostgresServer
 from tests.stack.test_local_stack import (
     image_expected,
@@ -99,6 +100,23 @@ async def test_a_start_clears_what_a_killed_run_left_mounted(folder: Path) -> No
         await asyncio.to_thread(server.stop)
     wait_released(folder, timeout=10)
     assert [p for p in processes_using(str(folder)) if "pgdata" in p] == []
+
+
+@needs_image
+async def test_a_second_start_on_a_live_folder_is_refused_and_harms_nothing(
+    folder: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two stacks on one state folder: the second would otherwise take the first's mount
+    for a killed run's and clear it, stopping a live PostgreSQL."""
+    monkeypatch.setattr(reflink, "LOCK_WAIT_SECONDS", 1.0)
+    server = await asyncio.to_thread(PostgresServer(folder).start)
+    try:
+        with pytest.raises(RuntimeError, match="in use by another stack"):
+            await asyncio.to_thread(PostgresServer(folder).start)
+        assert server.on_reflinks and await database_exists(server, "postgres")
+    finally:
+        await asyncio.to_thread(server.stop)
+    wait_released(folder, timeout=10)
 
 
 async def test_off_is_a_plain_folder(folder: Path) -> None:
