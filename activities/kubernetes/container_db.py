@@ -78,6 +78,7 @@ from activities.kubernetes.container_db_snapshot import (
     claim_source,
     content_manifest,
     golden_snapshot,
+    pinned_golden,
     snapshot_manifest,
 )
 from activities.kubernetes.pods import pod_problem
@@ -207,14 +208,15 @@ class ContainerDatabaseActivities:
                          required: bool) -> GoldenSnapshot | None:
         """The golden volume's snapshot to make the claim from (None: the restore Job),
         checked like a dump: a masked_clone needs one masked with its rules."""
-        golden = golden_snapshot(api, spec, self.golden_namespace)
+        pinned = pinned_golden(api, spec) if required else None
+        golden = golden_snapshot(api, spec, self.golden_namespace, pinned=pinned)
         if golden is None:
             if required:
                 # Retryable: the claim was made from it, and only its password is missing.
                 raise ApplicationError(
-                    f"no ready VolumeSnapshot of the golden volume for "
-                    f"{spec.golden_dump_s3_uri} in {self.golden_namespace} any more, and the "
-                    "claim was made from one", type=API_ERROR)
+                    f"the VolumeSnapshot of the golden volume the claim was made from "
+                    f"({pinned or 'unknown'}, for {spec.golden_dump_s3_uri}) is not ready "
+                    "any more", type=API_ERROR)
             return None
         if spec.masking and spec.golden_dump_s3_uri:
             s3: S3Client = self.aws.client("s3", AwsTarget(region=self.aws.default_region))

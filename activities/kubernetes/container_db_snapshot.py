@@ -32,6 +32,7 @@ GOLDEN_NAMESPACE = "preview-golden"
 DUMP_ANNOTATION = "preview.dev/golden-dump"
 MASKING_ANNOTATION = "preview.dev/masking"
 CREDENTIALS_ANNOTATION = "preview.dev/credentials"
+GOLDEN_SNAPSHOT_ANNOTATION = "preview.dev/golden-snapshot"  # on a preview's content
 VIA_SNAPSHOT, VIA_JOB = "volume_snapshot", "restore_job"
 
 
@@ -69,14 +70,20 @@ def snapshot_classes(api: KubeApi) -> list[Json]:
 
 
 def golden_snapshot(api: KubeApi, spec: ContainerDatabaseSpec,
-                    namespace: str = GOLDEN_NAMESPACE) -> GoldenSnapshot | None:
+                    namespace: str = GOLDEN_NAMESPACE, *, pinned: str | None = None,
+                    ) -> GoldenSnapshot | None:
     """The newest ready snapshot of the golden volume for the spec's golden dump, or
-    None: then the restore Job loads the dump."""
+    None: then the restore Job loads the dump. `pinned` ("namespace/name"): that one
+    only, the one a preview's volume was made from."""
     if not spec.golden_dump_s3_uri or not snapshot_classes(api):
         return None
+    name = None
+    if pinned:
+        namespace, _, name = pinned.partition("/")
     candidates = sorted(
         (s for s in api.list("VolumeSnapshot", namespace, missing_ok=True)
-         if _annotations(s).get(DUMP_ANNOTATION) == spec.golden_dump_s3_uri
+         if (name is None or s["metadata"]["name"] == name)
+         and _annotations(s).get(DUMP_ANNOTATION) == spec.golden_dump_s3_uri
          and (s.get("status") or {}).get("readyToUse") is True
          and (s.get("status") or {}).get("boundVolumeSnapshotContentName")),
         key=lambda s: (s["metadata"].get("creationTimestamp") or "", s["metadata"]["name"]),
@@ -98,6 +105,14 @@ def golden_snapshot(api: KubeApi, spec: ContainerDatabaseSpec,
     return None
 
 
+def pinned_golden(api: KubeApi, spec: ContainerDatabaseSpec) -> str | None:
+    """The golden snapshot ("namespace/name") the preview's copy was bound to, if it was:
+    a re-run keeps to it, though a golden refresh may have made a newer one since (the
+    content's handle cannot change, nor can the volume made from it)."""
+    content = api.get(SnapshotObjects.of(spec).content)
+    return _annotations(content or {}).get(GOLDEN_SNAPSHOT_ANNOTATION)
+
+
 def _annotations(obj: Json) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("annotations") or {})
 
@@ -115,7 +130,7 @@ def content_manifest(spec: ContainerDatabaseSpec, objects: SnapshotObjects,
         body["volumeSnapshotClassName"] = golden.snapshot_class
     manifest = objects.content.manifest(spec.owner.labels(), spec=body)
     manifest["metadata"]["annotations"] = {
-        "preview.dev/golden-snapshot": f"{golden.namespace}/{golden.name}"}
+        GOLDEN_SNAPSHOT_ANNOTATION: f"{golden.namespace}/{golden.name}"}
     return manifest
 
 

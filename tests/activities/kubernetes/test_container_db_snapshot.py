@@ -95,24 +95,28 @@ def golden_ns(kube_cluster: KubeCluster) -> Iterator[str]:
     kube_cluster.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false")
 
 
-def golden_volume_snapshot(on: Env, namespace: str, uri: str, digest: str) -> str:
+def golden_volume_snapshot(on: Env, namespace: str, uri: str, digest: str,
+                           name: str = "golden-shop", handle: str = "snap-0123456789golden",
+                           ) -> str:
     """What the snapshot controller leaves for a snapshot of the golden volume: a ready
     VolumeSnapshot bound to a VolumeSnapshotContent with the storage system's handle."""
-    content = f"snapcontent-{namespace}"
-    on.kubectl("create", "secret", "generic", "golden-credentials", "-n", namespace,
-               "--from-literal=password=the-golden-password")
+    content = f"snapcontent-{namespace}-{name}"
+    if not on.kubectl("get", "secret", "golden-credentials", "-n", namespace,
+                      "--ignore-not-found", "-o", "name"):
+        on.kubectl("create", "secret", "generic", "golden-credentials", "-n", namespace,
+                   "--from-literal=password=the-golden-password")
     on.kubectl("create", "-f", "-", input=json.dumps({
         "apiVersion": f"{GROUP}/v1", "kind": "VolumeSnapshotContent",
         "metadata": {"name": content},
         "spec": {"deletionPolicy": "Retain", "driver": "ebs.csi.aws.com",
                  "source": {"volumeHandle": "vol-0golden"},
                  "volumeSnapshotClassName": "csi-snapshots",
-                 "volumeSnapshotRef": {"name": "golden-shop", "namespace": namespace}},
-        "status": {"readyToUse": True, "snapshotHandle": "snap-0123456789golden"},
+                 "volumeSnapshotRef": {"name": name, "namespace": namespace}},
+        "status": {"readyToUse": True, "snapshotHandle": handle},
     }))
     on.kubectl("create", "-f", "-", input=json.dumps({
         "apiVersion": f"{GROUP}/v1", "kind": "VolumeSnapshot",
-        "metadata": {"name": "golden-shop", "namespace": namespace, "annotations": {
+        "metadata": {"name": name, "namespace": namespace, "annotations": {
             "preview.dev/golden-dump": uri, "preview.dev/masking": digest,
             "preview.dev/credentials": "golden-credentials"}},
         "spec": {"volumeSnapshotClassName": "csi-snapshots",
@@ -198,6 +202,21 @@ def test_the_golden_snapshot_is_used_where_the_cluster_has_the_snapshot_api(
     again = env.run(dbs_here.ensure_container_database, spec)
     assert again.values == out.values
     assert [env.rv(kind, name) for kind, name in made] == before
+
+    # A golden refresh makes a newer snapshot; then the rekey Job has to run again (as
+    # after a failed one): the re-run keeps to the snapshot the volume was made from.
+    newer = golden_volume_snapshot(env, golden_ns, uri, digest, name="golden-shop-2",
+                                   handle="snap-0newer")
+    latest = golden_snapshot(api, spec, golden_ns)
+    assert latest is not None and latest.name == "golden-shop-2"
+    env.kubectl("delete", "job", "db-main-load", "-n", env.id, "--wait=true")
+    redone = env.run(dbs_here.ensure_container_database, spec)
+    assert redone.values == out.values
+    content = env.must_get("volumesnapshotcontent", content_name, namespaced=False)
+    assert content["spec"]["source"] == {"snapshotHandle": "snap-0123456789golden"}
+    assert env.must_get("job", "db-main-load")["metadata"]["annotations"][
+        "preview.dev/data-load"] == f"masked_clone:snapshot:{golden_ns}/golden-shop"
+    env.kubectl("delete", "volumesnapshotcontent", newer, "--wait=false")
 
     # A masked clone asking for more rules than the snapshot's dump had: refused.
     more = [*RULES, MaskingRule(table="customers", column="name", method=MaskingMethod.fake)]
