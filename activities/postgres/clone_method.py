@@ -20,6 +20,7 @@ not clone file", as copyfile does without APFS) is made again with `copy`.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import ipaddress
 import os
@@ -89,18 +90,30 @@ async def local_data_directory(conn: asyncpg.Connection, host: str) -> Path | No
             return None
     try:
         setting = await conn.fetchval("SELECT current_setting('data_directory')")
+        system = await conn.fetchval("SELECT system_identifier FROM pg_control_system()")
     except asyncpg.InsufficientPrivilegeError:
-        return None  # neither superuser nor pg_read_all_settings
-    base = Path(setting) / "base"
-    return Path(setting) if base.is_dir() and os.access(base, os.R_OK | os.X_OK) else None
+        return None  # neither superuser nor pg_read_all_settings (or pg_monitor)
+    data_dir = Path(setting)
+    base = data_dir / "base"
+    if not (base.is_dir() and os.access(base, os.R_OK | os.X_OK)):
+        return None
+    # The same path here may be another server's (a port forwarded to loopback from a
+    # container or a tunnel): only this server's own control file says it is its.
+    try:
+        with open(data_dir / "global" / "pg_control", "rb") as control:
+            here = struct.unpack("=Q", control.read(8))[0]
+    except (OSError, struct.error):
+        return None
+    return data_dir if here == system else None
 
 
 async def checked_method(conn: asyncpg.Connection, host: str, database: str) -> CloneMethod:
     """After the first `clone` of a generation: did it share blocks? The method to keep."""
     data_dir = await local_data_directory(conn, host)
     oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", database)
-    shared = None if data_dir is None or oid is None else shares_blocks(
-        data_dir / "base" / str(oid))
+    # Off the event loop: FIEMAP_FLAG_SYNC writes the file's dirty pages out first.
+    shared = None if data_dir is None or oid is None else await asyncio.to_thread(
+        shares_blocks, data_dir / "base" / str(oid))
     if shared is None:
         return await configured_method(conn)
     filesystem = filesystem_of(data_dir) if data_dir else "unknown"

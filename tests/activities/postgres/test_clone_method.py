@@ -21,7 +21,11 @@ import asyncpg
 import pytest
 
 from activities.postgres import GoldenCopyActivities, PostgresAccess, PreviewDatabaseActivities
-from activities.postgres.clone_method import filesystem_of, planned_method
+from activities.postgres.clone_method import (
+    filesystem_of,
+    local_data_directory,
+    planned_method,
+)
 from domain.golden import GoldenRefreshRequest
 from stack.postgres import PostgresServer
 from tests.activities.postgres.shop import (
@@ -161,6 +165,34 @@ async def test_a_server_out_of_sight_is_taken_at_its_word(
     finally:
         await conn.execute("ALTER SYSTEM RESET file_copy_method")
         await conn.execute("SELECT pg_reload_conf()")
+        await conn.close()
+
+
+class Forwarded:
+    """A connection to one server that reports another server's data directory, as a
+    port forwarded to loopback from a container or a tunnel would, where the same path
+    on this host holds a different cluster."""
+
+    def __init__(self, conn: asyncpg.Connection, data_directory: Path) -> None:
+        self.conn, self.data_directory = conn, data_directory
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        if "current_setting('data_directory')" in query:
+            return str(self.data_directory)
+        return await self.conn.fetchval(query, *args)
+
+
+async def test_a_data_directory_here_of_another_server_is_not_looked_into(
+    folder_server: PostgresServer, postgres_server: PostgresServer,
+) -> None:
+    conn = await admin(folder_server)
+    try:
+        assert await local_data_directory(conn, "127.0.0.1") == folder_server.pgdata
+        other = Forwarded(conn, postgres_server.pgdata)
+        assert await local_data_directory(other, "127.0.0.1") is None  # type: ignore[arg-type]
+        chosen = await planned_method(other, "127.0.0.1")  # type: ignore[arg-type]
+        assert (chosen.method, chosen.check) == ("copy", False)  # the server's own setting
+    finally:
         await conn.close()
 
 

@@ -59,7 +59,8 @@ async def test_a_role_with_createdb_and_createrole_only_runs_every_step(
     access = PostgresAccess(engine_url, SEALER, KEY)
     probe = await asyncpg.connect(engine_url)
     try:  # the engine really is that role
-        assert not await probe.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        assert not await probe.fetchval(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
     finally:
         await probe.close()
     source = f"{SOURCE}_limited"
