@@ -115,8 +115,13 @@ async def checked_method(conn: asyncpg.Connection, host: str, database: str) -> 
     shared = None if data_dir is None or oid is None else await asyncio.to_thread(
         shares_blocks, data_dir / "base" / str(oid))
     if shared is None:
-        return await configured_method(conn)
-    filesystem = filesystem_of(data_dir) if data_dir else "unknown"
+        configured = await configured_method(conn)
+        if data_dir is None:
+            return configured
+        return CloneMethod(configured.method, f"{filesystem_of(data_dir)} cannot tell "
+                           "whether a file's blocks are shared (no FIEMAP), so the server's "
+                           f"configured file_copy_method = {configured.method} decides")
+    filesystem = filesystem_of(data_dir)
     if shared:
         return CloneMethod(CLONE, f"{filesystem} reflinks: it shares the golden copy's blocks")
     return CloneMethod(COPY, f"the data directory's filesystem ({filesystem}) has no reflinks")
