@@ -111,13 +111,12 @@ async def checked_method(conn: asyncpg.Connection, host: str, database: str) -> 
     """After the first `clone` of a generation: did it share blocks? The method to keep."""
     data_dir = await local_data_directory(conn, host)
     oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", database)
+    if data_dir is None or oid is None:
+        return await configured_method(conn)
     # Off the event loop: FIEMAP_FLAG_SYNC writes the file's dirty pages out first.
-    shared = None if data_dir is None or oid is None else await asyncio.to_thread(
-        shares_blocks, data_dir / "base" / str(oid))
+    shared = await asyncio.to_thread(shares_blocks, data_dir / "base" / str(oid))
     if shared is None:
         configured = await configured_method(conn)
-        if data_dir is None:
-            return configured
         return CloneMethod(configured.method, f"{filesystem_of(data_dir)} cannot tell "
                            "whether a file's blocks are shared (no FIEMAP), so the server's "
                            f"configured file_copy_method = {configured.method} decides")
