@@ -259,4 +259,5 @@ async def test_the_worker_probe_sees_this_worker_polling_and_no_other(
     # Temporal out of reach is not the worker's fault: no restart.
     unreachable = probe(chart_worker, "--identity", "nobody",
                         PREVIEW_TEMPORAL_ADDRESS="127.0.0.1:9")
-    assert unreachable.returncode == 0 and "cannot ask Temporal" in unreachable.stdout
+    assert unreachable.returncode == 0 and "cannot ask Temporal" in unreachable.stdout, (
+        unreachable.stdout + unreachable.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -95,4 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leave without the interpreter's finalisation: the SDK's runtime threads may still
+    # be winding down a refused connect, and racing them there has aborted the probe
+    # (SIGABRT, seen once under load), which the kubelet would count as a failure.
+    os._exit(code)
