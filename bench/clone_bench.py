@@ -515,7 +515,15 @@ NOTES = [
     "and each call reflinks its 1 MB for about 10 us on XFS: about 10 ms per GB. `cp "
     "--reflink=always` (one FICLONE per file) stays at about 12 ms for 10 GB. Measured "
     "outside PostgreSQL on the same kind of XFS image: 10 GB in 1 MB copy_file_range "
-    "calls 112-137 ms, in 1 GB calls 0.15 ms, one FICLONE 0.05 ms.",
+    "calls 112-137 ms, in 1 GB calls 0.15 ms, one FICLONE 0.05 ms. perf: the time per call "
+    "is XFS's remap transaction (refcount btree update, bmap intent, log commit), the same "
+    "for 64 kB and 16 MB calls; btrfs measured the same (15-17 us per 1 MB call).",
+    "What does not grow with size: two checkpoints, about 300 files made and cloned (a "
+    "database's catalogs), and with fsync on one fsync per file; an fsync whose log force "
+    "is already done still flushes the device's cache (xfs_file_fsync), which the loop "
+    "device turns into an fsync of the image file on the host, so the durable clone's "
+    "fixed cost follows the host disk's flush latency (with a Go build running beside it: "
+    "370 ms median for 1 GB, 58 ms with fsync off).",
     "dump_restore is activities.postgres.stream_copy: pg_dump -Fc -Z0 | pg_restore "
     "--no-owner into a database created from template0 (its creation is timed too).",
     "Databases are `pgbench -i -I dtGvp` at a scale of about 15 MB per unit; "
