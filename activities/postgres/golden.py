@@ -215,18 +215,15 @@ class GoldenCopyActivities:
                 # The state moves in the same transaction as the data.
                 await set_comment(db, step.generation,
                                   self._golden_comment(step.source_name, MASKED))
-        except asyncpg.InsufficientPrivilegeError as error:
-            if "session_replication_role" not in pg_message(error):
-                raise invalid_input(f"masking golden generation {step.generation} failed: "
-                                    f"{pg_message(error)}") from None
-            raise invalid_input(
-                f"masking golden generation {step.generation} failed: {pg_message(error)} "
-                "(the engine's role needs `GRANT SET ON PARAMETER session_replication_role`, "
-                "rds_superuser on RDS: README, Production notes)") from None
         except asyncpg.PostgresError as error:
-            if is_user_error(error):
+            needs_grant = (isinstance(error, asyncpg.InsufficientPrivilegeError)
+                           and "session_replication_role" in pg_message(error))
+            if is_user_error(error):  # a missing privilege (42501) included
+                hint = (" (the engine's role needs `GRANT SET ON PARAMETER "
+                        "session_replication_role`, rds_superuser on RDS: README, "
+                        "Production notes)") if needs_grant else ""
                 raise invalid_input(f"masking golden generation {step.generation} failed: "
-                                    f"{pg_message(error)}") from None
+                                    f"{pg_message(error)}{hint}") from None
             raise
 
     async def _scrub(self, db: asyncpg.Connection, step: GoldenMaskInput,
