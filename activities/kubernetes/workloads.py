@@ -298,16 +298,19 @@ class KubernetesActivities(NamespaceActivities):
             return RolloutState(False, progress, waiting=(
                 f"the deployment controller has not observed generation {meta.get('generation')}"
             ))
+        replica_sets = _current_replica_sets(api, dep)
         if (
             counts["updatedReplicas"] == want
             and counts["replicas"] == want
             and counts["readyReplicas"] == want
             and counts["availableReplicas"] == want
         ):
-            return RolloutState(True, progress)
+            stale = replica_set_lag(replica_sets, want)
+            if stale is None:
+                return RolloutState(True, progress)
+            return RolloutState(False, progress, waiting=stale)
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         progressing = conditions.get("Progressing") or {}
-        replica_sets = _current_replica_sets(api, dep)
         problem = _pod_problem(api, dep, replica_sets)
         # e.g. pods forbidden by the namespace's quota: then there is no pod to look at.
         replica_failure = _replica_failure(conditions, replica_sets)
@@ -401,6 +404,26 @@ def _current_replica_sets(api: KubeApi, dep: Json) -> list[Json]:
         if owned and (rs_meta.get("annotations") or {}).get(REVISION_ANNOTATION) == revision:
             current.append(rs)
     return current
+
+
+def replica_set_lag(replica_sets: list[Json], want: int) -> str | None:
+    """Why the Deployment's counts cannot be trusted yet, if they cannot.
+
+    The deployment controller copies its counts from the ReplicaSets' status, which
+    their own controller writes. Scaled 2 -> 0 -> 2 quickly (asleep, then deployed),
+    a ReplicaSet can still report the two ready pods it is about to delete: ready
+    only once the current ReplicaSets have observed their own generation and agree."""
+    if want == 0:
+        return None
+    for rs in replica_sets:
+        meta, status = rs.get("metadata") or {}, rs.get("status") or {}
+        if int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+            return (f"the replica set controller has not observed generation "
+                    f"{meta.get('generation')} of ReplicaSet {meta.get('name')}")
+    ready = sum(int((rs.get("status") or {}).get("readyReplicas") or 0) for rs in replica_sets)
+    if ready != want:
+        return f"{ready}/{want} pods of the current ReplicaSet ready"
+    return None
 
 
 def _replica_failure(conditions: Mapping[str, Json], replica_sets: list[Json]) -> str | None:
