@@ -4,12 +4,15 @@ half all work, and the preview's role still owns only its database."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from temporalio.exceptions import ApplicationError
 
+from activities.errors import INVALID_INPUT
 from activities.postgres import GoldenCopyActivities, PostgresAccess, PreviewDatabaseActivities
 from domain.golden import GoldenRefreshRequest
 from stack.postgres import PostgresServer
@@ -27,28 +30,37 @@ from tests.activities.postgres.shop import (
 )
 
 
-@pytest.fixture
-async def engine_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def limited_role(server: PostgresServer, *, may_set_replication_role: bool,
+                       ) -> AsyncIterator[str]:
     """A login role with CREATEDB and CREATEROLE, and a database of its own for the
     engine's bookkeeping schema; what it leaves is dropped after."""
     role = f"engine_{uuid.uuid4().hex[:8]}"
-    conn = await admin(postgres_server)
+    conn = await admin(server)
     try:
         await conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB CREATEROLE")
         await conn.execute(f"CREATE DATABASE {role} OWNER {role}")
-        # Masking turns triggers and foreign-key checks off (README: Production notes).
-        await conn.execute(f"GRANT SET ON PARAMETER session_replication_role TO {role}")
+        if may_set_replication_role:
+            # Masking turns triggers and foreign-key checks off (README: Production notes).
+            await conn.execute(f"GRANT SET ON PARAMETER session_replication_role TO {role}")
         assert not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = $1", role)
-        yield f"postgresql://{role}@127.0.0.1:{postgres_server.port}/{role}"
+        yield f"postgresql://{role}@127.0.0.1:{server.port}/{role}"
     finally:
         for name in await conn.fetch(
                 "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
                 "WHERE r.rolname = $1", role):
             await conn.execute(f'DROP DATABASE "{name[0]}" WITH (FORCE)')
-        await conn.execute(f"REVOKE SET ON PARAMETER session_replication_role FROM {role}")
+        if may_set_replication_role:
+            await conn.execute(f"REVOKE SET ON PARAMETER session_replication_role FROM {role}")
         await conn.execute(f"DROP OWNED BY {role}")
         await conn.execute(f"DROP ROLE {role}")
         await conn.close()
+
+
+@pytest.fixture
+async def engine_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    async with limited_role(postgres_server, may_set_replication_role=True) as url:
+        yield url
 
 
 async def test_a_role_with_createdb_and_createrole_only_runs_every_step(
@@ -96,3 +108,29 @@ async def test_a_role_with_createdb_and_createrole_only_runs_every_step(
             "SELECT count(*) FROM pg_roles WHERE rolname = $1", spec.role) == 0
     finally:
         await check.close()
+
+
+async def test_masking_without_the_replication_role_setting_names_the_grant(
+    postgres_server: PostgresServer,
+) -> None:
+    """The one privileged setting masking needs: its absence fails the refresh with the
+    grant to ask for, not only PostgreSQL's "permission denied", and leaves no copy."""
+    source_url = await postgres_server.new_database("pgt_no_replica_source")
+    await build_source(source_url)
+    source = f"{SOURCE}_no_replica"
+    async with limited_role(postgres_server, may_set_replication_role=False) as url:
+        access = PostgresAccess(url, SEALER, KEY)
+        with pytest.raises(ApplicationError) as failed:
+            await GoldenCopyActivities(access).refresh_golden_copy(GoldenRefreshRequest(
+                source_url=source_url, source_name=source, masking=ALL_RULES))
+        assert failed.value.type == INVALID_INPUT and failed.value.non_retryable
+        message = str(failed.value)
+        assert "permission denied to set parameter \"session_replication_role\"" in message
+        assert "GRANT SET ON PARAMETER session_replication_role" in message
+        check = await admin(postgres_server)
+        try:  # the restored, unmasked generation was discarded
+            assert await check.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE $1",
+                f"golden_{source}%") == []
+        finally:
+            await check.close()
