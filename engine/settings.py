@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     temporal_address: str = Field("127.0.0.1:7233", description="Temporal frontend host:port")
     temporal_namespace: str = Field("default", description="Temporal namespace")
     task_queue: str = Field("previews", description="Task queue of the lifecycle worker")
+    sticky_timeout_seconds: float = Field(
+        3.0, gt=0, description="How long a workflow task waits on the worker that ran the "
+        "workflow last before any worker may take it (a killed worker holds its previews "
+        "this long; the SDK's default is 10)")
     temporal_tls: bool = Field(False, description="Use TLS to reach Temporal (Temporal Cloud)")
     temporal_api_key: SecretStr | None = Field(None, description="Temporal Cloud API key")
 

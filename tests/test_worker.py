@@ -9,11 +9,14 @@ registered it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.client import Client
 
 from domain.blueprint import Blueprint
 from domain.contract import CONTRACT, spec_activities, spec_types
@@ -22,7 +25,14 @@ from domain.pull_request import PullRequest
 from domain.systems import System, tenant_queue
 from engine.settings import Settings
 from stack.postgres import PostgresServer
-from worker import MissingActivities, Resources, Target, activity_name, build_activities
+from worker import (
+    MissingActivities,
+    Resources,
+    Target,
+    activity_name,
+    build_activities,
+    build_worker,
+)
 
 PR = PullRequest(repository="acme/shop", number=7, head_sha="abcdef1234567", branch="feat/x")
 ACCOUNT = {"account_id": "222222222222", "role_arn": "arn:aws:iam::222222222222:role/p",
@@ -155,3 +165,23 @@ def test_each_system_is_served_by_exactly_the_targets_that_hold_its_credentials(
     assert Target().systems == frozenset(System)
     assert Target("cluster", "x").systems == {System.kubernetes}
     assert Target("account", "1").systems == {System.aws}
+
+
+async def test_the_sticky_timeout_comes_from_the_settings(
+    settings: Settings, temporal_client: Client,
+) -> None:
+    """How long a killed worker holds its previews' next workflow task (bench/
+    crash_recovery.py measures what it costs): the setting, not the SDK's 10 s."""
+    resources = Resources()
+    # A queue of its own: the client allows one worker per queue, and this one must be
+    # run and shut down to give its registration back.
+    tuned = settings.model_copy(update={"sticky_timeout_seconds": 2.5,
+                                        "task_queue": f"sticky-{uuid.uuid4().hex[:8]}"})
+    try:
+        built = await build_worker(temporal_client, tuned, Target(), resources)
+        async with built:
+            assert built.config()["sticky_queue_schedule_to_start_timeout"] == timedelta(
+                seconds=2.5)
+    finally:
+        await resources.close()
+    assert Settings().sticky_timeout_seconds == 3.0
