@@ -169,7 +169,7 @@ async def build_activities(
 
 async def kubernetes_activities(settings: Settings, target: Target, resources: Resources,
                                 sealer: Sealer, aws: AwsClients) -> list[object]:
-    from activities.kubernetes import ClusterClients, kubernetes_activities
+    from activities.kubernetes import ClusterClients, NamespaceRights, kubernetes_activities
 
     kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
     stored = None
@@ -193,7 +193,9 @@ async def kubernetes_activities(settings: Settings, target: Target, resources: R
     # clusters, which only their own tenant's worker may reach.
     clusters = ClusterClients(kubeconfigs, stored=stored)
     resources.closers.append(clusters.close)
-    return kubernetes_activities(clusters, sealer, aws)
+    return kubernetes_activities(clusters, sealer, aws,
+                                 NamespaceRights(settings.kube_preview_role),
+                                 golden_namespace=settings.golden_snapshot_namespace)
 
 
 async def control_plane_activities(settings: Settings, resources: Resources) -> list[object]:

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         "ingress-nginx", description="Namespace whose pods may reach previews"
     )
     storage_class: str = Field("standard", description="Storage class for container databases")
+    kube_preview_role: str | None = Field(
+        None, description="ClusterRole the worker binds to itself in each preview namespace "
+        "for what it may do nowhere else (Secrets; the chart's `<release>-worker-in-preview`); "
+        "unset: its credentials' own rights")
+    golden_snapshot_namespace: str = Field(
+        "preview-golden", description="Namespace of the golden volume snapshots container "
+        "databases are cloned from, and of their credentials Secrets")
     golden_dump_bucket: str | None = Field(
         None, description="S3 bucket where golden copies are published for container databases"
     )

@@ -10,21 +10,26 @@ from activities.aws import AwsClients
 from activities.kubernetes.api import ClusterClients, StoredKubeconfig, poll_delays
 from activities.kubernetes.cache import CacheActivities
 from activities.kubernetes.container_db import ContainerDatabaseActivities
+from activities.kubernetes.container_db_snapshot import GOLDEN_NAMESPACE
+from activities.kubernetes.rights import NamespaceRights
 from activities.kubernetes.workloads import KubernetesActivities
 from engine.sealing import Sealer
 
 
-def kubernetes_activities(clusters: ClusterClients, sealer: Sealer,
-                          aws: AwsClients) -> list[object]:
-    workloads = KubernetesActivities(clusters, sealer)
-    return [workloads, ContainerDatabaseActivities(clusters, sealer, aws),
-            CacheActivities(workloads)]
+def kubernetes_activities(clusters: ClusterClients, sealer: Sealer, aws: AwsClients,
+                          rights: NamespaceRights | None = None, *,
+                          golden_namespace: str = GOLDEN_NAMESPACE) -> list[object]:
+    workloads = KubernetesActivities(clusters, sealer, rights=rights)
+    databases = ContainerDatabaseActivities(clusters, sealer, aws, rights=rights,
+                                            golden_namespace=golden_namespace)
+    return [workloads, databases, CacheActivities(workloads)]
 
 
 __all__ = [
     "ClusterClients",
     "ContainerDatabaseActivities",
     "KubernetesActivities",
+    "NamespaceRights",
     "StoredKubeconfig",
     "kubernetes_activities",
     "poll_delays",

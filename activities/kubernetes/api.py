@@ -182,6 +182,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Job": ("batch/v1", "jobs"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
     "PersistentVolume": ("v1", "persistentvolumes"),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
     # The CSI snapshot API: served only where the cluster has the external snapshotter.
     "VolumeSnapshotClass": ("snapshot.storage.k8s.io/v1", "volumesnapshotclasses"),
     "VolumeSnapshot": ("snapshot.storage.k8s.io/v1", "volumesnapshots"),

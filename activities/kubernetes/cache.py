@@ -65,6 +65,7 @@ class CacheActivities:
     def ensure_cache(self, input: StepInput) -> StepOutput:
         spec = input.spec_as(CacheSpec)
         api = self.workloads.api(spec.cluster)
+        self.workloads.rights.require(api, spec.cluster, spec.namespace, spec.owner)
         ref = Ref.of("Secret", f"{spec.name}-auth", spec.namespace)
         password = (secret_value(get_owned(api, ref, spec.owner), PASSWORD_KEY)
                     or secrets.token_urlsafe(24))
@@ -84,7 +85,9 @@ class CacheActivities:
         spec = input.spec_as(CacheSpec)
         self.workloads.take_down(self.server(spec, f"{spec.name}-auth"))
         api = self.workloads.api(spec.cluster)
-        remove_owned(api, Ref.of("Secret", f"{spec.name}-auth", spec.namespace), spec.owner)
+        if self.workloads.rights.grant(api, spec.cluster, spec.namespace, spec.owner):
+            remove_owned(api, Ref.of("Secret", f"{spec.name}-auth", spec.namespace),
+                         spec.owner)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.ensure_cache, self.remove_cache]

@@ -82,6 +82,7 @@ from activities.kubernetes.container_db_snapshot import (
     snapshot_manifest,
 )
 from activities.kubernetes.pods import pod_problem
+from activities.kubernetes.rights import NamespaceRights
 from activities.postgres.server import scram_verifier
 from domain import masking
 from domain.blueprint import DataPolicy, MaskingRule
@@ -115,8 +116,10 @@ class ContainerDatabaseActivities:
         release_timeout: float = 600.0,
         dump_url_ttl: timedelta = timedelta(hours=2),
         golden_namespace: str = GOLDEN_NAMESPACE,
+        rights: NamespaceRights | None = None,
     ) -> None:
         self.clusters = clusters
+        self.rights = rights or NamespaceRights()
         self.sealer = sealer
         self.aws = aws
         self.image = image
@@ -138,6 +141,7 @@ class ContainerDatabaseActivities:
         spec = input.spec_as(ContainerDatabaseSpec)
         _validate(spec)
         api = self.api(spec.cluster)
+        self.rights.require(api, spec.cluster, spec.namespace, spec.owner)
         objects = Objects.of(spec)
         # Every object is checked before any is written: a foreign one must not leave
         # half a database of ours behind it.
@@ -400,7 +404,8 @@ class ContainerDatabaseActivities:
         snap = SnapshotObjects.of(spec)  # absent unless the claim was made from a snapshot
         for ref in (snap.snapshot, snap.content):
             remove_owned(api, ref, spec.owner)
-        remove_owned(api, objects.secret, spec.owner)  # last: see the module's docstring
+        if self.rights.grant(api, spec.cluster, spec.namespace, spec.owner):
+            remove_owned(api, objects.secret, spec.owner)  # last: see the module's docstring
 
     def _wait_released(self, api: KubeApi, ref: Ref, spec: ContainerDatabaseSpec) -> None:
         """Until the claim is gone and no volume is Bound to it any more.

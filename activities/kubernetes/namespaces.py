@@ -25,6 +25,7 @@ from activities.kubernetes.api import (
     poll_delays,
     warn_not_ours,
 )
+from activities.kubernetes.rights import NamespaceRights
 from domain.contract import LIST_KUBE_ENVIRONMENTS, REMOVE_KUBE_ENVIRONMENT
 from domain.naming import MANAGED_BY, Ownership
 from domain.resources import (
@@ -68,10 +69,12 @@ class NamespaceActivities:
         self,
         clusters: ClusterClients,
         *,
+        rights: NamespaceRights | None = None,
         poll_interval: float = 2.0,
         namespace_timeout: float = 900.0,
     ) -> None:
         self.clusters = clusters
+        self.rights = rights or NamespaceRights()
         self.poll_interval = poll_interval
         self.namespace_timeout = namespace_timeout
 
@@ -97,6 +100,7 @@ class NamespaceActivities:
         api.apply(ns, ns.manifest({**labels, **pod_security_labels(spec.pod_security)}))
         for ref, manifest in self._namespace_objects(spec, labels):
             ensure_owned(api, ref, manifest, spec.owner)
+        self.rights.require(api, spec.cluster, spec.name, spec.owner)
         detail = "" if spec.pod_security == "restricted" else f"pod security {spec.pod_security}"
         return StepOutput(values={"namespace": spec.name}, detail=detail)
 

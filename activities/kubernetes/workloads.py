@@ -37,6 +37,7 @@ from activities.kubernetes.pods import (
     hardened,
     pod_problem,
 )
+from activities.kubernetes.rights import NamespaceRights
 from domain.resources import (
     ApplicationSpec,
     ConfigMapSpec,
@@ -63,10 +64,11 @@ class KubernetesActivities(NamespaceActivities):
         clusters: ClusterClients,
         sealer: Sealer,
         *,
+        rights: NamespaceRights | None = None,
         poll_interval: float = 2.0,
         namespace_timeout: float = 900.0,
     ) -> None:
-        super().__init__(clusters, poll_interval=poll_interval,
+        super().__init__(clusters, rights=rights, poll_interval=poll_interval,
                          namespace_timeout=namespace_timeout)
         self.sealer = sealer
 
@@ -120,8 +122,10 @@ class KubernetesActivities(NamespaceActivities):
             )
         ref_ = Ref.of("Secret", spec.name, spec.namespace)
         manifest = secret_manifest(ref_, spec.owner.labels(), values)
+        api = self.api(spec.cluster)
+        self.rights.require(api, spec.cluster, spec.namespace, spec.owner)
         try:
-            ensure_owned(self.api(spec.cluster), ref_, manifest, spec.owner)
+            ensure_owned(api, ref_, manifest, spec.owner)
         except ApplicationError as error:
             raise redact(error, values.values()) from None
         return StepOutput(values={"secret": spec.name})
@@ -129,8 +133,9 @@ class KubernetesActivities(NamespaceActivities):
     @activity.defn(name=SecretSpec.absent)
     def remove_secret(self, input: StepInput) -> None:
         spec = input.spec_as(SecretSpec)
-        remove_owned(self.api(spec.cluster), Ref.of("Secret", spec.name, spec.namespace),
-                     spec.owner)
+        api = self.api(spec.cluster)
+        if self.rights.grant(api, spec.cluster, spec.namespace, spec.owner):
+            remove_owned(api, Ref.of("Secret", spec.name, spec.namespace), spec.owner)
 
     # -- application ------------------------------------------------------------------
 

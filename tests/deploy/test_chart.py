@@ -145,20 +145,41 @@ def test_each_deployment_has_its_disruption_budget_and_network_policy(release: R
         53, 53, 5432, 7233]
 
 
+def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+    """(group, resource, verb, resource name or "") of each right a role grants."""
+    return {(group, resource, verb, name) for rule in role["rules"]
+            for group in rule["apiGroups"] for resource in rule["resources"]
+            for verb in rule["verbs"] for name in rule.get("resourceNames") or [""]}
+
+
 def test_the_workers_role_grants_only_what_the_activities_call(release: Release) -> None:
-    role = release.named("ClusterRole", "-worker")
-    granted = {(group, resource, verb) for rule in role["rules"]
-               for group in rule["apiGroups"] for resource in rule["resources"]
-               for verb in rule["verbs"]}
+    granted = rules_of(release.named("ClusterRole", "-worker"))
+    in_preview = release.named("ClusterRole", "-worker-in-preview")
     assert not [g for g in granted if "*" in g]
-    # Nothing that grants rights, acts as someone else, or reads everything at once.
-    for _, resource, verb in granted:
+    # Nothing that grants rights, acts as someone else, or reads everything at once;
+    # the one exception binds the in-preview role by its name, and only that role.
+    rights = {("rbac.authorization.k8s.io", "clusterroles", "bind",
+               in_preview["metadata"]["name"])}
+    rights |= {("rbac.authorization.k8s.io", "rolebindings", verb, "")
+               for verb in ("get", "create", "patch")}
+    assert {g for g in granted if g[0] == "rbac.authorization.k8s.io"} == rights
+    for _, resource, verb, _name in granted - rights:
         assert verb not in {"escalate", "bind", "impersonate", "watch", "update",
                             "deletecollection"}
-        assert resource not in {"roles", "rolebindings", "clusterroles", "clusterrolebindings",
-                                "serviceaccounts", "nodes", "pods/exec"}
-    assert ("", "secrets", "list") not in granted
-    assert ("", "pods", "get") not in granted
+        assert resource not in {"roles", "clusterrolebindings", "serviceaccounts", "nodes",
+                                "pods/exec"}
+    # No Secret of the cluster is readable with the worker's cluster-wide rights.
+    assert not [g for g in granted if g[1] == "secrets"]
+    assert ("", "pods", "get", "") not in granted
+    # Secrets come from the in-preview role, bound by the worker in preview namespaces
+    # only: never cluster-wide, never listed.
+    assert rules_of(in_preview) == {("", "secrets", verb, "")
+                                    for verb in ("get", "create", "patch", "delete")}
+    assert not [b for b in release.of_kind("ClusterRoleBinding")
+                if b["roleRef"]["name"] == in_preview["metadata"]["name"]]
+    worker = pod_spec(release.named("Deployment", "-worker"))["containers"][0]
+    assert {"name": "PREVIEW_KUBE_PREVIEW_ROLE",
+            "value": in_preview["metadata"]["name"]} in worker["env"]
 
 
 def test_the_release_runs_on_the_control_plane(release: Release, kube_cluster: KubeCluster
@@ -202,3 +223,24 @@ def can_i(kube_cluster: KubeCluster, verb: str, resource: str, user: str) -> str
          "can-i", verb, resource, "--all-namespaces", "--as", user],
         capture_output=True, text=True, timeout=60)
     return answer.stdout.strip()
+
+
+def test_golden_snapshot_credentials_are_readable_in_their_namespace_only(
+    helm_cli: Helm,
+) -> None:
+    """With golden volume snapshots in use, the worker reads Secrets in their namespace
+    through a Role there (and is told where it is); without, no such right exists."""
+    objects = manifests(helm_cli.template("r", "engine", "-f", str(CI_VALUES), "--set",
+                                          "rbac.goldenSnapshotNamespace=goldens"))
+    roles = [o for o in objects if o["kind"] == "Role"]
+    assert [(r["metadata"]["namespace"], rules_of(r)) for r in roles] == [
+        ("goldens", {("", "secrets", "get", "")})]
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    assert binding["metadata"]["namespace"] == "goldens"
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    worker = next(o for o in objects if o["kind"] == "Deployment"
+                  and o["metadata"]["name"].endswith("-worker"))
+    assert {"name": "PREVIEW_GOLDEN_SNAPSHOT_NAMESPACE", "value": "goldens"} in pod_spec(
+        worker)["containers"][0]["env"]
+    plain = manifests(helm_cli.template("r", "engine", "-f", str(CI_VALUES)))
+    assert not [o for o in plain if o["kind"] in ("Role", "RoleBinding")]

@@ -26,11 +26,13 @@ from kubernetes.client.rest import ApiException
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.kubernetes import ClusterClients
+from activities.kubernetes import ClusterClients, KubernetesActivities, NamespaceRights
 from activities.kubernetes.namespaces import NamespaceActivities
-from domain.naming import environment_id
+from activities.kubernetes.rights import BINDING_NAME
+from domain.naming import Ownership, environment_id
 from domain.pull_request import PullRequest
-from domain.resources import KubeSweepInput
+from domain.resources import KubeSweepInput, SecretSpec, StepInput
+from engine.sealing import Sealer
 from engine.settings import Settings
 from starter import lifecycle
 from store import Store
@@ -84,6 +86,21 @@ class ChartWorker:
     kubeconfig: Path
     user: str
     identity: str  # the in-process worker's Temporal identity
+    release: Release
+
+    @property
+    def preview_role(self) -> str:
+        assert self.settings.kube_preview_role
+        return self.settings.kube_preview_role
+
+
+def chart_env(release: Release, name: str) -> str:
+    """A variable the chart sets on the worker's container."""
+    container = release.named("Deployment", "-worker")["spec"]["template"]["spec"][
+        "containers"][0]
+    values = [e["value"] for e in container["env"] if e["name"] == name]
+    assert len(values) == 1, f"the chart's worker sets {name} {len(values)} times"
+    return str(values[0])
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +131,7 @@ async def chart_worker(release: Release, postgres_server: Any, kube_cluster: Kub
             "preview_database_url": postgres_server.admin_url,
             "kubeconfig": str(kubeconfig),
             "storage_class": storage_class,
+            "kube_preview_role": chart_env(release, "PREVIEW_KUBE_PREVIEW_ROLE"),
         })
         store = await Store.connect(settings.database_url)
         await store.migrate()  # what `python -m starter` does at start
@@ -123,7 +141,7 @@ async def chart_worker(release: Release, postgres_server: Any, kube_cluster: Kub
         async with worker:
             yield ChartWorker(settings, kubeconfig,
                               f"system:serviceaccount:{release.namespace}:{account}",
-                              temporal_client.service_client.config.identity)
+                              temporal_client.service_client.config.identity, release)
         await resources.close()
     finally:
         kube_cluster.kubectl("delete", "pv", storage_class, "--wait=false")
@@ -131,6 +149,10 @@ async def chart_worker(release: Release, postgres_server: Any, kube_cluster: Kub
 
 def as_worker(chart_worker: ChartWorker) -> k8s_client.ApiClient:
     return k8s_config.new_client_from_config(config_file=str(chart_worker.kubeconfig))
+
+
+def as_worker_core(chart_worker: ChartWorker) -> k8s_client.CoreV1Api:
+    return k8s_client.CoreV1Api(as_worker(chart_worker))
 
 
 async def test_the_charts_token_runs_a_whole_preview(
@@ -165,6 +187,12 @@ async def test_the_charts_token_runs_a_whole_preview(
                  "limitrange/preview-limits",
                  "networkpolicy.networking.k8s.io/default-deny-ingress"):
         assert name in made, f"{name} missing: {sorted(made)}"
+    # Its Secrets through a RoleBinding of its own in the preview's namespace.
+    binding = json.loads(kubectl("get", "rolebinding", BINDING_NAME, "-n", env, "-o", "json"))
+    assert binding["roleRef"]["name"] == chart_worker.preview_role
+    namespace, name = chart_worker.user.removeprefix("system:serviceaccount:").split(":")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
+                                    "namespace": namespace}]
     assert kubectl("get", "deploy", "web", "-n", env, "-o",
                    "jsonpath={.status.readyReplicas}") == "1"
     config = json.loads(kubectl("get", "configmap", "web-config", "-n", env, "-o", "json"))
@@ -213,7 +241,10 @@ def test_the_token_is_refused_outside_the_role(chart_worker: ChartWorker) -> Non
     core = k8s_client.CoreV1Api(api)
     rbac = k8s_client.RbacAuthorizationV1Api(api)
     try:
-        # RBAC: secrets are never listed, nodes never read, no rights can be granted.
+        # RBAC: no Secret outside a preview namespace is read, let alone listed; nodes
+        # are never read, no rights can be granted.
+        error = refused(lambda: core.read_namespaced_secret("anything", "kube-system"))
+        assert f'User "{chart_worker.user}" cannot get resource "secrets"' in error
         error = refused(lambda: core.list_namespaced_secret("kube-system"))
         assert f'User "{chart_worker.user}" cannot list resource "secrets"' in error
         refused(lambda: core.list_node())
@@ -261,3 +292,77 @@ async def test_the_worker_probe_sees_this_worker_polling_and_no_other(
                         PREVIEW_TEMPORAL_ADDRESS="127.0.0.1:9")
     assert unreachable.returncode == 0 and "cannot ask Temporal" in unreachable.stdout, (
         unreachable.stdout + unreachable.stderr)
+
+
+def test_the_in_preview_role_is_bound_to_the_worker_and_nobody_else(
+    chart_worker: ChartWorker, kube_cluster: KubeCluster,
+) -> None:
+    """In a namespace the engine manages, the worker's token may bind its in-preview role
+    to itself; binding it to anyone else (the namespace guard) or binding any other role
+    (RBAC's `bind` names that one) is refused."""
+    api = as_worker(chart_worker)
+    core = k8s_client.CoreV1Api(api)
+    rbac = k8s_client.RbacAuthorizationV1Api(api)
+    managed = f"rb-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(k8s_client.V1Namespace(metadata=k8s_client.V1ObjectMeta(
+        name=managed, labels=Ownership(environment=managed).labels())))
+
+    def binding(role: str, subject: k8s_client.RbacV1Subject) -> Any:
+        return lambda: rbac.create_namespaced_role_binding(managed, k8s_client.V1RoleBinding(
+            metadata=k8s_client.V1ObjectMeta(name=f"b-{uuid.uuid4().hex[:6]}"),
+            role_ref=k8s_client.V1RoleRef(api_group="rbac.authorization.k8s.io",
+                                          kind="ClusterRole", name=role),
+            subjects=[subject]))
+
+    namespace, name = chart_worker.user.removeprefix("system:serviceaccount:").split(":")
+    itself = k8s_client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)
+    someone = k8s_client.RbacV1Subject(kind="ServiceAccount", name="default",
+                                       namespace=managed)
+    try:
+        error = refused(binding(chart_worker.preview_role, someone))
+        assert f"binds only ClusterRole {chart_worker.preview_role} to its own worker" in error
+        error = refused(binding("cluster-admin", itself))
+        assert "is attempting to grant RBAC permissions not currently held" in error
+        binding(chart_worker.preview_role, itself)()  # what the engine itself does
+    finally:
+        kube_cluster.kubectl("delete", "namespace", managed, "--wait=false")
+        api.close()
+
+
+def test_a_preview_made_before_the_binding_gets_it_on_its_next_step(
+    chart_worker: ChartWorker, kube_cluster: KubeCluster,
+) -> None:
+    """A preview namespace from before the in-preview role (no RoleBinding, its Secret
+    made with the old cluster-wide rights, here the admin's): the chart's token still
+    removes its Secret, because the step binds the role first."""
+    env = f"old-{uuid.uuid4().hex[:8]}"
+    owner = Ownership(environment=env)
+    kubectl = kube_cluster.kubectl
+    kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": env, "labels": owner.labels()}}))
+    kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "web-secrets", "namespace": env, "labels": owner.labels()},
+        "stringData": {"API_KEY": "made-before-the-binding"}}))
+    clusters = ClusterClients({"default": str(chart_worker.kubeconfig)})
+    try:
+        activities = KubernetesActivities(clusters, Sealer.from_settings(chart_worker.settings),
+                                          rights=NamespaceRights(chart_worker.preview_role))
+        spec = SecretSpec(owner=owner, cluster="default", namespace=env, name="web-secrets")
+        ActivityEnvironment().run(activities.remove_secret, StepInput(spec=spec))
+        assert kubectl("get", "secret", "-n", env, "-o", "name").split() == []
+        assert kubectl("get", "rolebinding", "-n", env, "-o", "name").split() == [
+            f"rolebinding.rbac.authorization.k8s.io/{BINDING_NAME}"]
+        # With the namespace gone, its Secrets are gone: without a binding a Secret
+        # there answers 403, which must not keep the removal retrying for ever.
+        kubectl("delete", "namespace", env, "--wait=true", "--timeout=120s")
+        fresh = KubernetesActivities(clusters, Sealer.from_settings(chart_worker.settings),
+                                     rights=NamespaceRights(chart_worker.preview_role))
+        error = refused(lambda: as_worker_core(chart_worker).read_namespaced_secret(
+            "web-secrets", env))
+        assert 'cannot get resource "secrets"' in error
+        assert ActivityEnvironment().run(fresh.remove_secret, StepInput(spec=spec)) is None
+    finally:
+        clusters.close()
+        kubectl("delete", "namespace", env, "--wait=false", "--ignore-not-found")
