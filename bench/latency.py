@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import re
 import time
 import uuid
 from typing import Any
@@ -272,6 +273,23 @@ async def one_run(client: Client, http: httpx.AsyncClient, settings: Settings,
     return result
 
 
+def database_details(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the runs' databases were made: each distinct status line with its time taken
+    out, the number of runs that had it, and the times those runs took."""
+    counts: collections.Counter[str] = collections.Counter()
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    for run in runs:
+        line = run.get("database_detail") or "(no database line in the status)"
+        taken = re.search(r" in ([0-9.]+) (ms|s)\b", line)
+        if taken:
+            times[line[:taken.start()] + line[taken.end():]].append(
+                float(taken.group(1)) / (1000 if taken.group(2) == "ms" else 1))
+            line = line[:taken.start()] + line[taken.end():]
+        counts[line] += 1
+    return {line: {"runs": n, "seconds": summary(times[line], 4)}
+            for line, n in sorted(counts.items())}
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = sorted({k for r in runs for k in r["steps"]})
     paths = collections.Counter(" → ".join(r["critical_path"]) for r in runs)
@@ -363,9 +381,7 @@ async def bench(stack: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
             "ratio_largest_to_smallest_p50": round(
                 phases[-1]["figures"]["total_seconds"]["p50"]
                 / phases[0]["figures"]["total_seconds"]["p50"], 3),
-            "clone_details": {p["golden_size"]: sorted({
-                s for r in p["runs"] for s in [r.get("database_detail", "")] if s})
-                for p in phases},
+            "clone_details": {p["golden_size"]: database_details(p["runs"]) for p in phases},
         }
     return document
 
