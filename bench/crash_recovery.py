@@ -335,13 +335,13 @@ NOTES = [
     "moments are uniform in 10-90 % of the median create time without a kill (same seed "
     "for both phases).",
     "A kill with no step running (between steps) costs a workflow task instead: the one in "
-    "flight on the dead worker (START_TO_CLOSE) or offered on its sticky queue "
-    "(SCHEDULE_TO_START) times out after 10 s (the workflow task timeout and the SDK's "
-    "sticky schedule-to-start timeout, both defaults), so the next step starts about 10 s "
-    "after the kill (between_steps_next_step_seconds). The same sticky timeout follows a "
-    "recovered step: its completion's workflow task is offered to the dead worker first, "
-    "which is why kill_to_ready reaches about recovery + 10 s; workflow_task_timeouts "
-    "counts both kinds.",
+    "flight on the dead worker (START_TO_CLOSE, the workflow task timeout: 10 s) or offered "
+    "on its sticky queue (SCHEDULE_TO_START: PREVIEW_STICKY_TIMEOUT_SECONDS, 3 s; the "
+    "SDK's default, 10 s, before 6f226a6) times out first, so the next step starts that "
+    "long after the kill (between_steps_next_step_seconds). The sticky timeout also follows "
+    "a recovered step: its completion's workflow task is offered to the dead worker first, "
+    "which is why kill_to_ready is about recovery + 3 s (recovery + 10 s before); "
+    "workflow_task_timeouts counts both kinds.",
     "Each preview is destroyed after its run and checked gone (namespace, database, "
     "preview slot) before the next.",
 ]
