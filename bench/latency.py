@@ -282,9 +282,8 @@ def database_details(runs: list[dict[str, Any]]) -> dict[str, Any]:
         line = run.get("database_detail") or "(no database line in the status)"
         taken = re.search(r" in ([0-9.]+) (ms|s)\b", line)
         if taken:
-            times[line[:taken.start()] + line[taken.end():]].append(
-                float(taken.group(1)) / (1000 if taken.group(2) == "ms" else 1))
             line = line[:taken.start()] + line[taken.end():]
+            times[line].append(float(taken.group(1)) / (1000 if taken.group(2) == "ms" else 1))
         counts[line] += 1
     return {line: {"runs": n, "seconds": summary(times[line], 4)}
             for line, n in sorted(counts.items())}

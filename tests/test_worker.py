@@ -184,4 +184,3 @@ async def test_the_sticky_timeout_comes_from_the_settings(
                 seconds=2.5)
     finally:
         await resources.close()
-    assert Settings().sticky_timeout_seconds == 3.0

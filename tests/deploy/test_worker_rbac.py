@@ -151,10 +151,6 @@ def as_worker(chart_worker: ChartWorker) -> k8s_client.ApiClient:
     return k8s_config.new_client_from_config(config_file=str(chart_worker.kubeconfig))
 
 
-def as_worker_core(chart_worker: ChartWorker) -> k8s_client.CoreV1Api:
-    return k8s_client.CoreV1Api(as_worker(chart_worker))
-
-
 async def test_the_charts_token_runs_a_whole_preview(
     chart_worker: ChartWorker, kube_cluster: KubeCluster, temporal_client: Client,
 ) -> None:
@@ -359,8 +355,9 @@ def test_a_preview_made_before_the_binding_gets_it_on_its_next_step(
         kubectl("delete", "namespace", env, "--wait=true", "--timeout=120s")
         fresh = KubernetesActivities(clusters, Sealer.from_settings(chart_worker.settings),
                                      rights=NamespaceRights(chart_worker.preview_role))
-        error = refused(lambda: as_worker_core(chart_worker).read_namespaced_secret(
-            "web-secrets", env))
+        with as_worker(chart_worker) as api:
+            error = refused(lambda: k8s_client.CoreV1Api(api).read_namespaced_secret(
+                "web-secrets", env))
         assert 'cannot get resource "secrets"' in error
         assert ActivityEnvironment().run(fresh.remove_secret, StepInput(spec=spec)) is None
     finally:

@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT, ROLLOUT_FAILED
 from activities.kubernetes import ClusterClients, KubernetesActivities
+from activities.kubernetes.api import Json, KubeApi
 from domain.blueprint import Resources
 from domain.naming import Ownership
 from domain.resources import (
@@ -382,6 +384,40 @@ def test_application_sleeps_and_wakes(env: Env) -> None:
     env.run(env.acts.sleep_application, spec)
     env.step(env.acts.ensure_application, spec)
     assert env.must_get("deployment", "web", ns)["status"]["readyReplicas"] == 2
+
+
+class LaggingReplicaSets(KubeApi):
+    """The real API, except that every ReplicaSet reads as its controller not having
+    written status for its latest generation yet (the sleep-then-deploy race, held)."""
+
+    def list(self, kind: str, namespace: str | None,
+             selector: Mapping[str, str] | None = None, *, missing_ok: bool = False,
+             ) -> list[Json]:
+        items = super().list(kind, namespace, selector, missing_ok=missing_ok)
+        if kind == "ReplicaSet":
+            for rs in items:
+                rs.setdefault("status", {})["observedGeneration"] = (
+                    int(rs["metadata"]["generation"]) - 1)
+        return items
+
+
+def test_a_rollout_is_not_ready_while_its_replica_set_lags(env: Env) -> None:
+    """The Deployment says every replica is ready; its ReplicaSet has not caught up:
+    the wait goes on (here until its timeout), and says why."""
+    ns = env.namespace().name
+    spec = app_spec(env, ns, config_map=None, secret=None)
+    env.step(env.acts.ensure_application, spec)
+    assert env.must_get("deployment", "web", ns)["status"]["readyReplicas"] == 2
+
+    class Lagging(KubernetesActivities):
+        def api(self, cluster: str) -> KubeApi:
+            return LaggingReplicaSets(self.clusters.get(cluster))
+
+    lagging = Lagging(env.acts.clusters, env.sealer, poll_interval=0.2)
+    error = env.failure(lagging.ensure_application,
+                        spec.model_copy(update={"rollout_timeout_seconds": 1}))
+    assert error.type == ROLLOUT_FAILED
+    assert "the replica set controller has not observed generation" in error.message
 
 
 def test_remove_application_and_absent(env: Env) -> None:
