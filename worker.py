@@ -159,6 +159,7 @@ async def build_activities(
             sealer,
             settings.masking_key.get_secret_value().encode(),
             aws=aws,  # publishes golden dumps to S3
+            app_address=settings.preview_database_app_address,
         )
     if System.control_plane in target.systems:
         objects += await control_plane_activities(settings, resources)

@@ -85,6 +85,7 @@ class RegistryActivities:
                  client: httpx.AsyncClient | None = None) -> None:
         self._credentials = parse_credentials(settings.registry_credentials)
         self._plain_http = set(settings.registry_plain_http)
+        self._mirrors = dict(settings.registry_mirrors)
         self._aws = aws or AwsClients(settings)
         self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
 
@@ -105,8 +106,9 @@ class RegistryActivities:
     # -- OCI distribution API ------------------------------------------------------------
 
     def _url(self, ref: ImageRef) -> str:
-        scheme = "http" if ref.host in self._plain_http else "https"
-        return f"{scheme}://{ref.host}/v2/{ref.name}/manifests/{ref.tag}"
+        host = self._mirrors.get(ref.host, ref.host)
+        scheme = "http" if host in self._plain_http else "https"
+        return f"{scheme}://{host}/v2/{ref.name}/manifests/{ref.tag}"
 
     async def _oci_digest(self, ref: ImageRef) -> str | None:
         headers = {"Accept": MANIFEST_TYPES}

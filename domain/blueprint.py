@@ -206,6 +206,37 @@ class TlsMode(StrEnum):
     per_host = "per_host"
 
 
+class EgressRule(Model):
+    """An address outside the cluster that a preview's pods may open connections to."""
+
+    cidr: str = Field(description="IPv4 range, e.g. 203.0.113.0/24 (0.0.0.0/0: anywhere; the "
+                                  "cloud metadata address 169.254.169.254 stays closed)")
+    ports: list[int] = Field(default_factory=list,
+                             description="TCP ports; none: every port")
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            network = ipaddress.ip_network(value)
+        except ValueError as error:
+            raise ValueError(f"egress cidr {value!r}: {error}") from None
+        if network.version != 4:
+            raise ValueError(f"egress cidr {value!r}: only IPv4 ranges")
+        if network.prefixlen == 32 and str(network.network_address) == "169.254.169.254":
+            raise ValueError("egress cidr 169.254.169.254/32: the cloud metadata address hands "
+                             "out the node's credentials and is never opened to previews")
+        return str(network)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        bad = [p for p in value if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"egress ports {bad}: a port is 1-65535")
+        return value
+
+
 class Network(Model):
     base_domain: HostName | None = Field(
         None, description="Domain of this project's previews (a custom domain); unset: the "
@@ -218,6 +249,10 @@ class Network(Model):
     vpc_cidr_pool: str = Field(
         "10.64.0.0/12", description="Each preview's VPC gets a /22 of this range"
     )
+    egress: list[EgressRule] = Field(
+        default_factory=list,
+        description="What previews may reach outside the cluster besides their own namespace, "
+                    "cluster DNS and the engine's database servers; nothing else by default")
 
     @field_validator("vpc_cidr_pool")
     @classmethod

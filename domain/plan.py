@@ -19,6 +19,7 @@ from domain.blueprint import (
     Database,
     DatabaseMode,
     DataPolicy,
+    EgressRule,
     Environment,
     ForkBehaviour,
     Isolation,
@@ -113,6 +114,14 @@ class PlanOptions(BaseModel):
 
     task_queue: str = "previews"
     ingress_namespace: str = "ingress-nginx"
+    ingress_cidrs: tuple[str, ...] = Field(
+        (), description="Ingress controllers outside that namespace's pods (host network)")
+    url_port: int | None = Field(
+        None, description="Port of the previews' URLs when the ingress is not on 80/443")
+    dns_cidrs: tuple[str, ...] = Field(
+        (), description="Cluster DNS servers that are not kube-dns pods (a node-local one)")
+    egress: tuple[EgressRule, ...] = Field(
+        (), description="Addresses every preview may reach (the preview database server)")
     storage_class: str = "standard"
     ingress_hostname: str = Field(
         "ingress.preview.localhost", description="Load balancer host that DNS records point to"
@@ -207,6 +216,9 @@ def _namespace(ctx: _Context) -> list[Step]:
         memory_quota=policy.memory_quota,
         pod_security=policy.pod_security.value,
         ingress_namespace=ctx.options.ingress_namespace,
+        ingress_cidrs=list(ctx.options.ingress_cidrs),
+        dns_cidrs=list(ctx.options.dns_cidrs),
+        egress=[*ctx.options.egress, *ctx.blueprint.network.egress],
     )
     summary = f"namespace {ctx.namespace}"
     if policy.pod_security_reason:
@@ -419,6 +431,7 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
             name=app.name,
             tls_secret=tls,
             basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
+            url_port=ctx.options.url_port,
             hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
         ), f"route {hosts[0]}", (f"app/{app.name}",)))
     return steps
@@ -510,8 +523,9 @@ def plan_preview(
     domain = blueprint.network.base_domain or options.base_domain
     # Served over TLS whenever the blueprint asks for certificates.
     scheme = "http" if blueprint.network.tls == TlsMode.none else "https"
+    port = f":{options.url_port}" if options.url_port else ""
     urls = {
-        a.name: f"{scheme}://{hostname(a.name, pr.number, domain)}"
+        a.name: f"{scheme}://{hostname(a.name, pr.number, domain)}{port}"
         for a in blueprint.applications
         if a.public
     }

@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.blueprint import DataPolicy, HealthCheck, MaskingRule, Resources
+from domain.blueprint import DataPolicy, EgressRule, HealthCheck, MaskingRule, Resources
 from domain.naming import Ownership
 from domain.secrets import SealedValue
 from domain.systems import System
@@ -57,6 +57,13 @@ class NamespaceSpec(KubeSpec):
     cpu_quota: str = "4"
     memory_quota: str = "8Gi"
     ingress_namespace: str = "ingress-nginx"
+    ingress_cidrs: list[str] = Field(
+        default_factory=list, description="Ingress controllers that are not pods")
+    dns_namespace: str = "kube-system"
+    dns_cidrs: list[str] = Field(
+        default_factory=list, description="Cluster DNS servers that are not kube-dns pods")
+    egress: list[EgressRule] = Field(
+        default_factory=list, description="Addresses outside the cluster pods may reach")
     # The Pod Security Standard the namespace enforces; lower only with the blueprint's
     # stated reason (shown on the PR).
     pod_security: Literal["restricted", "baseline", "privileged"] = "restricted"
@@ -126,6 +133,7 @@ class IngressSpec(KubeSpec):
     hosts: list[IngressHost]
     tls_secret: str | None = None
     basic_auth_secret: str | None = None
+    url_port: int | None = None  # the ingress's port in URLs, when not 80/443
 
 
 class ContainerDatabaseSpec(KubeSpec):

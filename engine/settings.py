@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from domain.blueprint import EgressRule
+
 # Values written in this file: good for the local stack and tests, public to everyone.
 DEVELOPMENT_SECRETS: dict[str, str] = {
     "codec_keys": "local-1:bG9jYWwtZGV2ZWxvcG1lbnQta2V5LW5vdC1zZWNyZXQ=",
@@ -93,6 +95,10 @@ class Settings(BaseSettings):
         "postgresql://preview@127.0.0.1:5432/postgres",
         description="Admin URL of the PostgreSQL server that hosts preview clones",
     )
+    preview_database_app_address: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9.\-]+:\d{1,5}$",
+        description="host:port at which previews' applications reach that server, when not "
+                    "the admin URL's (a proxy, a private endpoint, a node's gateway)")
 
     # AWS (boto3's credential chain in production; moto on loopback locally)
     aws_endpoint_url: str | None = Field(None, description="AWS endpoint override (moto)")
@@ -107,6 +113,19 @@ class Settings(BaseSettings):
     ingress_controller_namespace: str = Field(
         "ingress-nginx", description="Namespace whose pods may reach previews"
     )
+    ingress_controller_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Addresses of ingress controllers that are not pods of that namespace "
+                    "(a controller on the node's host network): they may reach previews too")
+    cluster_dns_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Cluster DNS servers that are not kube-dns pods in kube-system (a "
+                    "node-local resolver): previews may query them")
+    preview_egress: list[EgressRule] = Field(
+        default_factory=list,
+        description='Where every preview may connect outside the cluster, JSON [{"cidr": '
+                    '"10.1.2.3/32", "ports": [5432]}]: the preview database server as pods '
+                    "reach it; the blueprint's network.egress adds to it")
     storage_class: str = Field("standard", description="Storage class for container databases")
     kube_preview_role: str | None = Field(
         None, description="ClusterRole the worker binds to itself in each preview namespace "
@@ -166,6 +185,13 @@ class Settings(BaseSettings):
     ingress_hostname: str = Field(
         "ingress.preview.localhost",
         description="Host name of the ingress load balancer that preview DNS records point to")
+    preview_url_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Port in the previews' URLs, when the ingress answers on neither 80 nor 443")
+    registry_mirrors: dict[str, str] = Field(
+        default_factory=dict,
+        description='Registry hosts reached at another address, JSON {"registry.local": '
+                    '"127.0.0.1:5000"}: the engine asks that address, as the nodes are told to')
     blueprint_dir: str = Field(
         "examples", description="Folder of blueprint files used when the store has none"
     )
@@ -203,8 +229,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            elif isinstance(value, dict):
-                value = json.dumps(value)
+            elif isinstance(value, dict | list):  # JSON, as pydantic-settings reads them
+                value = json.dumps(self.model_dump(mode="json", include={name})[name])
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             env[f"PREVIEW_{name.upper()}"] = str(value)

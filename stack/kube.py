@@ -12,21 +12,18 @@ versions) and started on free loopback ports in a few seconds. See
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import ssl
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 from stack.kube_build import (
     KWOK_STAGES,
@@ -44,6 +41,7 @@ from stack.kube_build import (
 )
 from stack.kube_pki import Pki, generate_pki, write_kubeconfig
 from stack.ports import free_ports
+from stack.processes import ProcessDied, Supervisor
 
 # Re-exported: tests, stack/helm.py and stack/registry.py build with the same helpers.
 __all__ = ["VERSIONS", "ControlPlane", "build", "build_group", "cache_dir", "cache_root",
@@ -55,32 +53,8 @@ NODE_COUNT = 2
 # --------------------------------------------------------------------------- running
 
 
-def _set_pdeathsig() -> None:
-    """Children die with the process that started them, even on SIGKILL (Linux).
-
-    SIGKILL, not SIGTERM: kube-apiserver hangs in its graceful shutdown once etcd is
-    gone, and with the parent dead nobody is left to escalate.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 class ControlPlaneError(RuntimeError):
     pass
-
-
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
 
 
 class ControlPlane:
@@ -91,11 +65,14 @@ class ControlPlane:
     state_dir.
     """
 
-    def __init__(self, state_dir: Path, bin_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path, bin_dir: Path | None = None, *,
+                 fake_nodes: int = NODE_COUNT) -> None:
+        """fake_nodes: kwok nodes to make (0: no kwok at all, for a cluster whose pods
+        run on a real node, stack/node.py)."""
         self.state_dir = Path(state_dir).resolve()
         self.bin_dir = Path(bin_dir) if bin_dir else cache_dir()
-        self._procs: list[_Proc] = []
-        self._lock = threading.Lock()
+        self.fake_nodes = fake_nodes
+        self.processes = Supervisor(self.state_dir / "logs")
         self.ports: dict[str, int] = {}
         self.timings: dict[str, float] = {}
         self._pki: Pki | None = None
@@ -105,6 +82,11 @@ class ControlPlane:
     @property
     def kubeconfig(self) -> Path:
         return self.state_dir / "kubeconfig"
+
+    @property
+    def pki(self) -> Pki:
+        assert self._pki is not None, "start() the control plane first"
+        return self._pki
 
     @property
     def server(self) -> str:
@@ -151,57 +133,21 @@ class ControlPlane:
         )
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Terminate every process group we started, newest first. Idempotent."""
-        with self._lock:
-            procs, self._procs = self._procs, []
-        # One at a time, clients first: kube-apiserver hangs in its shutdown
-        # (until SIGKILL) when etcd goes away under it, so etcd stops last.
-        for p in reversed(procs):
-            self._signal(p, signal.SIGTERM)
-            try:
-                p.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                say(f"{p.name} ignored SIGTERM for {timeout}s; killing it")
-                self._signal(p, signal.SIGKILL)
-                p.popen.wait(timeout=5)
-            # Reap any stray child left in the group (none expected).
-            self._signal(p, signal.SIGKILL)
-            p.log_file.close()
+        """Terminate every process group we started, newest first. Idempotent.
+
+        One at a time, clients first: kube-apiserver hangs in its shutdown (until
+        SIGKILL) when etcd goes away under it, so etcd stops last."""
+        self.processes.stop(timeout)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.state_dir / "logs" / f"{name}.log"
-        try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
+        return self.processes.log_tail(name, lines)
 
     # -- internals
 
-    @staticmethod
-    def _signal(p: _Proc, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.popen.pid, sig)  # start_new_session=True: pgid == pid
-
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log_dir = self.state_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [str(self.bin_dir / args[0]), *args[1:]]
-        log_file.write(f"$ {' '.join(cmd)}\n".encode())
-        log_file.flush()
-        popen = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.state_dir,
-            env=env if env is not None else self._child_env(),
-            start_new_session=True,  # own process group: stop() kills it whole
-            preexec_fn=_set_pdeathsig,
-        )
-        with self._lock:
-            self._procs.append(_Proc(name, popen, log_path, log_file))
+        self.processes.spawn(name, [str(self.bin_dir / args[0]), *args[1:]],
+                             env=env if env is not None else self._child_env(),
+                             cwd=self.state_dir)
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -210,13 +156,10 @@ class ControlPlane:
         return env
 
     def _check_alive(self) -> None:
-        for p in self._procs:
-            rc = p.popen.poll()
-            if rc is not None:
-                raise ControlPlaneError(
-                    f"{p.name} exited with {rc}; last log lines ({p.log_path}):\n"
-                    + self.log_tail(p.name)
-                )
+        try:
+            self.processes.check_alive()
+        except ProcessDied as died:
+            raise ControlPlaneError(str(died)) from None
 
     def _ssl_context(self) -> ssl.SSLContext:
         assert self._pki is not None
@@ -224,7 +167,7 @@ class ControlPlane:
         ctx.load_cert_chain(str(self._pki.cert), str(self._pki.key))
         return ctx
 
-    def _request(
+    def request(
         self, method: str, path: str, body: Mapping[str, object] | None = None, timeout: float = 5.0
     ) -> tuple[int, bytes]:
         data = json.dumps(body).encode() if body is not None else None
@@ -315,12 +258,17 @@ class ControlPlane:
                 f"--proxy-client-key-file={key}",
                 "--endpoint-reconciler-type=none",  # nothing routes to 127.0.0.1 from pods
                 "--allow-privileged=true",
+                # logs and exec on a real node (stack/node.py): by its address, never by a
+                # host name the machine's resolver would be asked for (real-node.md, 8)
+                f"--kubelet-client-certificate={cert}",
+                f"--kubelet-client-key={key}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
             ],
         )
 
         def readyz() -> bool:
-            status, _ = self._request("GET", "/readyz", timeout=2)
+            status, _ = self.request("GET", "/readyz", timeout=2)
             return status == 200
 
         self._wait("kube-apiserver /readyz", deadline, readyz)
@@ -361,6 +309,18 @@ class ControlPlane:
             ],
         )
 
+        if self.fake_nodes:
+            self._start_kwok(deadline)
+
+        def default_sa() -> bool:
+            status, _ = self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            return status == 200
+
+        self._wait("the default ServiceAccount", deadline, default_sa)
+
+    def _start_kwok(self, deadline: float) -> None:
+        sd, p, kc = self.state_dir, self.ports, str(self.kubeconfig)
+        cert, key = str(self.pki.cert), str(self.pki.key)
         kwok_home = sd / "kwok-home"
         kwok_home.mkdir(exist_ok=True)
         kwok_env = self._child_env()
@@ -372,7 +332,8 @@ class ControlPlane:
                 "kwok",
                 f"--kubeconfig={kc}",
                 *[f"--config={s}" for s in stages],
-                "--manage-all-nodes=true",
+                # Only its own nodes: a real node may share the cluster (real-node.md, 14).
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-ip=127.0.0.1",
                 f"--node-port={p['kwok']}",
                 f"--server-address=127.0.0.1:{p['kwok']}",
@@ -384,11 +345,11 @@ class ControlPlane:
             env=kwok_env,
         )
 
-        for i in range(NODE_COUNT):
+        for i in range(self.fake_nodes):
             self._create_node(f"kwok-node-{i}")
 
         def nodes_ready() -> bool:
-            status, body = self._request("GET", "/api/v1/nodes")
+            status, body = self.request("GET", "/api/v1/nodes")
             if status != 200:
                 return False
             items = json.loads(body).get("items", [])
@@ -400,14 +361,9 @@ class ControlPlane:
                     for c in n.get("status", {}).get("conditions", [])
                 )
             ]
-            return len(ready) >= NODE_COUNT
-
-        def default_sa() -> bool:
-            status, _ = self._request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
-            return status == 200
+            return len(ready) >= self.fake_nodes
 
         self._wait("kwok nodes Ready", deadline, nodes_ready)
-        self._wait("the default ServiceAccount", deadline, default_sa)
 
     def _create_node(self, name: str) -> None:
         node = {
@@ -431,7 +387,7 @@ class ControlPlane:
                 "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
             },
         }
-        status, body = self._request("POST", "/api/v1/nodes", node)
+        status, body = self.request("POST", "/api/v1/nodes", node)
         if status not in (201, 409):
             raise ControlPlaneError(f"creating node {name}: HTTP {status}: {body[:500]!r}")
 

@@ -146,6 +146,10 @@ class Registry:
     def url(self) -> str:
         return f"http://{self.host}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
     def start(self, timeout: float = 30.0) -> Self:
         if not binary("registry").is_file():
             raise RuntimeError(f"no registry in {kube.cache_dir()}: run "

@@ -25,6 +25,10 @@ def plan_options(settings: Settings) -> PlanOptions:
     return PlanOptions(
         task_queue=settings.task_queue,
         ingress_namespace=settings.ingress_controller_namespace,
+        ingress_cidrs=tuple(settings.ingress_controller_cidrs),
+        url_port=settings.preview_url_port,
+        dns_cidrs=tuple(settings.cluster_dns_cidrs),
+        egress=tuple(settings.preview_egress),
         storage_class=settings.storage_class,
         golden_dump_bucket=settings.golden_dump_bucket,
         ingress_hostname=settings.ingress_hostname,

@@ -25,6 +25,7 @@ from activities.kubernetes.api import (
     poll_delays,
     warn_not_ours,
 )
+from activities.kubernetes.policies import network_policies
 from activities.kubernetes.rights import NamespaceRights
 from domain.contract import LIST_KUBE_ENVIRONMENTS, REMOVE_KUBE_ENVIRONMENT
 from domain.naming import MANAGED_BY, Ownership
@@ -111,9 +112,6 @@ class NamespaceActivities:
         name = spec.name
         quota = Ref.of("ResourceQuota", "preview-quota", name)
         limits = Ref.of("LimitRange", "preview-limits", name)
-        deny = Ref.of("NetworkPolicy", "default-deny-ingress", name)
-        same = Ref.of("NetworkPolicy", "allow-same-namespace", name)
-        ingress = Ref.of("NetworkPolicy", "allow-from-ingress-controller", name)
         return [
             (
                 quota,
@@ -133,28 +131,7 @@ class NamespaceActivities:
                     "defaultRequest": {"cpu": "100m", "memory": "128Mi"},
                 }]}),
             ),
-            (
-                deny,
-                deny.manifest(labels, spec={"podSelector": {}, "policyTypes": ["Ingress"]}),
-            ),
-            (
-                same,
-                same.manifest(labels, spec={
-                    "podSelector": {},
-                    "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [{"podSelector": {}}]}],
-                }),
-            ),
-            (
-                ingress,
-                ingress.manifest(labels, spec={
-                    "podSelector": {},
-                    "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
-                        "kubernetes.io/metadata.name": spec.ingress_namespace,
-                    }}}]}],
-                }),
-            ),
+            *network_policies(spec, labels),
         ]
 
     @activity.defn(name=NamespaceSpec.absent)

@@ -364,7 +364,8 @@ class KubernetesActivities(NamespaceActivities):
             }
         ensure_owned(self.api(spec.cluster), ref, manifest, spec.owner)
         scheme = "https" if spec.tls_secret else "http"
-        return StepOutput(urls={h.host: f"{scheme}://{h.host}" for h in spec.hosts})
+        port = f":{spec.url_port}" if spec.url_port else ""
+        return StepOutput(urls={h.host: f"{scheme}://{h.host}{port}" for h in spec.hosts})
 
     @activity.defn(name=IngressSpec.absent)
     def remove_ingress(self, input: StepInput) -> None:

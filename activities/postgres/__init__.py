@@ -31,9 +31,11 @@ __all__ = [
 def postgres_activities(
     admin_url: str, sealer: Sealer, masking_key: bytes, *,
     golden_admin_url: str | None = None, aws: AwsClients | None = None,
+    app_address: str | None = None,
 ) -> list[object]:
     """The objects whose methods a worker registers: preview databases and golden copies
     on one shared access (the golden server defaults to the preview server)."""
     access = PostgresAccess(admin_url, sealer, masking_key,
-                            golden_admin_url=golden_admin_url, aws=aws)
+                            golden_admin_url=golden_admin_url, aws=aws,
+                            app_address=app_address)
     return [PreviewDatabaseActivities(access), GoldenCopyActivities(access)]

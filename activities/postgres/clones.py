@@ -176,11 +176,12 @@ class PreviewDatabaseActivities:
                 password, sealed = await self._claim(conn, spec, env)
                 await self._ensure_role(conn, spec, env, password)
                 mark = await self._ensure_database(conn, spec, env, password)
-            values = {"host": self._preview.host, "port": str(self._preview.port),
+            apps = self._access.preview_for_apps
+            values = {"host": apps.host, "port": str(apps.port),
                       "database": spec.database, "user": spec.role}
             if mark.get("clone-method"):
                 values["clone_method"] = mark["clone-method"]
-            url = self._preview.as_user(spec.role, password, spec.database)
+            url = apps.as_user(spec.role, password, spec.database)
             return StepOutput(values=values, detail=mark.get("clone-detail", ""),
                               secrets={"password": sealed,
                                        "url": await asyncio.to_thread(self._sealer.seal, url)})

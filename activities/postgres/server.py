@@ -131,6 +131,14 @@ class PgServer:
     def as_user(self, user: str, password: str, database: str) -> str:
         return self._url(database, user=user, password=password)
 
+    def at(self, address: str | None) -> PgServer:
+        """The same server reached at `host:port` (how applications reach it), or self."""
+        if not address:
+            return self
+        netloc = self._parts.netloc.rpartition("@")
+        return PgServer(urlunsplit(self._parts._replace(
+            netloc=f"{netloc[0]}{netloc[1]}{address}")))
+
     def libpq(self, database: str | None = None) -> tuple[str, dict[str, str]]:
         """URL without password for a client's argv, and the environment carrying it."""
         env = dict(os.environ)  # a PGPASSFILE of the worker keeps working
@@ -189,10 +197,13 @@ class PostgresAccess:
     def __init__(
         self, admin_url: str, sealer: Sealer, masking_key: bytes, *,
         golden_admin_url: str | None = None, aws: AwsClients | None = None,
+        app_address: str | None = None,
     ) -> None:
         if not masking_key:
             raise ValueError("masking_key must not be empty")
         self.preview = PgServer(admin_url)
+        # Where previews' applications reach the preview server (their URLs say so).
+        self.preview_for_apps = self.preview.at(app_address)
         self.golden = PgServer(golden_admin_url or admin_url)
         self.sealer = sealer
         self.masking_key = masking_key

@@ -201,7 +201,7 @@ def test_two_control_planes_side_by_side(
             second.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=marker)))
             assert must(second.read_namespace(marker).metadata).name == marker
         assert _gone(lambda: core.read_namespace(marker))
-        procs = list(plane._procs)
+        procs = list(plane.processes.children)
         assert {p.name for p in procs} >= {"etcd", "kube-apiserver", "kwok"}
     # Every process of the second plane is gone; stop() again is a no-op.
     assert all(p.popen.poll() is not None for p in procs)

@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT, ROLLOUT_FAILED
 from activities.kubernetes import ClusterClients, KubernetesActivities
 from activities.kubernetes.api import Json, KubeApi
-from domain.blueprint import Resources
+from domain.blueprint import EgressRule, Resources
 from domain.naming import Ownership
 from domain.resources import (
     ApplicationSpec,
@@ -54,6 +54,9 @@ NAMESPACE_OBJECTS = [
     ("networkpolicy", "default-deny-ingress"),
     ("networkpolicy", "allow-same-namespace"),
     ("networkpolicy", "allow-from-ingress-controller"),
+    ("networkpolicy", "default-deny-egress"),
+    ("networkpolicy", "allow-dns"),
+    ("networkpolicy", "allow-egress"),
 ]
 
 
@@ -90,7 +93,10 @@ def test_unreachable_cluster_error_is_retryable(
 
 
 def test_namespace_has_labels_quota_limits_and_isolation(env: Env) -> None:
-    spec = env.namespace(cpu_quota="3", memory_quota="5Gi", ingress_namespace="edge")
+    spec = env.namespace(cpu_quota="3", memory_quota="5Gi", ingress_namespace="edge",
+                         ingress_cidrs=["10.87.0.1/32"], dns_cidrs=["10.88.0.1/32"],
+                         egress=[EgressRule(cidr="10.88.0.1/32", ports=[5432]),
+                                 EgressRule(cidr="0.0.0.0/0", ports=[443])])
     ns = env.must_get("namespace", spec.name)
     labels = ns["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "preview-engine"
@@ -106,11 +112,24 @@ def test_namespace_has_labels_quota_limits_and_isolation(env: Env) -> None:
     deny = env.must_get("networkpolicy", "default-deny-ingress", spec.name)["spec"]
     assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"]
     assert "ingress" not in deny  # no rule: nothing may come in
+    deny_out = env.must_get("networkpolicy", "default-deny-egress", spec.name)["spec"]
+    assert deny_out["policyTypes"] == ["Egress"] and "egress" not in deny_out
     same = env.must_get("networkpolicy", "allow-same-namespace", spec.name)["spec"]
     assert same["ingress"] == [{"from": [{"podSelector": {}}]}]
+    assert same["egress"] == [{"to": [{"podSelector": {}}]}]
     edge = env.must_get("networkpolicy", "allow-from-ingress-controller", spec.name)["spec"]
-    assert edge["ingress"] == [{"from": [{"namespaceSelector": {
-        "matchLabels": {"kubernetes.io/metadata.name": "edge"}}}]}]
+    assert edge["ingress"] == [{"from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}},
+        {"ipBlock": {"cidr": "10.87.0.1/32"}}]}]
+    dns = env.must_get("networkpolicy", "allow-dns", spec.name)["spec"]["egress"]
+    assert dns[0]["to"][1] == {"ipBlock": {"cidr": "10.88.0.1/32"}}
+    assert dns[0]["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    out = env.must_get("networkpolicy", "allow-egress", spec.name)["spec"]["egress"]
+    assert out[0] == {"to": [{"ipBlock": {"cidr": "10.88.0.1/32"}}],
+                      "ports": [{"protocol": "TCP", "port": 5432}]}
+    # Anywhere, but never the cloud metadata address.
+    assert out[1]["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0",
+                                         "except": ["169.254.169.254/32"]}}]
     for kind, name in NAMESPACE_OBJECTS:
         obj = env.must_get(kind, name, spec.name)
         assert obj["metadata"]["labels"]["preview.dev/environment"] == env.id
