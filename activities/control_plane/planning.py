@@ -12,13 +12,33 @@ cluster and the cloud, so they come from its settings, not from the caller.
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 from temporalio import activity
 
 from activities.errors import invalid_input
+from domain.blueprint import EgressRule
 from domain.contract import PLAN_PREVIEW
 from domain.plan import Plan, PlanError, PlanOptions, PlanRequest, plan_preview
 from domain.variables import VariableError
 from engine.settings import Settings
+
+
+def database_egress(settings: Settings) -> list[EgressRule]:
+    """The shared preview database server, as previews reach it, when its address is an
+    IP: their egress policy lets them reach it without a setting of its own. A host name
+    (an RDS endpoint) cannot go in a NetworkPolicy: PREVIEW_PREVIEW_EGRESS names it."""
+    server = urlsplit(settings.preview_database_url)
+    host, port = server.hostname or "", server.port or 5432
+    if settings.preview_database_app_address:
+        host, _, number = settings.preview_database_app_address.rpartition(":")
+        port = int(number)
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        return []
+    return [] if address.is_loopback else [EgressRule(cidr=f"{address}/32", ports=[port])]
 
 
 def plan_options(settings: Settings) -> PlanOptions:
@@ -28,7 +48,7 @@ def plan_options(settings: Settings) -> PlanOptions:
         ingress_cidrs=tuple(settings.ingress_controller_cidrs),
         url_port=settings.preview_url_port,
         dns_cidrs=tuple(settings.cluster_dns_cidrs),
-        egress=tuple(settings.preview_egress),
+        egress=(*database_egress(settings), *settings.preview_egress),
         storage_class=settings.storage_class,
         golden_dump_bucket=settings.golden_dump_bucket,
         ingress_hostname=settings.ingress_hostname,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from domain.blueprint import Blueprint, Environment
+from domain.blueprint import Blueprint, EgressRule, Environment
 from domain.masking import golden_dump_uri
 from domain.plan import (
     Plan,
@@ -28,6 +28,7 @@ from domain.resources import (
     ContainerDatabaseSpec,
     DnsRecordsSpec,
     ImageSpec,
+    IngressSpec,
     KubeSpec,
     NamespaceSpec,
     PostgresCloneSpec,
@@ -334,3 +335,32 @@ def test_a_cache_is_a_step_of_its_own_wired_only_into_the_apps_that_name_it() ->
         blueprint(caches=[{"name": "a"}, {"name": "a"}])
     with pytest.raises(ValidationError, match="memory"):
         blueprint(caches=[{"name": "a", "memory": "lots"}])
+
+
+def test_the_namespace_carries_what_previews_may_reach_and_the_urls_their_port() -> None:
+    options = PlanOptions(url_port=8443, ingress_cidrs=("10.87.0.1/32",),
+                          dns_cidrs=("10.88.0.1/32",),
+                          egress=(EgressRule(cidr="10.88.0.1/32", ports=[5432]),))
+    plan = plan_preview(blueprint(
+        applications=[{"name": "web", "image": "r/web", "public": True}],
+        network={"egress": [{"cidr": "0.0.0.0/0", "ports": [443]}]}), PR, options=options)
+    spec = plan.step("namespace").spec
+    assert isinstance(spec, NamespaceSpec)
+    assert spec.ingress_cidrs == ["10.87.0.1/32"] and spec.dns_cidrs == ["10.88.0.1/32"]
+    # The engine's allowances first, then the blueprint's.
+    assert [(r.cidr, r.ports) for r in spec.egress] == [("10.88.0.1/32", [5432]),
+                                                        ("0.0.0.0/0", [443])]
+    assert plan.urls == {"web": "http://web-pr-7.preview.localhost:8443"}
+    ingress = plan.step("ingress/web").spec
+    assert isinstance(ingress, IngressSpec) and ingress.url_port == 8443
+
+
+@pytest.mark.parametrize(("cidr", "why"), [
+    ("169.254.169.254/32", "cloud metadata address"),
+    ("10.0.0.300/32", "egress cidr"),
+    ("fd00::/64", "only IPv4"),
+])
+def test_a_blueprint_cannot_open_the_metadata_address_or_give_a_bad_range(
+        cidr: str, why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        blueprint(network={"egress": [{"cidr": cidr}]})
