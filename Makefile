@@ -3,13 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test test-fast lint kube helm registry bench clean
+.PHONY: run test test-fast lint packages kube helm registry node bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
+
+packages:  ## the Debian packages the stack and the tests need (as root; only what is missing)
+	bash stack/packages.sh
 
 kube: $(VENV)/.installed  ## build the Kubernetes control plane once (cached outside the repo)
 	$(PY) -m stack.kube build
@@ -20,10 +23,13 @@ helm: $(VENV)/.installed  ## build helm once, next to the control plane (for the
 registry: $(VENV)/.installed  ## build the OCI registry and crane once, next to the control plane
 	$(PY) -m stack.registry build
 
-run: kube  ## the whole system on the embedded local stack, following one preview to Ready
+node: $(VENV)/.installed  ## build a real node's binaries once (kubelet, kube-proxy, CoreDNS, NetworkPolicy, Traefik)
+	$(PY) -m stack.node_build build
+
+run: packages kube registry node  ## the whole system on the embedded local stack, following one preview to Ready
 	$(PY) -m stack.run
 
-test: kube helm registry  ## every test, on real servers the fixtures start on loopback
+test: kube helm registry node  ## every test, on real servers the fixtures start on loopback
 	$(VENV)/bin/pytest -p no:cacheprovider
 
 test-fast: $(VENV)/.installed  ## tests that need no Kubernetes control plane

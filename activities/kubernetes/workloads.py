@@ -53,6 +53,7 @@ from engine.sealing import Sealer, UnsealError
 # manifest by FIELD_MANAGER would remove every other field that manager owns.
 SCALER_MANAGER = "preview-engine-scaler"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+DRAIN_SECONDS = 3  # preStop: how long a leaving pod keeps serving before SIGTERM
 
 
 class KubernetesActivities(NamespaceActivities):
@@ -157,6 +158,10 @@ class KubernetesActivities(NamespaceActivities):
         }
         if spec.command:
             container["command"] = list(spec.command)
+        if spec.ports:
+            # A pod leaving (rollout, sleep) keeps serving while the ingress and the
+            # Service drop it; SIGTERM comes after. Without it, requests in that gap fail.
+            container["lifecycle"] = {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}}
         env_from: list[Json] = []
         if spec.config_map:
             env_from.append({"configMapRef": {"name": spec.config_map}})
@@ -174,6 +179,7 @@ class KubernetesActivities(NamespaceActivities):
             container["readinessProbe"] = {
                 "httpGet": {"path": spec.health_check.path, "port": port},
                 "initialDelaySeconds": spec.health_check.initial_delay_seconds,
+                "periodSeconds": 2,  # a new pod takes traffic, and a rollout ends, sooner
             }
         manifest = ref.manifest(labels, spec={
             "replicas": spec.replicas,
