@@ -147,6 +147,21 @@ def parse_gomod(text: str) -> tuple[list[str], list[str]]:
     return header, local_replaced
 
 
+def remote_replaces(text: str) -> dict[str, str]:
+    """An upstream go.mod's replace directives to other modules (`a => b v`): Go ignores
+    them in a dependency, so a wrapper building it must repeat them (write_wrapper)."""
+    found: dict[str, str] = {}
+    for raw in text.splitlines():
+        words = raw.split("//", 1)[0].split()
+        if words[:1] == ["replace"]:
+            words = words[1:]
+        if "=>" in words:
+            left, right = words[: words.index("=>")], words[words.index("=>") + 1 :]
+            if left and len(right) == 2:  # a local path has no version
+                found[" ".join(left)] = " ".join(right)
+    return found
+
+
 def write_wrapper(
     wrap_dir: Path,
     name: str,
@@ -154,8 +169,10 @@ def write_wrapper(
     version: str,
     replaces: dict[str, str],
     header: list[str],
+    redirects: dict[str, str] | None = None,
 ) -> None:
-    """A tiny module of our own: `go install mod@v` refuses replace directives."""
+    """A tiny module of our own: `go install mod@v` refuses replace directives.
+    replaces: module -> version of the same module; redirects: module -> "other version"."""
     wrap_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         f"module preview-engine.local/{name}",
@@ -165,9 +182,10 @@ def write_wrapper(
         f"require {module} {version}",
         "",
     ]
-    if replaces:
+    targets = {mod: f"{mod} {ver}" for mod, ver in replaces.items()} | (redirects or {})
+    if targets:
         lines.append("replace (")
-        lines += [f"\t{mod} => {mod} {ver}" for mod, ver in sorted(replaces.items())]
+        lines += [f"\t{mod} => {target}" for mod, target in sorted(targets.items())]
         lines.append(")")
     text = "\n".join(lines) + "\n"
     gomod = wrap_dir / "go.mod"
@@ -207,7 +225,8 @@ def build_group(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _k8s_ldflags(version: str) -> list[str]:
+def k8s_ldflags(version: str) -> list[str]:
+    """What Kubernetes' own build stamps: `--version` of every binary reports `version`."""
     major, minor = version.lstrip("v").split(".")[:2]
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     flags: list[str] = []
@@ -220,6 +239,21 @@ def _k8s_ldflags(version: str) -> list[str]:
             f"-X {pkg}.buildDate={date}",
         ]
     return flags
+
+
+def kubernetes_wrapper(work: Path) -> Path:
+    """Write (or keep) the wrapper module that builds k8s.io/kubernetes commands, in
+    work/kubernetes; return that folder. The control plane and the node build there."""
+    ver = VERSIONS["kubernetes"]
+    info = download_module(K8S_MODULE, ver, work)
+    header, local = parse_gomod(Path(info["GoMod"]).read_text())
+    # Each staging module k8s.io/x is published as k8s.io/x v0.<minor>.<patch>.
+    staging_ver = "v0." + ".".join(ver.lstrip("v").split(".")[1:])
+    reps = {m: staging_ver for m in local if m.startswith("k8s.io/")}
+    say(f"kubernetes {ver}: {len(reps)} staging modules at {staging_ver}")
+    wrap = work / "kubernetes"
+    write_wrapper(wrap, "kubernetes", K8S_MODULE, ver, reps, header)
+    return wrap
 
 
 def _copy_stages(kwok_dir: Path) -> None:
@@ -261,19 +295,10 @@ def build() -> Path:
         build_group(wrap, {n: p for n, p in ETCD_BINARIES.items() if n in missing}, [], bin_dir)
 
     if missing & set(K8S_BINARIES):
-        ver = VERSIONS["kubernetes"]
-        info = download_module(K8S_MODULE, ver, work)
-        header, local = parse_gomod(Path(info["GoMod"]).read_text())
-        # Each staging module k8s.io/x is published as k8s.io/x v0.<minor>.<patch>.
-        staging_ver = "v0." + ".".join(ver.lstrip("v").split(".")[1:])
-        reps = {m: staging_ver for m in local if m.startswith("k8s.io/")}
-        say(f"kubernetes {ver}: {len(reps)} staging modules at {staging_ver}")
-        wrap = work / "kubernetes"
-        write_wrapper(wrap, "kubernetes", K8S_MODULE, ver, reps, header)
         build_group(
-            wrap,
+            kubernetes_wrapper(work),
             {n: p for n, p in K8S_BINARIES.items() if n in missing},
-            _k8s_ldflags(ver),
+            k8s_ldflags(VERSIONS["kubernetes"]),
             bin_dir,
         )
 

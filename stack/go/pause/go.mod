@@ -1,0 +1,3 @@
+module preview-engine/stack/pause
+
+go 1.26
