@@ -118,6 +118,8 @@ class PlanOptions(BaseModel):
         (), description="Ingress controllers outside that namespace's pods (host network)")
     url_port: int | None = Field(
         None, description="Port of the previews' URLs when the ingress is not on 80/443")
+    ingress_wait_for_address: bool = Field(
+        False, description="An Ingress is ready once its controller publishes an address")
     dns_cidrs: tuple[str, ...] = Field(
         (), description="Cluster DNS servers that are not kube-dns pods (a node-local one)")
     egress: tuple[EgressRule, ...] = Field(
@@ -432,6 +434,7 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
             tls_secret=tls,
             basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
             url_port=ctx.options.url_port,
+            wait_for_address=ctx.options.ingress_wait_for_address,
             hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
         ), f"route {hosts[0]}", (f"app/{app.name}",)))
     return steps

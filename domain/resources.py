@@ -134,6 +134,7 @@ class IngressSpec(KubeSpec):
     tls_secret: str | None = None
     basic_auth_secret: str | None = None
     url_port: int | None = None  # the ingress's port in URLs, when not 80/443
+    wait_for_address: bool = False  # ready once the controller publishes an address
 
 
 class ContainerDatabaseSpec(KubeSpec):

@@ -185,6 +185,10 @@ class Settings(BaseSettings):
     ingress_hostname: str = Field(
         "ingress.preview.localhost",
         description="Host name of the ingress load balancer that preview DNS records point to")
+    ingress_wait_for_address: bool = Field(
+        False, description="Call a preview's Ingress ready only once the ingress controller "
+                           "has published an address for it (status.loadBalancer): by then "
+                           "it routes the host, so the URL on the pull request answers")
     preview_url_port: int | None = Field(
         None, ge=1, le=65535,
         description="Port in the previews' URLs, when the ingress answers on neither 80 nor 443")

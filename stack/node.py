@@ -166,6 +166,7 @@ class RealNode:
             "cluster_dns_cidrs": [f"{self.gateway}/32"],
             "ingress_controller_cidrs": [f"{self.host_address}/32"],
             "preview_url_port": self.ingress_port,
+            "ingress_wait_for_address": True,  # Traefik publishes 127.0.0.1
             "registry_mirrors": {**self.registry_mirrors},
             "registry_plain_http": [registry_host],
             "kubeconfig": str(self.plane.kubeconfig),
@@ -402,6 +403,10 @@ class RealNode:
             f"--entryPoints.traefik.address=127.0.0.1:{admin}",
             "--ping=true", "--ping.entryPoint=traefik",
             "--providers.kubernetesingress=true",
+            # It publishes an address once it has taken an Ingress (the engine waits for
+            # it), and applies what it takes without waiting for more.
+            "--providers.kubernetesingress.ingressendpoint.ip=127.0.0.1",
+            "--providers.providersThrottleDuration=0s",
             # Keep-alive connections outlive a new deny policy (pitfall 11): none idle.
             "--serverstransport.maxidleconnsperhost=-1",
             "--global.checknewversion=false", "--global.sendanonymoususage=false",

@@ -47,6 +47,7 @@ def plan_options(settings: Settings) -> PlanOptions:
         ingress_namespace=settings.ingress_controller_namespace,
         ingress_cidrs=tuple(settings.ingress_controller_cidrs),
         url_port=settings.preview_url_port,
+        ingress_wait_for_address=settings.ingress_wait_for_address,
         dns_cidrs=tuple(settings.cluster_dns_cidrs),
         egress=(*database_egress(settings), *settings.preview_egress),
         storage_class=settings.storage_class,

@@ -368,10 +368,29 @@ class KubernetesActivities(NamespaceActivities):
                 "nginx.ingress.kubernetes.io/auth-secret": spec.basic_auth_secret,
                 "nginx.ingress.kubernetes.io/auth-realm": "Preview environment",
             }
-        ensure_owned(self.api(spec.cluster), ref, manifest, spec.owner)
+        api = self.api(spec.cluster)
+        ensure_owned(api, ref, manifest, spec.owner)
+        if spec.wait_for_address:
+            self._wait_for_address(api, ref)
         scheme = "https" if spec.tls_secret else "http"
         port = f":{spec.url_port}" if spec.url_port else ""
         return StepOutput(urls={h.host: f"{scheme}://{h.host}{port}" for h in spec.hosts})
+
+    def _wait_for_address(self, api: KubeApi, ref: Ref, timeout: float = 120.0) -> None:
+        """Until the ingress controller publishes an address for the Ingress: by then it
+        has taken the route, so the URL we post answers. Retryable when it does not."""
+        deadline = time.monotonic() + timeout
+        delays = poll_delays(self.poll_interval)
+        while not ((((api.get(ref) or {}).get("status") or {}).get("loadBalancer") or {})
+                   .get("ingress")):
+            heartbeat({"waiting": f"{ref.what}: no address from the ingress controller yet"})
+            if time.monotonic() >= deadline:
+                raise ApplicationError(
+                    f"{ref.what} has no address after {timeout:.0f}s: is an ingress "
+                    "controller serving it, and does it publish its address (status."
+                    "loadBalancer)? Or turn PREVIEW_INGRESS_WAIT_FOR_ADDRESS off",
+                    type=API_ERROR)
+            time.sleep(next(delays))
 
     @activity.defn(name=IngressSpec.absent)
     def remove_ingress(self, input: StepInput) -> None:

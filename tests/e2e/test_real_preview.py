@@ -1,0 +1,196 @@
+"""A preview that really runs: the example blueprint (examples/preview.yaml) on the real
+node. A pull request's webhook → its URL answers through the ingress with the PR's head
+commit, the api's answer holds a masked customer of the cloned database (never the
+original) and a Redis counter; a push → the new commit is served, and a client polling
+through the rollout gets no failed request; close → the URL stops answering and nothing
+is left.
+
+Everything is checked from outside: HTTP through Traefik on 127.0.0.1 as a browser
+would, kubectl, and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import SecretStr
+from temporalio.client import Client
+
+from domain.blueprint_file import parse_blueprint
+from domain.naming import environment_id, workflow_id
+from engine.sealing import Sealer
+from engine.settings import Settings
+from stack import demo, images
+from stack.postgres import PostgresServer
+from starter.app import create_app
+from store import Store
+from tests.plugins.node import RealCluster
+from worker import Resources, Target, build_worker
+from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
+from workflows.saga import ActivityTimeouts
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow]
+
+ROOT = Path(__file__).parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "github-webhooks"
+EXAMPLE = ROOT / "examples" / "preview.yaml"
+WEBHOOK_SECRET = "real-preview-webhook-secret"
+
+
+@pytest.fixture(scope="module")
+async def stack(real_cluster: RealCluster, postgres_server: PostgresServer,
+                temporal_client: Client, test_settings: Settings,
+                git_host_module: Any) -> AsyncIterator[dict[str, Any]]:
+    node = real_cluster.real_node
+    settings = test_settings.model_copy(update={
+        "task_queue": f"real-{uuid.uuid4().hex[:6]}",
+        "database_url": await postgres_server.new_database("real_preview"),
+        "preview_database_url": postgres_server.admin_url,
+        **node.engine_settings(real_cluster.registry_host, postgres_server.port),
+        "check_images": True,
+        "github_api_url": git_host_module.url,
+        "github_token": SecretStr(git_host_module.token),
+        "github_webhook_secret": SecretStr(WEBHOOK_SECRET),
+        "blueprint_source": "store",
+    })
+    blueprint = parse_blueprint(EXAMPLE.read_text(), "examples/preview.yaml")
+    store = await Store.connect(settings.database_url, Sealer.from_settings(settings))
+    await store.migrate()
+    await store.import_blueprint(blueprint, actor="e2e")
+    await store.put_secret(blueprint.project.name, "SESSION_SECRET", "s3ss10n", actor="e2e")
+    images.push_redis_image(real_cluster.registry_host)
+
+    resources = Resources()
+    timeouts = ActivityTimeouts(heartbeat_seconds=30, max_attempts=5, max_interval_seconds=2)
+    worker = await build_worker(temporal_client, settings, Target(), resources)
+    app = create_app(settings, temporal_client, store, timeouts=timeouts)
+    async with worker, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://starter") as http:
+        source = postgres_server.url(demo.SOURCE_DATABASE)
+        await demo.create_source_database(postgres_server.admin_url, source)
+        await demo.refresh_golden_copies(temporal_client, blueprint, source, settings.task_queue)
+        yield {"settings": settings, "http": http}
+    await resources.close()
+    await store.close()
+
+
+async def send(http: httpx.AsyncClient, name: str, number: int, sha: str, second: int) -> None:
+    """The fixture's event for PR `number` at `sha`, updated at `second` (later wins)."""
+    payload = json.loads((FIXTURES / f"{name}.json").read_text())
+    payload["number"] = payload["pull_request"]["number"] = number
+    payload["pull_request"]["head"]["sha"] = sha
+    payload["pull_request"]["updated_at"] = f"2030-01-01T00:00:{second:02d}Z"
+    body = json.dumps(payload).encode()
+    signature = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    answer = await http.post("/webhooks/github", content=body, headers={
+        "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": signature})
+    assert answer.status_code == 202, answer.text
+
+
+async def until(handle: Any, predicate: Any, timeout: float = 240) -> PreviewStatus:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status: PreviewStatus = await handle.query(PreviewEnvironmentWorkflow.status)
+        if predicate(status):
+            return status
+        assert status.state != "failed", status.last_error
+        assert loop.time() < deadline, f"not reached in {timeout}s: {status}"
+        await asyncio.sleep(0.2)
+
+
+async def databases(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
+    finally:
+        await conn.close()
+
+
+class Poller(threading.Thread):
+    """A client that requests a URL over and over and counts what it got."""
+
+    def __init__(self, cluster: RealCluster, url: str) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.url = cluster, url
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.commits: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set() and len(self.commits) < 20_000:  # bounded
+            try:
+                answer = self.cluster.open(self.url)
+                if answer.status_code != 200:
+                    self.failures.append(f"{answer.status_code}: {answer.text[:80]}")
+                else:
+                    self.commits.append(answer.json()["commit"])
+            except httpx.HTTPError as error:
+                self.failures.append(repr(error))
+
+
+async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
+        stack: dict[str, Any], real_cluster: RealCluster, temporal_client: Client,
+        postgres_server: PostgresServer) -> None:
+    http = stack["http"]
+    number = uuid.uuid4().int % 10**5 + 1
+    databases_before = await databases(postgres_server.admin_url)
+    first, second = uuid.uuid4().hex + "abcdef01", uuid.uuid4().hex + "12345678"
+    images.push_demo_images(real_cluster.registry_host, first)  # CI, for the head commit
+    await send(http, "pull_request.opened", number, first, 1)
+    handle = temporal_client.get_workflow_handle_for(
+        PreviewEnvironmentWorkflow.run, workflow_id("Codertocat/Hello-World", number))
+    status = await until(handle, lambda s: s.state == "ready")
+
+    port = real_cluster.real_node.ingress_port
+    web, api = status.urls["web"], status.urls["api"]
+    assert web == f"http://web-pr-{number}.preview.localhost:{port}"
+    page = real_cluster.open(web)
+    assert page.status_code == 200
+    assert f'id="commit">{first}<' in page.text.replace(" ", "")
+    assert 'id="node-env">development<' in page.text.replace(" ", "")  # the override
+    answers = [real_cluster.open(api).json() for _ in range(2)]
+    assert answers[0]["commit"] == first
+    assert answers[1]["visits"] == answers[0]["visits"] + 1  # Redis keeps the count
+    customer = answers[0]["customer"]
+    originals = {email for _, email in demo.CUSTOMERS}
+    assert customer["email"] not in originals and "@" in customer["email"]  # masked
+    assert customer["name"][0] == demo.CUSTOMERS[0][0][0]  # keep_first 1
+
+    # A push: the new commit is served, and nothing fails while it rolls out.
+    images.push_demo_images(real_cluster.registry_host, second)
+    poller = Poller(real_cluster, api)
+    poller.start()
+    await send(http, "pull_request.synchronize", number, second, 2)
+    await until(handle, lambda s: s.state == "ready" and s.head_sha == second)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while not poller.commits or poller.commits[-1] != second:
+        assert loop.time() < deadline, "the new commit was never served"
+        await asyncio.sleep(0.2)
+    poller.stop.set()
+    poller.join(timeout=10)
+    assert poller.failures == [], poller.failures[:5]
+    assert len(poller.commits) > 20  # it really polled through the rollout
+    assert first in poller.commits and second in poller.commits
+
+    # Close: the URL stops answering and the namespace and database are gone.
+    await send(http, "pull_request.closed", number, second, 3)
+    result = await handle.result()
+    assert result.state == "destroyed"
+    assert real_cluster.open(web).status_code == 404  # Traefik: no route for that host
+    env = environment_id("Codertocat/Hello-World", number)
+    assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")
+    assert await databases(postgres_server.admin_url) == databases_before
