@@ -31,12 +31,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from temporalio.client import Client, WorkflowHandle
 
+from domain.blueprint import Blueprint
 from domain.naming import workflow_id
 from engine.client import connect
 from engine.settings import Settings, generated_secrets
+from stack import demo as demo_data
+from stack import images
+from stack.kube import ControlPlane
 from stack.moto import MotoServer
+from stack.node import RealNode, open_preview_url
 from stack.ports import free_port, stop_group
 from stack.postgres import PostgresServer, create_database
+from stack.registry import Registry
 from stack.temporal import TemporalDevServer, workflow_page
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
 
@@ -74,6 +80,8 @@ class LocalStack:
         self.starter_url = ""
         self.ui_url = ""
         self.pids: list[int] = []
+        self.registry_host = ""
+        self.postgres_admin_url = ""
 
     def _started(self, stopper: Any, pid: int | None = None) -> None:
         self.stoppers.append(stopper)
@@ -92,6 +100,7 @@ class LocalStack:
             self._started(postgres.stop, postgres._process.pid if postgres._process else None)
             asyncio.run(create_database(postgres.admin_url, "preview_control"))
         console.print(f"[green]✓[/] PostgreSQL      {postgres.admin_url}  ({postgres.storage})")
+        self.postgres_admin_url = postgres.admin_url
 
         with console.status("starting Temporal"):
             temporal = TemporalDevServer(
@@ -106,29 +115,42 @@ class LocalStack:
             self._started(moto.stop, moto._process.pid if moto._process else None)
         console.print(f"[green]✓[/] AWS (moto)      {moto.endpoint_url}")
 
-        from stack.kube import ControlPlane, build
+        with console.status("starting the image registry"):
+            registry = Registry(state / "registry").start()
+            self._started(registry.stop, registry.pid)
+        console.print(f"[green]✓[/] registry        {registry.url}  (registry.local)")
 
-        with console.status("building the Kubernetes control plane (first run only)"):
-            bin_dir = build()
         with console.status("starting the Kubernetes control plane"):
-            kube = ControlPlane(state / "kube", bin_dir=bin_dir)
+            kube = ControlPlane(state / "kube", fake_nodes=0)
             kube.start()
             self._started(kube.stop)
         console.print(f"[green]✓[/] Kubernetes      {kube.server}  (KUBECONFIG={kube.kubeconfig})")
+
+        with console.status("starting a real node (containerd, kubelet, DNS, ingress)"):
+            node = RealNode(
+                kube, state / "node", sandbox_image=images.push_pause_image(registry.host),
+                relayed_ports={"apiserver": kube.ports["apiserver"], "registry": registry.port},
+                registry_mirrors={"registry.local": registry.host},
+                pod_services={"postgres": postgres.port})
+            node.start()
+            self._started(node.stop)
+            images.push_redis_image(registry.host)  # the blueprint's library/redis:7.0
+        console.print(f"[green]✓[/] node            {node.name}: pods run for real; "
+                      f"ingress {node.ingress_url}")
+        self.registry_host = registry.host
 
         # The worker and the starter get exactly these settings (and the demo uses them).
         self.settings = Settings(
             temporal_address=temporal.address,
             database_url=postgres.url("preview_control"),
             preview_database_url=postgres.admin_url,
+            **node.engine_settings(registry.host, postgres.port),
             aws_endpoint_url=moto.endpoint_url,
-            kubeconfig=str(kube.kubeconfig),
             listen_port=listen_port,
             codec_cors_origin=temporal.ui_url,
             # The Web UI sends no credential to /codec; loopback and CORS keep others out.
             profile="local",
             codec_auth="none",
-            check_images=False,  # fake nodes pull no image: nothing to wait for
         ).model_copy(update={  # random keys of this state folder, not the source's
             name: SecretStr(value) for name, value in generated_secrets(state).items()})
         self.env = {
@@ -216,15 +238,27 @@ async def follow(handle: WorkflowHandle[Any, Any], until: set[str], title: str) 
 
 async def demo(stack: LocalStack, exit_after: bool) -> None:
     settings = stack.settings
-    await import_example(settings)
+    blueprint = await import_example(settings)
     console.print(f"[green]✓[/] imported blueprint {EXAMPLE.relative_to(ROOT)}")
+
+    client: Client = await connect(settings)
+    source_url = stack.postgres_admin_url.rsplit("/", 1)[0] + f"/{demo_data.SOURCE_DATABASE}"
+    with console.status("making the masked golden copy of production"):
+        await demo_data.create_source_database(stack.postgres_admin_url, source_url)
+        generations = await demo_data.refresh_golden_copies(client, blueprint, source_url,
+                                                            settings.task_queue)
+    for name, generation in generations.items():
+        console.print(f"[green]✓[/] golden copy of {name}: {generation} (masked)")
 
     opened = json.loads((FIXTURES / "pull_request.opened.json").read_text())
     repo, number = opened["repository"]["full_name"], opened["number"]
+    sha = opened["pull_request"]["head"]["sha"]
+    with console.status(f"CI: building the demo at {sha[:7]}"):
+        images.push_demo_images(stack.registry_host, sha)
+    console.print(f"[green]✓[/] CI pushed registry.local/hello/{{web,api,worker}}:{sha[:12]}")
     answer = await send_webhook(stack, settings, "pull_request.opened")
     console.print(f"→ sent pull_request.opened for {repo}#{number}: {answer['outcome']}")
 
-    client: Client = await connect(settings)
     handle = client.get_workflow_handle_for(
         PreviewEnvironmentWorkflow.run, workflow_id(repo, number)
     )
@@ -235,6 +269,10 @@ async def demo(stack: LocalStack, exit_after: bool) -> None:
     console.print(f"[green]✓[/] preview ready: {status.environment_id}")
     for app, url in status.urls.items():
         console.print(f"    {app:10} {url}")
+    web = status.urls.get("web")
+    if web:
+        page = await asyncio.to_thread(open_preview_url, web)
+        console.print(f"  GET {web} → {page.status_code}: {page_summary(page.text)}")
     console.print(f"  Web UI {workflow_page(stack.ui_url, settings.temporal_namespace, handle.id)}")
     console.print(
         f"  destroy it with:\n    temporal workflow signal "
@@ -249,7 +287,16 @@ async def demo(stack: LocalStack, exit_after: bool) -> None:
         console.print(f"[green]✓[/] preview {result.state}: nothing left behind")
 
 
-async def import_example(settings: Settings) -> None:
+def page_summary(html: str) -> str:
+    """What the demo page says, in one line (its fields carry ids; examples/demo)."""
+    import re
+
+    fields = {key: re.search(rf'id="{key}"[^>]*>([^<]*)<', html)
+              for key in ("commit", "node-env", "customer-email", "visits")}
+    return ", ".join(f"{key} {match.group(1).strip()}" for key, match in fields.items() if match)
+
+
+async def import_example(settings: Settings) -> Blueprint:
     from domain.blueprint_file import parse_blueprint
     from engine.sealing import Sealer
     from store import Store
@@ -261,6 +308,7 @@ async def import_example(settings: Settings) -> None:
         await store.import_blueprint(blueprint, actor="local-stack")
     finally:
         await store.close()
+    return blueprint
 
 
 def _interrupt(*_: object) -> None:

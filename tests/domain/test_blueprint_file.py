@@ -63,7 +63,11 @@ def test_the_example_is_a_valid_blueprint_of_the_fixture_repository() -> None:
     assert [a.public for a in blueprint.applications] == [True, True, False]
     assert all(a.image.startswith("registry.local/hello/") for a in blueprint.applications)
     (database,) = blueprint.databases
-    assert (database.mode, database.data_policy) == (DatabaseMode.shared, DataPolicy.empty)
+    assert (database.mode, database.data_policy) == (DatabaseMode.shared,
+                                                     DataPolicy.masked_clone)
+    assert database.source == "hello_production"  # what the local stack makes
+    assert {(r.table, r.column) for r in database.masking} == {("customers", "email"),
+                                                               ("customers", "name")}
     assert blueprint.network.base_domain == "preview.localhost"
     kinds = {(v.key, v.applies_to.value, v.kind.value) for v in blueprint.variables}
     assert {("NODE_ENV", "both", "value"), ("NODE_ENV", "previews", "override"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from stack import demo
 from stack.reflink import reflink_mode, unavailable_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
@@ -93,7 +95,14 @@ def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
                 break
         text = "".join(output)
         assert "preview ready: hello-world-pr-2-" in text, text
-        assert "http://web-pr-2.preview.localhost" in text
+        # The URL answers, from the PR's head commit, with a masked customer.
+        answered = re.search(r"GET (http://web-pr-2\.preview\.localhost:\d+) → 200: "
+                             r"commit ec26c3e57ca3a959ca5aad62de7213c562f8c821, node-env "
+                             r"development, customer-email (\S+)", text)
+        assert answered, text
+        assert answered.group(2) not in {email for _, email in demo.CUSTOMERS}
+        node = re.search(r"node +(preview-node-\d+): pods run for real", text)
+        assert node, text
         assert processes_using(str(state)), "the stack should be running now"
         if image_expected():
             assert "XFS image with reflinks" in text, text
@@ -108,6 +117,8 @@ def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in (
             Path(f"/proc/{pid}/status").read_text().lower()), f"pid {pid} still runs"
     wait_released(state, timeout=10)  # stopped, not killed: nothing is left at all
+    assert node.group(1) not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                               text=True).stdout
     shutil.rmtree(state, ignore_errors=True)
 
 
