@@ -40,6 +40,7 @@ from stack.node_cleanup import RUN_DIR, NodeRecord, clean_slot
 from stack.node_net import POLICY_QUEUE, SLOTS, NodeNetwork
 from stack.ports import free_ports
 from stack.processes import Supervisor
+from starter.wake import PREFIX as WAKE_PREFIX
 
 CLUSTER_DOMAIN = "cluster.local"
 # Kernel settings kubelet insists on: with protectKernelDefaults it only reads them, and
@@ -83,11 +84,13 @@ class RealNode:
     def __init__(self, plane: ControlPlane, state_dir: Path, *, sandbox_image: str,
                  relayed_ports: Mapping[str, int], pod_services: Mapping[str, int] | None = None,
                  registry_mirrors: Mapping[str, str] | None = None,
-                 ingress_port: int | None = None) -> None:
+                 ingress_port: int | None = None, default_backend: str | None = None) -> None:
         """relayed_ports: host 127.0.0.1 ports the node's components reach (API server,
         registry); pod_services: host ports pods reach at the gateway (a database
         server); registry_mirrors: image hosts pulled from another address
-        ({"registry.local": "127.0.0.1:5000"}, a relayed port)."""
+        ({"registry.local": "127.0.0.1:5000"}, a relayed port); default_backend: where
+        the ingress sends a request no route takes (the starter: it wakes a sleeping
+        preview), as a base URL on the host."""
         self.plane = plane
         self.state_dir = Path(state_dir).resolve()
         self.sandbox_image = sandbox_image
@@ -95,6 +98,7 @@ class RealNode:
         self.pod_services = dict(pod_services or {})
         self.registry_mirrors = dict(registry_mirrors or {})
         self.ingress_port = ingress_port
+        self.default_backend = default_backend
         self.processes = Supervisor(self.state_dir / "logs")
         self.network: NodeNetwork | None = None
         self.timings: dict[str, float] = {}
@@ -397,6 +401,20 @@ class RealNode:
     def _traefik(self, deadline: float) -> None:
         assert self.ingress_port is not None
         admin = free_ports(1)[0]
+        fallback = []
+        if self.default_backend:
+            # The lowest priority: only a host without a route of its own gets here
+            # (a sleeping preview's Service has no endpoints, so it has no route).
+            dynamic = {"http": {
+                "routers": {"default-backend": {"rule": "PathPrefix(`/`)", "priority": 1,
+                                                "service": "default-backend",
+                                                "middlewares": ["wake-prefix"]}},
+                "middlewares": {"wake-prefix": {"addPrefix": {"prefix": WAKE_PREFIX}}},
+                "services": {"default-backend": {"loadBalancer": {
+                    "servers": [{"url": self.default_backend}]}}}}}
+            path = self.state_dir / "config" / "default-backend.yaml"
+            path.write_text(yaml.safe_dump(dynamic))
+            fallback = [f"--providers.file.filename={path}"]
         self.processes.spawn("traefik", [
             str(node_build.binary("traefik")),
             f"--entryPoints.web.address=127.0.0.1:{self.ingress_port}",
@@ -411,6 +429,7 @@ class RealNode:
             "--serverstransport.maxidleconnsperhost=-1",
             "--global.checknewversion=false", "--global.sendanonymoususage=false",
             "--log.level=INFO",
+            *fallback,
         ], env={**_env(), "KUBECONFIG": str(self.plane.kubeconfig)})
         self._wait("Traefik", deadline, lambda: self._http_ok(
             ["curl", "-sf", "--max-time", "1", f"http://127.0.0.1:{admin}/ping"]))

@@ -31,7 +31,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from temporalio.client import Client, WorkflowHandle
 
-from domain.blueprint import Blueprint
 from domain.naming import workflow_id
 from engine.client import connect
 from engine.settings import Settings, generated_secrets
@@ -39,16 +38,16 @@ from stack import demo as demo_data
 from stack import images
 from stack.kube import ControlPlane
 from stack.moto import MotoServer
-from stack.node import RealNode, open_preview_url
+from stack.node import open_preview_url
 from stack.ports import free_port, stop_group
 from stack.postgres import PostgresServer, create_database
+from stack.preview_node import start_preview_node
 from stack.registry import Registry
 from stack.temporal import TemporalDevServer, workflow_page
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "github-webhooks"
-EXAMPLE = ROOT / "examples" / "preview.yaml"
 console = Console()
 
 
@@ -127,14 +126,10 @@ class LocalStack:
         console.print(f"[green]✓[/] Kubernetes      {kube.server}  (KUBECONFIG={kube.kubeconfig})")
 
         with console.status("starting a real node (containerd, kubelet, DNS, ingress)"):
-            node = RealNode(
-                kube, state / "node", sandbox_image=images.push_pause_image(registry.host),
-                relayed_ports={"apiserver": kube.ports["apiserver"], "registry": registry.port},
-                registry_mirrors={"registry.local": registry.host},
-                pod_services={"postgres": postgres.port})
-            node.start()
+            node = start_preview_node(
+                kube, registry, state / "node", pod_services={"postgres": postgres.port},
+                default_backend=self.starter_url)  # wakes a sleeping preview
             self._started(node.stop)
-            images.push_redis_image(registry.host)  # the blueprint's library/redis:7.0
         console.print(f"[green]✓[/] node            {node.name}: pods run for real; "
                       f"ingress {node.ingress_url}")
         self.registry_host = registry.host
@@ -238,15 +233,13 @@ async def follow(handle: WorkflowHandle[Any, Any], until: set[str], title: str) 
 
 async def demo(stack: LocalStack, exit_after: bool) -> None:
     settings = stack.settings
-    blueprint = await import_example(settings)
-    console.print(f"[green]✓[/] imported blueprint {EXAMPLE.relative_to(ROOT)}")
+    blueprint = await demo_data.import_example(settings, actor="local-stack")
+    console.print(f"[green]✓[/] imported blueprint {demo_data.EXAMPLE.relative_to(ROOT)}")
 
     client: Client = await connect(settings)
-    source_url = stack.postgres_admin_url.rsplit("/", 1)[0] + f"/{demo_data.SOURCE_DATABASE}"
     with console.status("making the masked golden copy of production"):
-        await demo_data.create_source_database(stack.postgres_admin_url, source_url)
-        generations = await demo_data.refresh_golden_copies(client, blueprint, source_url,
-                                                            settings.task_queue)
+        generations = await demo_data.make_golden_copies(
+            client, blueprint, stack.postgres_admin_url, settings.task_queue)
     for name, generation in generations.items():
         console.print(f"[green]✓[/] golden copy of {name}: {generation} (masked)")
 
@@ -294,21 +287,6 @@ def page_summary(html: str) -> str:
     fields = {key: re.search(rf'id="{key}"[^>]*>([^<]*)<', html)
               for key in ("commit", "node-env", "customer-email", "visits")}
     return ", ".join(f"{key} {match.group(1).strip()}" for key, match in fields.items() if match)
-
-
-async def import_example(settings: Settings) -> Blueprint:
-    from domain.blueprint_file import parse_blueprint
-    from engine.sealing import Sealer
-    from store import Store
-
-    store = await Store.connect(settings.database_url, Sealer.from_settings(settings))
-    try:
-        await store.migrate()
-        blueprint = parse_blueprint(EXAMPLE.read_text(), str(EXAMPLE.relative_to(ROOT)))
-        await store.import_blueprint(blueprint, actor="local-stack")
-    finally:
-        await store.close()
-    return blueprint
 
 
 def _interrupt(*_: object) -> None:

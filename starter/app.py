@@ -42,6 +42,7 @@ from starter.events import (
     github_wake,
     gitlab_operation,
 )
+from starter.wake import router as wake_router
 from workflows.preview import PreviewEnvironmentWorkflow
 from workflows.saga import ActivityTimeouts
 
@@ -377,6 +378,7 @@ def create_app(
         return {"status": "ok"}
 
     app.include_router(webhooks)
+    app.include_router(wake_router)
     app.include_router(codec)
     app.include_router(api_router, prefix="/api")
     return app

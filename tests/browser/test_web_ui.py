@@ -7,7 +7,6 @@ over the recording activities; then the workflow page, as an operator opens it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -28,21 +27,11 @@ from store import Store
 from tests.browser.support import RequestLog, serving
 from tests.workflows.harness import BLUEPRINT, Harness, pull_request
 
-CHROMIUM = Path("/usr/bin/chromium")
 TITLE = f"Decoded in the browser {uuid.uuid4().hex[:8]}"
 SHA = "c0dec" + uuid.uuid4().hex[:35]
 CODEC_ERROR = "Codec Server could not connect"
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium to run this test")
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")

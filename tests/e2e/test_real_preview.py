@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -29,12 +28,17 @@ from temporalio.client import Client
 
 from domain.blueprint_file import parse_blueprint
 from domain.naming import environment_id, workflow_id
+from domain.pull_request import PullRequest
 from engine.sealing import Sealer
 from engine.settings import Settings
 from stack import demo, images
 from stack.postgres import PostgresServer
+from starter import lifecycle
 from starter.app import create_app
 from store import Store
+from tests.browser.support import serving
+from tests.e2e.test_lifecycle import databases
+from tests.faults.support import CONVERGE_TIMEOUT, WorkerProcess
 from tests.plugins.node import RealCluster
 from worker import Resources, Target, build_worker
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewStatus
@@ -46,6 +50,9 @@ ROOT = Path(__file__).parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "github-webhooks"
 EXAMPLE = ROOT / "examples" / "preview.yaml"
 WEBHOOK_SECRET = "real-preview-webhook-secret"
+REPOSITORY = "Codertocat/Hello-World"
+# Short heartbeats: the server notices the killed worker's activity within seconds.
+KILL_TIMEOUTS = ActivityTimeouts(heartbeat_seconds=5, max_interval_seconds=2, max_attempts=8)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +82,11 @@ async def stack(real_cluster: RealCluster, postgres_server: PostgresServer,
     timeouts = ActivityTimeouts(heartbeat_seconds=30, max_attempts=5, max_interval_seconds=2)
     worker = await build_worker(temporal_client, settings, Target(), resources)
     app = create_app(settings, temporal_client, store, timeouts=timeouts)
-    async with worker, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://starter") as http:
+    # The starter also listens where the ingress sends what no route takes (a sleeping
+    # preview's host), as in production behind the controller's default backend.
+    async with worker, serving(app, port=real_cluster.default_backend_port), \
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                              base_url="http://starter") as http:
         source = postgres_server.url(demo.SOURCE_DATABASE)
         await demo.create_source_database(postgres_server.admin_url, source)
         await demo.refresh_golden_copies(temporal_client, blueprint, source, settings.task_queue)
@@ -111,12 +121,14 @@ async def until(handle: Any, predicate: Any, timeout: float = 240) -> PreviewSta
         await asyncio.sleep(0.2)
 
 
-async def databases(url: str) -> set[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        return {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
-    finally:
-        await conn.close()
+async def eventually(read: Any, predicate: Any, timeout: float = 60) -> Any:
+    """Poll `read()` (blocking; in a thread) until `predicate` holds, within a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate(value := await asyncio.to_thread(read)):
+        assert loop.time() < deadline, f"not reached in {timeout}s: {value}"
+        await asyncio.sleep(0.2)
+    return value
 
 
 class Poller(threading.Thread):
@@ -141,9 +153,28 @@ class Poller(threading.Thread):
                 self.failures.append(repr(error))
 
 
+async def in_browser(chromium: Path, url: str, screenshot: Path) -> dict[str, str]:
+    """Open `url` in Chromium; the demo page's labelled fields, as shown."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), args=["--no-sandbox", "--disable-background-networking",
+                                                 "--disable-component-update"])
+        try:
+            page = await browser.new_page(viewport={"width": 900, "height": 700})
+            await page.goto(url, wait_until="load")
+            fields = {key: (await page.locator(f"#{key}").inner_text()).strip()
+                      for key in ("commit", "node-env", "customer-email", "visits")}
+            await page.screenshot(path=str(screenshot), full_page=True)
+            return fields
+        finally:
+            await browser.close()
+
+
 async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
         stack: dict[str, Any], real_cluster: RealCluster, temporal_client: Client,
-        postgres_server: PostgresServer) -> None:
+        postgres_server: PostgresServer, chromium: Path, tmp_path: Path) -> None:
     http = stack["http"]
     number = uuid.uuid4().int % 10**5 + 1
     databases_before = await databases(postgres_server.admin_url)
@@ -169,6 +200,26 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
     assert customer["email"] not in originals and "@" in customer["email"]  # masked
     assert customer["name"][0] == demo.CUSTOMERS[0][0][0]  # keep_first 1
 
+    # In Chromium, as the person who opens the PR's link sees it (`*.localhost` is
+    # loopback to the browser itself).
+    shown = await in_browser(chromium, web, tmp_path / "preview.png")
+    assert shown["commit"] == first and shown["node-env"] == "development"
+    assert shown["customer-email"] == customer["email"] and shown["visits"].isdigit()
+
+    # From inside the api's container: no root, no token, no metadata address, no other
+    # namespace; its own applications, cluster DNS and the database server are there.
+    env = environment_id("Codertocat/Hello-World", number)
+    pod = real_cluster.kubectl("get", "pods", "-n", env, "-l", "app.kubernetes.io/name=api",
+                               "-o", "jsonpath={.items[0].metadata.name}")
+    who = real_cluster.in_pod(env, pod, "/demo", "whoami").stdout
+    assert who.startswith("uid=") and not who.startswith("uid=0 ") and "token=false" in who
+    for target, opens in (("web:3000", True), ("sessions:6379", True),
+                          (f"{real_cluster.gateway}:{postgres_server.port}", True),
+                          ("169.254.169.254:80", False),
+                          (f"{real_cluster.real_node.host_address}:22", False)):
+        said = real_cluster.in_pod(env, pod, "/demo", "probe", target).stdout.strip()
+        assert (said == "connected") == opens, (target, said)
+
     # A push: the new commit is served, and nothing fails while it rolls out.
     images.push_demo_images(real_cluster.registry_host, second)
     poller = Poller(real_cluster, api)
@@ -186,11 +237,66 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
     assert len(poller.commits) > 20  # it really polled through the rollout
     assert first in poller.commits and second in poller.commits
 
+    # Sleep: no pod is left. Opening the URL wakes it: a page that says so and reloads,
+    # then the application again, at the same commit.
+    await handle.signal(PreviewEnvironmentWorkflow.sleep)
+    await until(handle, lambda s: s.state == "sleeping")
+    await eventually(lambda: real_cluster.kubectl("get", "pods", "-n", env, "-o", "name"),
+                     lambda pods: pods.strip() == "")
+    waking = real_cluster.open(web)
+    assert waking.status_code == 202, waking.text
+    assert "waking up" in waking.text and 'http-equiv="refresh"' in waking.text
+    await until(handle, lambda s: s.state == "ready")
+    back = await eventually(lambda: real_cluster.open(api), lambda r: r.status_code == 200)
+    assert back.json()["commit"] == second
+
     # Close: the URL stops answering and the namespace and database are gone.
     await send(http, "pull_request.closed", number, second, 3)
     result = await handle.result()
     assert result.state == "destroyed"
-    assert real_cluster.open(web).status_code == 404  # Traefik: no route for that host
-    env = environment_id("Codertocat/Hello-World", number)
+    gone = real_cluster.open(web)  # no route, and no preview for the default backend
+    assert gone.status_code == 404 and "No preview here" in gone.text
     assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")
     assert await databases(postgres_server.admin_url) == databases_before
+
+
+async def test_a_worker_killed_during_a_create_converges_on_the_real_node(
+        stack: dict[str, Any], real_cluster: RealCluster, temporal_client: Client,
+        postgres_server: PostgresServer) -> None:
+    """kill -9 of the worker right before it rolls out the second application (the first
+    one's pods already run): a fresh worker finishes the create, the URL answers with the
+    commit, and the destroy leaves nothing."""
+    settings = stack["settings"].model_copy(update={"task_queue": f"kill-{uuid.uuid4().hex[:6]}"})
+    number = uuid.uuid4().int % 10**5 + 1
+    sha = uuid.uuid4().hex + "0badf00d"
+    images.push_demo_images(real_cluster.registry_host, sha)
+    databases_before = await databases(postgres_server.admin_url)
+    kill = {"PREVIEW_FAULT_ACTIVITY": "ensure_application", "PREVIEW_FAULT_NTH": "2",
+            "PREVIEW_FAULT_WHEN": "before"}
+    doomed = WorkerProcess(settings, kill, "worker with a kill switch")
+    fresh = WorkerProcess(settings, None, "fresh worker")
+    try:
+        await doomed.start()
+        handle = await lifecycle.deploy(
+            temporal_client, PullRequest(repository=REPOSITORY, number=number, head_sha=sha,
+                                         branch="feature"),
+            task_queue=settings.task_queue, timeouts=KILL_TIMEOUTS)
+        assert await doomed.wait_exit(CONVERGE_TIMEOUT) == -9 and doomed.killed_itself, (
+            doomed.output)
+        env = environment_id(REPOSITORY, number)
+        running = real_cluster.kubectl("get", "pods", "-n", env, "-o", "name")
+        assert running.strip(), "no pod ran before the kill"  # it died mid-create
+        await fresh.start()
+        status = await until(handle, lambda s: s.state == "ready" and s.head_sha == sha,
+                             timeout=CONVERGE_TIMEOUT)
+        assert real_cluster.open(status.urls["web"]).status_code == 200
+        assert real_cluster.open(status.urls["api"]).json()["commit"] == sha
+        assert await lifecycle.destroy(temporal_client, REPOSITORY, number, "closed")
+        assert (await asyncio.wait_for(handle.result(), CONVERGE_TIMEOUT)).state == "destroyed"
+    finally:
+        await doomed.stop()
+        await fresh.stop()
+    assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")
+    assert await databases(postgres_server.admin_url) == databases_before
+    pods = real_cluster.kubectl("get", "pods", "-A", "-o", "name")
+    assert env not in pods

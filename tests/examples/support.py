@@ -3,23 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0) -> T:
-    """Poll check() until it returns something truthy, or fail saying `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # polling a condition with a deadline
 
 
 def redis_call(port: int, password: str, *args: str) -> bytes:

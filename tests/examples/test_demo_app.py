@@ -25,7 +25,8 @@ import pytest
 from stack import images
 from stack.ports import free_port, stop_group
 from stack.postgres import PostgresServer
-from tests.examples.support import redis_call, wait_for
+from tests.examples.support import redis_call
+from tests.polling import wait_until
 
 COMMIT = "c0ffee0123456789abcdef0123456789abcdef01"
 HEAD_SHA = "feedface0123456789abcdef0123456789abcdef"
@@ -60,7 +61,7 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 return redis_call(port, REDIS_PASSWORD, "PING") == b"+OK\r\n+PONG\r\n"
             except OSError:
                 return False
-        wait_for("redis-server to answer PING", pong)
+        wait_until("redis-server to answer PING", pong)
         yield port
     finally:
         stop_group(process)
@@ -144,7 +145,7 @@ class Demos:
                 return httpx.get(f"{demo.url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
-        wait_for(f"demo {role} to answer /healthz", healthy)
+        wait_until(f"demo {role} to answer /healthz", healthy)
         return demo
 
     def outputs(self) -> str:
@@ -276,7 +277,7 @@ def test_sigterm_keeps_answering_for_the_shutdown_delay(demos: Demos) -> None:
     (without it, the next request would be refused at once), then the process exits 0."""
     web = demos.start("web", {"SHUTDOWN_DELAY": "3s"})
     web.process.send_signal(signal.SIGTERM)
-    wait_for("web to take the SIGTERM", lambda: "stopping in 3s" in web.output())
+    wait_until("web to take the SIGTERM", lambda: "stopping in 3s" in web.output())
     assert httpx.get(f"{web.url}/healthz", timeout=2).status_code == 200
     assert web.process.poll() is None
     assert web.stop() == 0
@@ -288,11 +289,11 @@ async def test_worker_counts_customers(demos: Demos, database: Database) -> None
     def reports(count: int) -> Callable[[], bool]:
         return lambda: get_json(f"{worker.url}/")["customers"] == count
 
-    wait_for("the worker to count 2 customers", reports(2))
+    wait_until("the worker to count 2 customers", reports(2))
     conn = await asyncpg.connect(database.admin_url)
     try:
         await conn.execute("INSERT INTO customers VALUES (3, 'Cy', 'cy@example.com')")
-        wait_for("the worker to count the new customer", reports(3))
+        wait_until("the worker to count the new customer", reports(3))
     finally:
         await conn.execute("DELETE FROM customers WHERE id = 3")
         await conn.close()

@@ -24,6 +24,7 @@ from stack import images, kube, node_build
 from stack import registry as stack_registry
 from stack.kube import ControlPlane
 from stack.node import RealNode, missing_requirements, open_preview_url
+from stack.ports import free_port
 from stack.postgres import PostgresServer
 from tests.plugins.kube import KubeCluster
 
@@ -34,6 +35,9 @@ class RealCluster(KubeCluster):
 
     node: RealNode | None = None
     registry_host: str = ""
+    # The ingress sends requests no route takes here: serve the starter on it to see a
+    # sleeping preview woken by its URL.
+    default_backend_port: int = 0
 
     @property
     def real_node(self) -> RealNode:
@@ -78,6 +82,7 @@ def real_cluster(postgres_server: PostgresServer) -> Iterator[RealCluster]:
     plane = ControlPlane(state / "kube", fake_nodes=0)
     registry = stack_registry.Registry(state / "registry")
     node: RealNode | None = None
+    default_backend = free_port()
     try:
         plane.start()
         registry.start()
@@ -85,11 +90,12 @@ def real_cluster(postgres_server: PostgresServer) -> Iterator[RealCluster]:
             plane, state / "node", sandbox_image=images.push_pause_image(registry.host),
             relayed_ports={"apiserver": plane.ports["apiserver"], "registry": registry.port},
             registry_mirrors={"registry.local": registry.host},
-            pod_services={"postgres": postgres_server.port})
+            pod_services={"postgres": postgres_server.port},
+            default_backend=f"http://127.0.0.1:{default_backend}")
         node.start()
         kubectl = kube.cache_dir() / "kubectl"
         yield RealCluster(kubeconfig=plane.kubeconfig, kubectl_path=kubectl, node=node,
-                          registry_host=registry.host)
+                          registry_host=registry.host, default_backend_port=default_backend)
     finally:
         if node is not None:
             node.stop()

@@ -22,8 +22,9 @@ import pytest
 from stack import images
 from stack import registry as stack_registry
 from stack.ports import free_port, stop_group
-from tests.examples.support import redis_call, wait_for
+from tests.examples.support import redis_call
 from tests.plugins.registry import PUSHER, LoopbackRegistry
+from tests.polling import wait_until
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chroot and PID namespaces need root")
@@ -141,7 +142,7 @@ def test_redis_serves_from_its_own_layer_as_uid_999(
                 return redis_call(port, password, "PING")
             except OSError:
                 return None
-        assert wait_for("redis in the chroot", answers) == b"+OK\r\n+PONG\r\n"
+        assert wait_until("redis in the chroot", answers) == b"+OK\r\n+PONG\r\n"
         assert redis_call(port, "wrong", "PING").startswith(b"-WRONGPASS")
     finally:
         stop_group(server)
@@ -179,13 +180,13 @@ def test_pause_reaps_orphans_and_stops_on_sigterm_as_pid_1(tmp_path: Path) -> No
     holder = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", str(pause)],
                               stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        pid1 = wait_for("pause as PID 1", lambda: next(iter(children(holder.pid)), None))
+        pid1 = wait_until("pause as PID 1", lambda: next(iter(children(holder.pid)), None))
         # sh starts a sleep in pause's namespace and leaves: the sleep's parent is PID 1.
         subprocess.run(["nsenter", f"--target={pid1}", "--pid", "--", "sh", "-c",
                         "sleep 300 & exit 0"], check=True, timeout=10)
-        orphan = wait_for("the orphan under pause", lambda: next(iter(children(pid1)), None))
+        orphan = wait_until("the orphan under pause", lambda: next(iter(children(pid1)), None))
         os.kill(orphan, signal.SIGKILL)
-        wait_for("pause to reap the killed orphan", lambda: orphan not in children(pid1))
+        wait_until("pause to reap the killed orphan", lambda: orphan not in children(pid1))
         # PID 1 of a namespace gets no signal it has no handler for: a clean exit shows it.
         os.kill(pid1, signal.SIGTERM)
         assert holder.wait(timeout=10) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,22 +18,11 @@ from kubernetes.client.rest import ApiException
 from stack import kube, ports
 from stack.ports import free_port, free_ports
 from tests.plugins.kube import KubeCluster, Kubectl
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.kube
 
 T = TypeVar("T")
-
-
-def wait_until(what: str, check: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll check() until it returns something truthy, or fail with `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def must(value: T | None) -> T:

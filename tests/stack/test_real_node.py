@@ -13,9 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,10 @@ from stack.node import RUN_DIR, RealNode
 from stack.node_cleanup import NodeRecord, leftovers
 from stack.postgres import PostgresServer
 from tests.plugins.node import RealCluster
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 COMMIT = "0c0ffee" + uuid.uuid4().hex[:9]
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)  # polling a condition with a deadline
 
 
 def deployment(cluster: RealCluster, namespace: str, name: str, image: str) -> str:
@@ -119,7 +111,7 @@ def test_a_pod_runs_as_no_one_and_answers_through_the_ingress(
                        "service": {"name": "api", "port": {"number": 8080}}}}]}}]}}
     real_cluster.kubectl("apply", "-f", "-", input=json.dumps(ingress))
     url = f"http://{namespace}.preview.localhost:{real_cluster.real_node.ingress_port}/"
-    wait_for("the ingress to route", lambda: real_cluster.open(url).status_code == 200)
+    wait_until("the ingress to route", lambda: real_cluster.open(url).status_code == 200)
     answer = real_cluster.open(url).json()
     assert answer["commit"] == COMMIT  # the process of the image built for that commit
 
@@ -189,7 +181,7 @@ def test_a_node_killed_with_sigkill_is_removed_by_the_next_one(
         kubectl = [str(real_cluster.kubectl_path), f"--kubeconfig={kubeconfig}"]
         subprocess.run([*kubectl, "run", "sleeper", "--image", lines[-1].split()[-1],
                         "--restart=Never"], check=True, capture_output=True)
-        wait_for("the pod to run", lambda: subprocess.run(
+        wait_until("the pod to run", lambda: subprocess.run(
             [*kubectl, "get", "pod", "sleeper", "-o", "jsonpath={.status.phase}"],
             capture_output=True, text=True).stdout == "Running", timeout=60)
         os.kill(stack.pid, signal.SIGKILL)
