@@ -176,6 +176,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Pod": ("v1", "pods"),
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
     "Ingress": ("networking.k8s.io/v1", "ingresses"),
+    "EndpointSlice": ("discovery.k8s.io/v1", "endpointslices"),
     "Deployment": ("apps/v1", "deployments"),
     "ReplicaSet": ("apps/v1", "replicasets"),
     "StatefulSet": ("apps/v1", "statefulsets"),

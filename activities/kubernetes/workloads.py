@@ -371,26 +371,43 @@ class KubernetesActivities(NamespaceActivities):
         api = self.api(spec.cluster)
         ensure_owned(api, ref, manifest, spec.owner)
         if spec.wait_for_address:
-            self._wait_for_address(api, ref)
+            self._wait_for_address(api, spec)
         scheme = "https" if spec.tls_secret else "http"
         port = f":{spec.url_port}" if spec.url_port else ""
         return StepOutput(urls={h.host: f"{scheme}://{h.host}{port}" for h in spec.hosts})
 
-    def _wait_for_address(self, api: KubeApi, ref: Ref, timeout: float = 120.0) -> None:
-        """Until the ingress controller publishes an address for the Ingress: by then it
-        has taken the route, so the URL we post answers. Retryable when it does not."""
+    def _wait_for_address(self, api: KubeApi, spec: IngressSpec, timeout: float = 120.0,
+                          ) -> None:
+        """Until the ingress controller publishes an address for the Ingress and each
+        backend Service has a ready endpoint: a controller routes a host only to a
+        Service with somewhere to send it (the endpoints follow a pod's readiness a
+        moment later), so the URL we post answers. Retryable when it does not come."""
+        ref = Ref.of("Ingress", spec.name, spec.namespace)
+        services = sorted({h.service for h in spec.hosts})
         deadline = time.monotonic() + timeout
         delays = poll_delays(self.poll_interval)
-        while not ((((api.get(ref) or {}).get("status") or {}).get("loadBalancer") or {})
-                   .get("ingress")):
-            heartbeat({"waiting": f"{ref.what}: no address from the ingress controller yet"})
+        while missing := self._not_routed(api, ref, services):
+            heartbeat({"waiting": missing})
             if time.monotonic() >= deadline:
                 raise ApplicationError(
-                    f"{ref.what} has no address after {timeout:.0f}s: is an ingress "
-                    "controller serving it, and does it publish its address (status."
-                    "loadBalancer)? Or turn PREVIEW_INGRESS_WAIT_FOR_ADDRESS off",
-                    type=API_ERROR)
+                    f"{ref.what}: {missing} after {timeout:.0f}s. Is an ingress controller "
+                    "serving it, and does it publish its address (status.loadBalancer)? Or "
+                    "turn PREVIEW_INGRESS_WAIT_FOR_ADDRESS off", type=API_ERROR)
             time.sleep(next(delays))
+
+    @staticmethod
+    def _not_routed(api: KubeApi, ref: Ref, services: list[str]) -> str:
+        """What keeps the Ingress from answering yet, in words; empty once nothing does."""
+        status = ((api.get(ref) or {}).get("status") or {}).get("loadBalancer") or {}
+        if not status.get("ingress"):
+            return "no address from the ingress controller yet"
+        for service in services:
+            slices = api.list("EndpointSlice", ref.namespace,
+                              {"kubernetes.io/service-name": service})
+            if not any((endpoint.get("conditions") or {}).get("ready")
+                       for piece in slices for endpoint in piece.get("endpoints") or []):
+                return f"no ready endpoint of Service {service} yet"
+        return ""
 
     @activity.defn(name=IngressSpec.absent)
     def remove_ingress(self, input: StepInput) -> None:

@@ -76,7 +76,6 @@ async def stack(real_cluster: RealCluster, postgres_server: PostgresServer,
     await store.migrate()
     await store.import_blueprint(blueprint, actor="e2e")
     await store.put_secret(blueprint.project.name, "SESSION_SECRET", "s3ss10n", actor="e2e")
-    images.push_redis_image(real_cluster.registry_host)
 
     resources = Resources()
     timeouts = ActivityTimeouts(heartbeat_seconds=30, max_attempts=5, max_interval_seconds=2)

@@ -20,12 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack import images, kube, node_build
+from stack import kube, node_build
 from stack import registry as stack_registry
 from stack.kube import ControlPlane
 from stack.node import RealNode, missing_requirements, open_preview_url
 from stack.ports import free_port
 from stack.postgres import PostgresServer
+from stack.preview_node import start_preview_node
 from tests.plugins.kube import KubeCluster
 
 
@@ -86,13 +87,9 @@ def real_cluster(postgres_server: PostgresServer) -> Iterator[RealCluster]:
     try:
         plane.start()
         registry.start()
-        node = RealNode(
-            plane, state / "node", sandbox_image=images.push_pause_image(registry.host),
-            relayed_ports={"apiserver": plane.ports["apiserver"], "registry": registry.port},
-            registry_mirrors={"registry.local": registry.host},
-            pod_services={"postgres": postgres_server.port},
-            default_backend=f"http://127.0.0.1:{default_backend}")
-        node.start()
+        node = start_preview_node(plane, registry, state / "node",
+                                  pod_services={"postgres": postgres_server.port},
+                                  default_backend=f"http://127.0.0.1:{default_backend}")
         kubectl = kube.cache_dir() / "kubectl"
         yield RealCluster(kubeconfig=plane.kubeconfig, kubectl_path=kubectl, node=node,
                           registry_host=registry.host, default_backend_port=default_backend)
