@@ -24,6 +24,9 @@ class Spec(BaseModel):
     absent: ClassVar[str | None]
     sleep: ClassVar[str | None] = None  # scales the resource to zero
     wake: ClassVar[str | None] = None
+    # A kind that learnt to sleep after previews were running names a patch: a history
+    # recorded before it replays without those calls (workflow.patched).
+    scale_patch: ClassVar[str | None] = None
     # A step's heartbeat timeout: how soon the server notices a dead worker and hands
     # the step to another (+1 s retry backoff). Activities heartbeat every 2 s or less
     # while they wait, between short calls: a kind needs longer only if one of its calls
@@ -159,6 +162,9 @@ class CacheSpec(KubeSpec):
     """A Redis Deployment and Service with a generated password; output `url`, sealed."""
 
     kind: Literal["cache"] = "cache"
+    sleep: ClassVar[str | None] = "sleep_cache"  # a sleeping preview runs no pod at all
+    wake: ClassVar[str | None] = "wake_cache"
+    scale_patch: ClassVar[str | None] = "sleep-caches"
     present: ClassVar[str] = "ensure_cache"
     absent: ClassVar[str | None] = "remove_cache"
     namespace: str

@@ -398,8 +398,9 @@ class PreviewEnvironmentWorkflow:
 
     async def _scale(self, direction: str) -> None:
         for entry in self._s.ledger.entries:
-            activity = getattr(type(entry.step.spec), direction, None)
-            if activity is None:
+            kind = type(entry.step.spec)
+            activity = getattr(kind, direction, None)
+            if activity is None or (kind.scale_patch and not workflow.patched(kind.scale_patch)):
                 continue
             await workflow.execute_activity(
                 activity, entry.step.spec,

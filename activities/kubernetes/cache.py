@@ -89,5 +89,14 @@ class CacheActivities:
             remove_owned(api, Ref.of("Secret", f"{spec.name}-auth", spec.namespace),
                          spec.owner)
 
+    @activity.defn(name=CacheSpec.sleep)
+    def sleep_cache(self, spec: CacheSpec) -> None:
+        """Scaled to zero with the applications: its data goes (it keeps none on disk)."""
+        self.workloads.sleep_application(self.server(spec, f"{spec.name}-auth"))
+
+    @activity.defn(name=CacheSpec.wake)
+    def wake_cache(self, spec: CacheSpec) -> None:
+        self.workloads.wake_application(self.server(spec, f"{spec.name}-auth"))
+
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.ensure_cache, self.remove_cache]
+        return [self.ensure_cache, self.remove_cache, self.sleep_cache, self.wake_cache]

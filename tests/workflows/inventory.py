@@ -24,7 +24,6 @@ from domain.contract import (
 )
 from domain.feedback import ChangedFilesRequest, Feedback
 from domain.resources import (
-    ApplicationSpec,
     AwsSpec,
     AwsSweepInput,
     ImageSpec,
@@ -93,9 +92,10 @@ class Inventory:
             made.append(self._present(cls.present))
             if cls.absent:
                 made.append(self._absent(cls.absent))
+        for cls in SPEC_CLASSES:
+            if cls.sleep and cls.wake:
+                made += [self._scale(cls, cls.sleep, 0), self._scale(cls, cls.wake, None)]
         made += [
-            self._scale(ApplicationSpec.sleep or "", 0),
-            self._scale(ApplicationSpec.wake or "", None),
             self._feedback(),
             *self._listings(),
         ]
@@ -163,13 +163,14 @@ class Inventory:
 
         return absent
 
-    def _scale(self, name: str, replicas: int | None) -> Callable[..., Any]:
-        @activity.defn(name=name)
-        async def scale(spec: ApplicationSpec) -> None:
+    def _scale(self, cls: type[Spec], name: str, replicas: int | None) -> Callable[..., Any]:
+        async def scale(spec: Any) -> None:
             self.calls.append(f"{name}:{spec.name}")
-            self.scaled[spec.name] = spec.replicas if replicas is None else replicas
+            self.scaled[spec.name] = getattr(spec, "replicas", 1) if replicas is None else replicas
 
-        return scale
+        # Typed as the kind it scales, so the SDK gives it that kind's spec.
+        scale.__annotations__ = {"spec": cls, "return": None}
+        return activity.defn(name=name)(scale)
 
     def _feedback(self) -> Callable[..., Any]:
         @activity.defn(name=PUBLISH_FEEDBACK.name)

@@ -1,4 +1,5 @@
-"""Record lifecycle histories for the replay tests: `python -m tests.workflows.record_histories`.
+"""Record lifecycle histories for the replay tests: `python -m tests.workflows.record_histories`
+(all of them, or one: `... sleep_wake_with_cache`).
 
 Run it after an *intended* change to the workflow's command sequence (guarded with
 `workflow.patched`), and commit the new files next to the old ones: old histories must
@@ -62,7 +63,27 @@ async def record(client: Client, blueprints: Path) -> None:
             (await handle.fetch_history()).to_json())
 
 
-async def main() -> None:
+async def record_sleep_wake(client: Client, blueprints: Path) -> None:
+    """create → sleep → wake → destroy of a preview with a Redis cache: recorded before
+    caches slept too (the `sleep-caches` patch); it must keep replaying."""
+    harness = Harness(client, blueprints, None, caches=[{"name": "sessions"}])
+    async with harness.worker():
+        handle = await harness.deploy(pull_request(4, "5" * 40))
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await handle.signal("sleep")
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.sleeping)
+        await handle.signal("wake")
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await lifecycle.destroy(client, "acme/shop", 4, "recorded")
+        await handle.result()
+        (OUT / "sleep_wake_with_cache.v2.json").write_text(
+            (await handle.fetch_history()).to_json())
+
+
+RECORDINGS = {"all": record, "sleep_wake_with_cache": record_sleep_wake}
+
+
+async def main(which: str = "all") -> None:
     state = Path(tempfile.mkdtemp())
     blueprints = state / "blueprints"
     blueprints.mkdir()
@@ -70,7 +91,7 @@ async def main() -> None:
     server = TemporalDevServer(state / "temporal", headless=True).start()
     try:
         client = await Client.connect(server.address, data_converter=data_converter(Settings()))
-        await record(client, blueprints)
+        await RECORDINGS[which](client, blueprints)
     finally:
         server.stop()
         shutil.rmtree(state, ignore_errors=True)
@@ -78,6 +99,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(*sys.argv[1:2]))
     sys.stdout.flush()
     os._exit(0)

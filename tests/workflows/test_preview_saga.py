@@ -245,6 +245,26 @@ async def test_sleep_wake_and_a_commit_wakes_a_sleeping_preview(harness: Harness
     assert harness.inventory.present == {}
 
 
+async def test_a_sleeping_preview_runs_no_cache_either(temporal_client: Client,
+                                                       blueprint_dir: Path) -> None:
+    harness = Harness(temporal_client, blueprint_dir, None, caches=[{"name": "sessions"}])
+    async with harness.worker():
+        handle = await harness.deploy(pull_request(901))
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await handle.signal("sleep")
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.sleeping)
+        cache = next(name for name in harness.inventory.scaled if "sessions" in name)
+        assert harness.inventory.scaled[cache] == 0
+        await handle.signal("wake")
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        assert harness.inventory.scaled[cache] == 1
+        # The cache wakes before the applications that use it (the ledger's order).
+        wakes = [c for c in harness.inventory.calls if c.startswith(("wake_cache", "wake_app"))]
+        assert wakes[0].startswith("wake_cache")
+        await lifecycle.destroy(harness.client, "acme/shop", 901, "done")
+        await handle.result()
+
+
 async def test_deploy_updates_keep_working_across_continue_as_new(harness: Harness) -> None:
     """An update arriving while the run waits to continue as new must not deadlock it."""
     async with harness.worker():
