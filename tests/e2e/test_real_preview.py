@@ -212,7 +212,7 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
                                "-o", "jsonpath={.items[0].metadata.name}")
     who = real_cluster.in_pod(env, pod, "/demo", "whoami").stdout
     assert who.startswith("uid=") and not who.startswith("uid=0 ") and "token=false" in who
-    for target, opens in (("web:3000", True), ("sessions:6379", True),
+    for target, opens in (("web:3000", True), ("cache-sessions:6379", True),
                           (f"{real_cluster.gateway}:{postgres_server.port}", True),
                           ("169.254.169.254:80", False),
                           (f"{real_cluster.real_node.host_address}:22", False)):
@@ -242,7 +242,8 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
     await until(handle, lambda s: s.state == "sleeping")
     await eventually(lambda: real_cluster.kubectl("get", "pods", "-n", env, "-o", "name"),
                      lambda pods: pods.strip() == "")
-    waking = real_cluster.open(web)
+    # In a thread: the starter that answers runs on this event loop.
+    waking = await asyncio.to_thread(real_cluster.open, web)
     assert waking.status_code == 202, waking.text
     assert "waking up" in waking.text and 'http-equiv="refresh"' in waking.text
     await until(handle, lambda s: s.state == "ready")
@@ -253,7 +254,7 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
     await send(http, "pull_request.closed", number, second, 3)
     result = await handle.result()
     assert result.state == "destroyed"
-    gone = real_cluster.open(web)  # no route, and no preview for the default backend
+    gone = await asyncio.to_thread(real_cluster.open, web)  # no route, no preview either
     assert gone.status_code == 404 and "No preview here" in gone.text
     assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")
     assert await databases(postgres_server.admin_url) == databases_before
