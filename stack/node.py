@@ -140,8 +140,7 @@ class RealNode:
         missing = missing_requirements()
         if missing:
             raise NodeError("a real node needs " + ", ".join(missing)
-                            + " (apt-get install containerd runc containernetworking-plugins "
-                            "nftables iptables socat conntrack; python -m stack.node_build build)")
+                            + " (`make packages node` installs and builds them, as root)")
         started = time.monotonic()
         try:
             self._start(started + timeout)
