@@ -394,10 +394,13 @@ def heartbeat(*details: Any) -> None:
         activity.heartbeat(*details)
 
 
-def poll_delays(cap: float, first: float = 0.1) -> Iterator[float]:
-    """Waits between polls of something converging: short at first, since most rollouts
-    and deletions end within a second or two, then every `cap` seconds."""
-    delay = min(first, cap)
+def poll_delays(cap: float, first: float = 0.1, *, brisk: float = 0.25,
+                brisk_for: float = 8.0) -> Iterator[float]:
+    """Waits between polls of something converging: most rollouts and deletions end
+    within a few seconds, so at most `brisk` apart for the first `brisk_for` seconds
+    (a rollout seen late is a preview late), then doubling up to every `cap` seconds."""
+    delay, waited = min(first, cap), 0.0
     while True:
         yield delay
-        delay = min(delay * 2, cap)
+        waited += delay
+        delay = min(delay * 2, cap if waited >= brisk_for else min(brisk, cap))

@@ -179,7 +179,7 @@ class KubernetesActivities(NamespaceActivities):
             container["readinessProbe"] = {
                 "httpGet": {"path": spec.health_check.path, "port": port},
                 "initialDelaySeconds": spec.health_check.initial_delay_seconds,
-                "periodSeconds": 2,  # a new pod takes traffic, and a rollout ends, sooner
+                "periodSeconds": 1,  # a new pod takes traffic, and a rollout ends, sooner
             }
         manifest = ref.manifest(labels, spec={
             "replicas": spec.replicas,
