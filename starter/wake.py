@@ -64,9 +64,9 @@ async def wake_for_host(client: Client, host: str) -> PreviewState | None:
     return None
 
 
-@router.api_route(PREFIX + "/{path:path}", methods=["GET", "HEAD"], response_class=HTMLResponse,
-                  responses={202: {"description": "The preview is waking up (or starting)"},
-                             404: {"description": "No running preview serves this host"}})
+@router.get(PREFIX + "/{path:path}", response_class=HTMLResponse,
+            responses={202: {"description": "The preview is waking up (or starting)"},
+                       404: {"description": "No running preview serves this host"}})
 async def wake_on_request(request: Request, path: str) -> HTMLResponse:
     """The ingress controller's default backend: a request for a sleeping preview."""
     host = (request.headers.get("x-forwarded-host") or request.headers.get("host") or "")

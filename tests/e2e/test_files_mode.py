@@ -177,7 +177,9 @@ async def test_tls_previews_get_https_urls_and_dns_at_the_configured_load_balanc
                                 lambda c: c and "ready" in c[-1]["body"].lower())
     comment = comments[-1]["body"]
     assert f"https://{host}" in comment and "http://" not in comment
-    statuses = git_host_module.statuses(TLS_REPOSITORY, pr.head_sha)
+    # The commit status follows the comment (one publication, two calls): wait for it.
+    statuses = await eventually(lambda: git_host_module.statuses(TLS_REPOSITORY, pr.head_sha),
+                                lambda s: s and s[-1].get("target_url"))
     assert statuses[-1]["target_url"] == f"https://{host}"
 
     await lifecycle.destroy(temporal_client, TLS_REPOSITORY, number, "tls done")
