@@ -1,9 +1,10 @@
 """What every benchmark shares: the stack it runs on, percentiles, signed webhooks, JSON.
 
 `BenchStack` starts the real parts on loopback from stack/ (PostgreSQL, Temporal's dev
-server, optionally moto and the Kubernetes control plane) in a private state folder,
-and can add `python -m worker` and `python -m starter` as subprocesses (stack.run's
-`Service`), configured through PREVIEW_* variables exactly as in production.
+server, optionally moto and the Kubernetes control plane, with kwok's fake nodes or one
+real node whose pods run: `node="real"`) in a private state folder, and can add
+`python -m worker` and `python -m starter` as subprocesses (stack.run's `Service`),
+configured through PREVIEW_* variables exactly as in production.
 
 `Recorder` writes bench/results/<name>.json with the exact command line, the machine
 (nproc, memory, CPU model), the date, the load average before and after, and figures.
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import asyncpg
 import httpx
@@ -43,6 +44,9 @@ from engine.settings import Settings
 from stack.ports import free_port
 from stack.postgres import PostgresServer, create_database
 from stack.temporal import TemporalDevServer
+
+if TYPE_CHECKING:
+    from stack.node import RealNode
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -202,10 +206,17 @@ class BenchStack:
     """The real parts on loopback in a private folder; everything it starts, it stops."""
 
     def __init__(self, *, kube: bool = True, moto: bool = True, keep_state: bool = False,
-                 log_level: str = "INFO", pg_image_size: str | None = None) -> None:
+                 log_level: str = "INFO", pg_image_size: str | None = None,
+                 node: Literal["fake", "real"] = "fake") -> None:
+        """node (with kube): `fake`, kwok's nodes (the API only, pods never run); `real`,
+        no kwok but one real node (stack/preview_node.py, root only) and the registry it
+        pulls `registry.local/...` from, with the engine checking images there."""
         self.state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
         os.chmod(self.state, 0o755)  # PostgreSQL runs as `postgres` under root
         self.with_kube, self.with_moto, self.keep_state = kube, moto, keep_state
+        self.node_kind = node
+        self.node: RealNode | None = None
+        self.registry_host: str | None = None
         self.log_level = log_level
         self.pg_image_size = pg_image_size  # of its PostgreSQL's XFS image (stack/reflink.py)
         self._stoppers: list[Callable[[], None]] = []
@@ -254,7 +265,10 @@ class BenchStack:
             moto = MotoServer(self.state / "moto.log").start()
             self._stoppers.append(moto.stop)
             self.moto_endpoint = update["aws_endpoint_url"] = moto.endpoint_url
-        if self.with_kube:
+        if self.with_kube and self.node_kind == "real":
+            update.update(self._start_real_node(postgres, update["listen_port"]))
+            self.kubeconfig = update["kubeconfig"]
+        elif self.with_kube:
             from stack.kube import ControlPlane, build
 
             plane = ControlPlane(self.state / "kube", bin_dir=build())
@@ -264,6 +278,27 @@ class BenchStack:
         self.settings = self.settings.model_copy(update=update)
         self.startup_seconds = round(time.monotonic() - began, 1)
         return self
+
+    def _start_real_node(self, postgres: PostgresServer, starter_port: int) -> dict[str, Any]:
+        """The registry, a control plane without kwok and a real node (as `make run`
+        starts them); the settings that point the engine at them."""
+        from stack import kube, node_build, registry
+        from stack.preview_node import start_preview_node
+
+        for build in (kube.build, registry.build, node_build.build):
+            build()
+        images = registry.Registry(self.state / "registry").start()
+        self._stoppers.append(images.stop)
+        plane = kube.ControlPlane(self.state / "kube", fake_nodes=0)
+        plane.start()
+        self._stoppers.append(plane.stop)
+        # The ingress's default backend is the starter (it wakes a sleeping preview).
+        self.node = start_preview_node(
+            plane, images, self.state / "node", pod_services={"postgres": postgres.port},
+            default_backend=f"http://127.0.0.1:{starter_port}")
+        self._stoppers.append(self.node.stop)
+        self.registry_host = images.host
+        return {**self.node.engine_settings(images.host, postgres.port), "check_images": True}
 
     @property
     def env(self) -> dict[str, str]:

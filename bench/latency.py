@@ -1,12 +1,20 @@
-"""Webhook → Ready latency of a preview on the real stack, with its critical path.
+"""Latency of a preview on the real stack: webhook → its URL answers, or → Ready.
 
-The blueprint has 3 applications (web → api → database, and a worker) and 1 shared
-PostgreSQL database cloned from a golden copy (data_policy clone: a
-GoldenRefreshWorkflow makes the golden copy of a small source database once, before
-the runs; `--data-policy seed` seeds an empty database instead), plus DNS records in
-Route53 (moto). Everything runs as in production: `python -m worker` and
-`python -m starter` subprocesses, the Temporal dev server, the Kubernetes control plane,
-PostgreSQL and moto on loopback.
+By default (`--node real`) previews of the example blueprint run on a real node, and
+the figures are webhook → the first 200 from the preview's URL, push → new commit
+served and the failed requests during that rollout, and where the time goes:
+bench/url_latency.py says how.
+
+    .venv/bin/python -m bench.latency --runs 10       # real node: 1 warm-up + 10 runs
+
+The rest of this docstring is `--node fake`: kwok's nodes, where pods never run, so the
+figure is webhook → Ready, with its critical path. The blueprint has 3 applications
+(web → api → database, and a worker) and 1 shared PostgreSQL database cloned from a
+golden copy (data_policy clone: a GoldenRefreshWorkflow makes the golden copy of a
+small source database once, before the runs; `--data-policy seed` seeds an empty
+database instead), plus DNS records in Route53 (moto). Everything runs as in
+production: `python -m worker` and `python -m starter` subprocesses, the Temporal dev
+server, the Kubernetes control plane, PostgreSQL and moto on loopback.
 
 Each run sends a signed `pull_request.opened` webhook over HTTP, waits for Ready, reads
 the workflow's history, then closes the PR (webhook) and waits for the teardown to
@@ -18,9 +26,9 @@ completed; the critical path (from the last step to complete, back through the
 dependency that completed last, to the first); and the orchestration overhead =
 total / sum of the critical path's step execution times (started → completed).
 
-    .venv/bin/python -m bench.latency                 # 1 warm-up + 20 measured runs
-    .venv/bin/python -m bench.latency --runs 30 --data-policy seed
-    .venv/bin/python -m bench.latency --golden-sizes 100MB,1GB   # same runs per size
+    .venv/bin/python -m bench.latency --node fake     # 1 warm-up + 20 measured runs
+    .venv/bin/python -m bench.latency --node fake --runs 30 --data-policy seed
+    .venv/bin/python -m bench.latency --node fake --golden-sizes 100MB,1GB  # runs per size
 
 With --golden-sizes the runs are repeated, in one stack, for a golden copy of each size
 (the source grown to that size, refreshed again by GoldenRefreshWorkflow): what a larger
@@ -36,6 +44,7 @@ import collections
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -289,19 +298,16 @@ def database_details(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for line, n in sorted(counts.items())}
 
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate_analyses(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Percentiles over runs of what analyse() found in each history."""
     keys = sorted({k for r in runs for k in r["steps"]})
     paths = collections.Counter(" → ".join(r["critical_path"]) for r in runs)
     return {
         "total_seconds": summary([r["total_seconds"] for r in runs], 3),
-        "observed_by_polling_seconds": summary([r["observed_by_polling_seconds"] for r in runs],
-                                               3),
-        "webhook_answer_seconds": summary([r["webhook_answer_seconds"] for r in runs], 4),
         "orchestration_overhead": summary([r["orchestration_overhead"] for r in runs], 3),
         "critical_path_run_seconds": summary([r["critical_path_run_seconds"] for r in runs], 3),
         "critical_path_queue_seconds": summary([r["critical_path_queue_seconds"] for r in runs],
                                                3),
-        "destroy_seconds": summary([r["destroy_seconds"] for r in runs], 3),
         "phases": {p: summary([r["phases"][p] for r in runs], 3) for p in runs[0]["phases"]},
         "critical_paths": dict(paths.most_common()),
         "steps": {k: {"queue_seconds_p50": summary([r["steps"][k]["queue_seconds"] for r in runs
@@ -310,8 +316,20 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                                   if k in r["steps"]])["p50"],
                       "run_seconds_p95": summary([r["steps"][k]["run_seconds"] for r in runs
                                                   if k in r["steps"]])["p95"],
+                      "completed_at_p50": summary([r["steps"][k]["completed_at"] for r in runs
+                                                   if k in r["steps"]])["p50"],
                       "on_critical_path": sum(k in r["critical_path"] for r in runs)}
                   for k in keys},
+    }
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        **aggregate_analyses(runs),
+        "observed_by_polling_seconds": summary([r["observed_by_polling_seconds"] for r in runs],
+                                               3),
+        "webhook_answer_seconds": summary([r["webhook_answer_seconds"] for r in runs], 4),
+        "destroy_seconds": summary([r["destroy_seconds"] for r in runs], 3),
         "history_events_create_and_destroy": summary(
             [r["history_events_create_and_destroy"] for r in runs], 1),
     }
@@ -359,7 +377,7 @@ async def bench(stack: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
                            "warmup_runs": warmups})
     last = phases[-1]
     document = {
-        "parameters": {"runs": args.runs, "warmup": args.warmup,
+        "parameters": {"node": "fake", "runs": args.runs, "warmup": args.warmup,
                        "data_policy": args.data_policy, "source_rows": args.source_rows,
                        "golden_sizes": args.golden_sizes or None},
         "blueprint": bp.model_dump(mode="json", exclude_defaults=True),
@@ -408,18 +426,36 @@ NOTES = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--node", choices=["real", "fake"], default="real",
+                        help="real: the example blueprint on a real node, webhook → first 200 "
+                             "(root); fake: kwok's nodes, webhook → Ready")
+    parser.add_argument("--runs", type=int, default=None, help="20 (fake) or 10 (real)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--data-policy", choices=["clone", "seed"], default="clone")
+    parser.add_argument("--data-policy", choices=["clone", "seed"], default="clone",
+                        help="--node fake only")
     parser.add_argument("--source-rows", type=int, default=20_000,
-                        help="rows of the source database the golden copy is made from")
+                        help="--node fake: rows of the source database the golden copy is "
+                             "made from")
     parser.add_argument("--golden-sizes", default="",
-                        help="e.g. 100MB,1GB: the runs again for a golden copy of each size "
-                             "(overrides --source-rows)")
+                        help="--node fake, e.g. 100MB,1GB: the runs again for a golden copy of "
+                             "each size (overrides --source-rows)")
+    parser.add_argument("--poll-interval", type=float, default=0.05,
+                        help="--node real: seconds between requests to a preview's URL")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="--node real: skip the bare-Kubernetes baseline")
     parser.add_argument("--timeout", type=float, default=240, help="per run and phase")
     parser.add_argument("--keep-state", action="store_true")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="write here instead of bench/results/latency.json")
     args = parser.parse_args()
     recorder = Recorder("bench.latency")
+    if args.node == "real":
+        from bench.url_latency import run_real
+
+        args.runs = 10 if args.runs is None else args.runs
+        document, notes, line = run_real(args)
+        finish(recorder, "latency", document, notes, line, args.output)
+    args.runs = 20 if args.runs is None else args.runs
     largest = max([parse_size(s) for s in args.golden_sizes.split(",") if s] or [0])
     # The stack's PostgreSQL image holds the source, its golden copy and their WAL.
     image = f"{max(4, 4 * largest // 10**9 + 4)}G"
@@ -430,7 +466,7 @@ def main() -> None:
     finish(recorder, "latency", document, NOTES,
            f"webhook → Ready p50 {fig['total_seconds']['p50']} s, "
            f"p95 {fig['total_seconds']['p95']} s; overhead p50 "
-           f"x{fig['orchestration_overhead']['p50']}")
+           f"x{fig['orchestration_overhead']['p50']}", args.output)
 
 
 if __name__ == "__main__":

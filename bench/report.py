@@ -20,8 +20,10 @@ README = HERE / "README.md"
 Rows = list[tuple[str, str]]
 
 ABOUT = {
-    "latency": ("bench/latency.py", "webhook → Ready of one preview (3 apps + 1 database) on "
-                "the real stack, critical path and orchestration overhead"),
+    "latency": ("bench/latency.py", "the example blueprint's preview on a real node: webhook "
+                "→ first 200 from its URL, push → new commit served with the failed requests "
+                "of the rollout, where the time goes, against bare Kubernetes (`--node fake`: "
+                "webhook → Ready on kwok, critical path and orchestration overhead)"),
     "starter_throughput": ("bench/starter_throughput.py", "webhooks/s through `python -m "
                            "starter` vs raw `Client.start_workflow`, same concurrency"),
     "burst": ("bench/burst.py", "many PRs opened at once: time until all are Ready, worker "
@@ -45,8 +47,51 @@ def _s(value: Any, unit: str = " s") -> str:
     return f"{value}{unit}"
 
 
+def real_latency_rows(doc: dict[str, Any]) -> Rows:
+    """bench/url_latency.py's document (`--node real`)."""
+    fig = doc["figures"]
+    first, served = fig["webhook_to_first_200_seconds"], fig["push_to_served_seconds"]
+    failed = fig["failed_requests_during_rollouts"]
+    ratio = fig.get("ratio_to_baseline", {})
+    base = fig.get("baseline", {})
+    times = fig["where_the_time_goes"]
+    path = times["path_to_first_200"]
+    kube = times["kubernetes_create"]
+    rows = [
+        (f"webhook → first 200 with the PR's commit through the ingress, p50 / p95 "
+         f"({first['n']} runs, examples/preview.yaml)",
+         f"{_s(first['p50'])} / {_s(first['p95'])}"),
+        ("webhook → Ready (history) p50; push → Ready p50",
+         f"{_s(fig['webhook_to_ready_seconds']['p50'])}; "
+         f"{_s(fig['push_to_ready_seconds']['p50'])}"),
+        ("push → new commit served (api URL), p50 / p95",
+         f"{_s(served['p50'])} / {_s(served['p95'])}"),
+        ("failed requests while rolling out (polled every "
+         f"{doc.get('parameters', {}).get('poll_interval_seconds')} s)",
+         f"{failed['failed']} of {failed['requests']}"),
+    ]
+    if ratio:
+        rows.append(("bare Kubernetes (same Deployments, no engine): apply → first 200 p50; "
+                     "new commit → served p50; ratio preview ÷ bare",
+                     f"{_s(base['apply_to_first_200_seconds']['p50'])}; "
+                     f"{_s(base['apply_to_served_seconds']['p50'])}; "
+                     f"x{ratio['webhook_to_first_200_p50']} / x{ratio['push_to_served_p50']}"))
+    rows.append((f"path to the first 200, p50 wait + run per step ({path['runs']}/{first['n']} "
+                 "runs)", ", ".join(f"{k} {_s(v['wait_p50'])} + {_s(v['run_p50'])}"
+                                    for k, v in path["steps"].items())))
+    rows.append(("web / api pods: image pull, created → started, started → Ready p50",
+                 "; ".join(f"{app} {_s(k['pull_seconds'].get('p50'))}, "
+                           f"{_s(k['created_to_started'].get('p50'))}, "
+                           f"{_s(k['started_to_ready'].get('p50'))}" for app, k in kube.items())))
+    rows.append(("teardown (PR closed → workflow done, all gone) p50",
+                 _s(fig["destroy_seconds"]["p50"])))
+    return rows
+
+
 def latency_rows(doc: dict[str, Any]) -> Rows:
     fig, params = doc["figures"], doc.get("parameters", {})
+    if params.get("node") == "real":
+        return real_latency_rows(doc)
     total = fig["total_seconds"]
     paths = fig.get("critical_paths", {})
     top = next(iter(paths), "")
