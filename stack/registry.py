@@ -32,6 +32,7 @@ import yaml
 
 from stack import kube
 from stack.ports import free_port, stop_group
+from stack.processes import set_pdeathsig
 
 DISTRIBUTION_MODULE = "github.com/distribution/distribution/v3"
 DISTRIBUTION_VERSION = "v3.1.2"
@@ -165,6 +166,7 @@ class Registry:
                 [str(binary("registry")), "serve", str(config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.state_dir, env=env, start_new_session=True,
+                preexec_fn=set_pdeathsig,  # gone with its stack, even one killed with -9
             )
         self._wait_ready(timeout)
         return self
