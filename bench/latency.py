@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import collections
 import re
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -424,6 +425,10 @@ NOTES = [
 ]
 
 
+def _terminate(*_: object) -> None:
+    raise SystemExit(143)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--node", choices=["real", "fake"], default="real",
@@ -448,6 +453,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None,
                         help="write here instead of bench/results/latency.json")
     args = parser.parse_args()
+    # SIGTERM (timeout, a CI's cancel) unwinds like Ctrl-C: the stack stops every part it
+    # started instead of leaving its subprocesses and the node behind.
+    signal.signal(signal.SIGTERM, _terminate)
     recorder = Recorder("bench.latency")
     if args.node == "real":
         from bench.url_latency import run_real

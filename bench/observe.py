@@ -259,23 +259,28 @@ class PodWatch(threading.Thread):
 
 
 def pulls(kubeconfig: str, namespace: str) -> dict[str, dict[str, Any]]:
-    """Pod name → the kubelet's word on its image pull (from its `Pulled` event)."""
+    """Pod name → the kubelet's word on its image pull (its `Pulled` event) and on its
+    failed readiness probes (`Unhealthy` events: how many, and the first message)."""
     api = k8s_config.new_client_from_config(config_file=kubeconfig)
     try:
-        events = k8s.CoreV1Api(api).list_namespaced_event(
-            namespace, field_selector="reason=Pulled").items
+        events = k8s.CoreV1Api(api).list_namespaced_event(namespace).items
     finally:
         api.close()
     found: dict[str, dict[str, Any]] = {}
     for event in events:
         message = event.message or ""
-        match = PULLED.search(message)
-        found[str(event.involved_object.name)] = {
-            "pull_seconds": round(go_seconds(match.group(1)), 4) if match else 0.0,
-            "including_waiting_seconds": round(go_seconds(match.group(2)), 4) if match
-            else 0.0,
-            "already_present": "already present" in message,
-        }
+        pod = found.setdefault(str(event.involved_object.name), {})
+        if event.reason == "Pulled":
+            match = PULLED.search(message)
+            pod.update({
+                "pull_seconds": round(go_seconds(match.group(1)), 4) if match else 0.0,
+                "including_waiting_seconds": round(go_seconds(match.group(2)), 4) if match
+                else 0.0,
+                "already_present": "already present" in message,
+            })
+        elif event.reason == "Unhealthy":
+            pod["probe_failures"] = pod.get("probe_failures", 0) + (event.count or 1)
+            pod.setdefault("probe_failure", message[:200])
     return found
 
 

@@ -302,6 +302,10 @@ def pods_summary(runs: list[dict[str, Any]], pick: Any) -> dict[str, Any]:
                     for key in ("pull_seconds", "created_at", "created_to_started",
                                 "started_to_ready", "created_to_ready", "ready_at")}
         out[app]["already_present"] = sum(bool(p.get("already_present")) for p in pods)
+        out[app]["failed_readiness_probes"] = sum(p.get("probe_failures", 0) for p in pods)
+        out[app]["pods_with_a_failed_probe"] = sum(1 for p in pods if p.get("probe_failures"))
+        out[app]["a_probe_failure"] = next((p["probe_failure"] for p in pods
+                                            if p.get("probe_failure")), None)
     return out
 
 
@@ -491,13 +495,13 @@ NOTES = [
     "Until Traefik has a route for the web host, it sends the request to its default "
     "backend, the starter's wake route, which lists the PR's running previews in Temporal's "
     "visibility store and queries the workflow's status: while the preview is created its "
-    "status has no URLs yet, so the answer is 404 'No preview here' (202 'This preview is "
-    "waking up' once the status has them and Traefik has not taken the route yet). So "
+    "status has no URLs yet, so the answer is 404 'No preview here' (a URL enters the status "
+    "only once it answers through Traefik: PREVIEW_PREVIEW_URL_CHECK). So "
     "every poll before the first 200 costs the starter, Temporal and the worker that work "
-    "while the preview is being made, on the same 2 cores: the 50 ms polling slows what it "
-    "measures (compare a run with --poll-interval 0.5, whose webhook → Ready, read from the "
-    "history, does not depend on the polling). `answers` in each run counts what the polls "
-    "got.",
+    "while the preview is being made, on the same cores. To see whether that slows what is "
+    "measured, compare webhook → Ready (read from the history, so independent of the "
+    "polling) with a run at --poll-interval 0.5. `answers` in each run counts what the "
+    "polls got.",
     "push → served = from just before the pull_request.synchronize POST (CI has pushed the "
     "images; ci_seconds, not counted) to the first answer from the api URL with the new "
     "commit. A client polls the api URL from before the POST until the old pods are gone "
@@ -510,7 +514,9 @@ NOTES = [
     "(activities/kubernetes/workloads.py).",
     "Pod times come from a watch on the API server (this process's clock: created = first "
     "seen, started = container running, ready = Ready condition True), pull_seconds from the "
-    "kubelet's Pulled event ('Successfully pulled image ... in X').",
+    "kubelet's Pulled event ('Successfully pulled image ... in X'), failed readiness probes "
+    "from its Unhealthy events (a probe before the process listens is refused, and the next "
+    "comes one probe period later).",
     "baseline = the same web and api Deployments and Services (KubernetesActivities' "
     "manifests: replicas, probes, preStop, hardened pods), images of their own freshly "
     "pushed, and one Ingress, applied straight to the API server in a namespace of their "

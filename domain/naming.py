@@ -20,6 +20,9 @@ HOSTNAME = re.compile(
 )
 
 MANAGED_BY = "preview-engine"
+# On every answer of the engine's own default backend (the wake page): what the ingress
+# sends a host it has no route for, so a check of a preview's URL can tell it apart.
+DEFAULT_BACKEND_HEADER = "X-Preview-Default-Backend"
 
 
 class NameError_(ValueError):

@@ -58,6 +58,7 @@ from domain.resources import (
     SecretSpec,
     SweepTargets,
     UpstreamRef,
+    UrlCheck,
     VpcSpec,
 )
 from domain.secrets import SealedValue
@@ -120,6 +121,10 @@ class PlanOptions(BaseModel):
         None, description="Port of the previews' URLs when the ingress is not on 80/443")
     ingress_wait_for_address: bool = Field(
         False, description="An Ingress is ready once its controller publishes an address")
+    url_check: bool = Field(
+        False, description="An Ingress is ready once each URL answers from its application")
+    url_connect_to: str | None = Field(
+        None, description="host:port the worker reaches the ingress at, for that check")
     dns_cidrs: tuple[str, ...] = Field(
         (), description="Cluster DNS servers that are not kube-dns pods (a node-local one)")
     egress: tuple[EgressRule, ...] = Field(
@@ -435,9 +440,19 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
             basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
             url_port=ctx.options.url_port,
             wait_for_address=ctx.options.ingress_wait_for_address,
+            check=_url_check(app, ctx.options),
             hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
         ), f"route {hosts[0]}", (f"app/{app.name}",)))
     return steps
+
+
+def _url_check(app: Application, options: PlanOptions) -> UrlCheck | None:
+    """Its health path through the route when it has one, else `/`."""
+    if not options.url_check:
+        return None
+    health = app.health_check
+    return UrlCheck(path=health.path if health else "/", health=health is not None,
+                    connect_to=options.url_connect_to)
 
 
 def _image_tag(ctx: _Context, app: Application) -> tuple[str, str]:

@@ -127,6 +127,18 @@ class IngressHost(BaseModel):
     port: int
 
 
+class UrlCheck(BaseModel):
+    """How a route is shown to answer from its application, not from the controller
+    (its 404 for an unknown host, a 502 without upstream) or the engine's default backend."""
+
+    model_config = ConfigDict(frozen=True)
+    path: str = "/"
+    health: bool = Field(False, description="path is the application's health check: "
+                                            "only 2xx/3xx counts")
+    connect_to: str | None = Field(
+        None, description="host:port to connect to instead of resolving the URL's host")
+
+
 class IngressSpec(KubeSpec):
     kind: Literal["ingress"] = "ingress"
     present: ClassVar[str] = "ensure_ingress"
@@ -138,6 +150,7 @@ class IngressSpec(KubeSpec):
     basic_auth_secret: str | None = None
     url_port: int | None = None  # the ingress's port in URLs, when not 80/443
     wait_for_address: bool = False  # ready once the controller publishes an address
+    check: UrlCheck | None = None  # ready once each URL answers from the application
 
 
 class ContainerDatabaseSpec(KubeSpec):

@@ -189,6 +189,15 @@ class Settings(BaseSettings):
         False, description="Call a preview's Ingress ready only once the ingress controller "
                            "has published an address for it (status.loadBalancer): by then "
                            "it routes the host, so the URL on the pull request answers")
+    preview_url_check: bool = Field(
+        False, description="Call a preview's route ready only once its URL answers from the "
+                           "application (its health path through the ingress), not from the "
+                           "controller or its default backend: the controller may publish an "
+                           "address before it routes. The worker must reach the ingress")
+    preview_url_connect_to: str | None = Field(
+        None, pattern=r"^[^:/\s]+:\d{1,5}$",
+        description="host:port the worker connects to for that check instead of resolving the "
+                    "URL's host (curl's --connect-to), e.g. the ingress's internal address")
     preview_url_port: int | None = Field(
         None, ge=1, le=65535,
         description="Port in the previews' URLs, when the ingress answers on neither 80 nor 443")

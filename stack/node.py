@@ -170,6 +170,9 @@ class RealNode:
             "ingress_controller_cidrs": [f"{self.host_address}/32"],
             "preview_url_port": self.ingress_port,
             "ingress_wait_for_address": True,  # Traefik publishes 127.0.0.1
+            # ...before it routes the host: ready once the URL answers through it.
+            "preview_url_check": True,
+            "preview_url_connect_to": f"127.0.0.1:{self.ingress_port}",
             "registry_mirrors": {**self.registry_mirrors},
             "registry_plain_http": [registry_host],
             "kubeconfig": str(self.plane.kubeconfig),

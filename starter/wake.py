@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from domain.naming import DEFAULT_BACKEND_HEADER
 from workflows.preview import PreviewEnvironmentWorkflow, PreviewState
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ async def wake_on_request(request: Request, path: str) -> HTMLResponse:
     host = (request.headers.get("x-forwarded-host") or request.headers.get("host") or "")
     hostname = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
     state = await wake_for_host(request.app.state.temporal, hostname)
-    headers = {"Cache-Control": "no-store"}
+    # Marked, so that the engine's check of a new preview's URL knows it is not the app.
+    headers = {"Cache-Control": "no-store", DEFAULT_BACKEND_HEADER: "wake"}
     if state is None:
         return HTMLResponse(page("No preview here", f"No running preview serves {hostname}.",
                                  refresh=False), status_code=404, headers=headers)

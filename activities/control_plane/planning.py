@@ -48,6 +48,8 @@ def plan_options(settings: Settings) -> PlanOptions:
         ingress_cidrs=tuple(settings.ingress_controller_cidrs),
         url_port=settings.preview_url_port,
         ingress_wait_for_address=settings.ingress_wait_for_address,
+        url_check=settings.preview_url_check,
+        url_connect_to=settings.preview_url_connect_to,
         dns_cidrs=tuple(settings.cluster_dns_cidrs),
         egress=(*database_egress(settings), *settings.preview_egress),
         storage_class=settings.storage_class,

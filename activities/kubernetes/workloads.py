@@ -38,6 +38,7 @@ from activities.kubernetes.pods import (
     pod_problem,
 )
 from activities.kubernetes.rights import NamespaceRights
+from activities.kubernetes.url_check import wait_until_answering
 from domain.resources import (
     ApplicationSpec,
     ConfigMapSpec,
@@ -374,7 +375,11 @@ class KubernetesActivities(NamespaceActivities):
             self._wait_for_address(api, spec)
         scheme = "https" if spec.tls_secret else "http"
         port = f":{spec.url_port}" if spec.url_port else ""
-        return StepOutput(urls={h.host: f"{scheme}://{h.host}{port}" for h in spec.hosts})
+        urls = {h.host: f"{scheme}://{h.host}{port}" for h in spec.hosts}
+        if spec.check:
+            wait_until_answering(sorted(urls.values()), spec.check,
+                                 poll_delays(self.poll_interval), heartbeat)
+        return StepOutput(urls=urls)
 
     def _wait_for_address(self, api: KubeApi, spec: IngressSpec, timeout: float = 120.0,
                           ) -> None:

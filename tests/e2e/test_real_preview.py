@@ -12,6 +12,7 @@ would, kubectl, and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -182,16 +183,50 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
     await send(http, "pull_request.opened", number, first, 1)
     handle = temporal_client.get_workflow_handle_for(
         PreviewEnvironmentWorkflow.run, workflow_id("Codertocat/Hello-World", number))
+    async with destroyed_at_the_end(temporal_client, number):
+        await opened_closed_and_gone(stack, real_cluster, handle, number, first, second,
+                                     postgres_server.port, chromium, tmp_path)
+    assert await databases(postgres_server.admin_url) == databases_before
+
+
+@contextlib.asynccontextmanager
+async def destroyed_at_the_end(client: Client, number: int) -> AsyncIterator[None]:
+    """Whatever happens in the test, the preview goes: one left running would hold the
+    node's CPU and fail the next test for want of it."""
+    try:
+        yield
+    finally:
+        await destroy_quietly(client, number)
+
+
+async def destroy_quietly(client: Client, number: int) -> None:
+    """Destroy the preview if it still runs and wait for it to be gone (a failing test's
+    cleanup: its own failure is what it reports)."""
+    with contextlib.suppress(Exception):
+        if await lifecycle.destroy(client, REPOSITORY, number, "test over"):
+            await asyncio.wait_for(client.get_workflow_handle(
+                workflow_id(REPOSITORY, number)).result(), CONVERGE_TIMEOUT)
+
+
+async def opened_closed_and_gone(stack: dict[str, Any], real_cluster: RealCluster,
+                                 handle: Any, number: int, first: str, second: str,
+                                 database_port: int, chromium: Path, tmp_path: Path) -> None:
+    http = stack["http"]
+
+    async def get(url: str) -> httpx.Response:
+        # In a thread: the ingress's default backend is the starter on this event loop.
+        return await asyncio.to_thread(real_cluster.open, url)
+
     status = await until(handle, lambda s: s.state == "ready")
 
     port = real_cluster.real_node.ingress_port
     web, api = status.urls["web"], status.urls["api"]
     assert web == f"http://web-pr-{number}.preview.localhost:{port}"
-    page = real_cluster.open(web)
-    assert page.status_code == 200
+    page = await get(web)  # ready means the URL answers: no retry
+    assert page.status_code == 200, page.text[:300]
     assert f'id="commit">{first}<' in page.text.replace(" ", "")
     assert 'id="node-env">development<' in page.text.replace(" ", "")  # the override
-    answers = [real_cluster.open(api).json() for _ in range(2)]
+    answers = [(await get(api)).json() for _ in range(2)]
     assert answers[0]["commit"] == first
     assert answers[1]["visits"] == answers[0]["visits"] + 1  # Redis keeps the count
     customer = answers[0]["customer"]
@@ -213,7 +248,7 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
     who = real_cluster.in_pod(env, pod, "/demo", "whoami").stdout
     assert who.startswith("uid=") and not who.startswith("uid=0 ") and "token=false" in who
     for target, opens in (("web:3000", True), ("cache-sessions:6379", True),
-                          (f"{real_cluster.gateway}:{postgres_server.port}", True),
+                          (f"{real_cluster.gateway}:{database_port}", True),
                           ("169.254.169.254:80", False),
                           (f"{real_cluster.real_node.host_address}:22", False)):
         said = real_cluster.in_pod(env, pod, "/demo", "probe", target).stdout.strip()
@@ -243,7 +278,7 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
     await eventually(lambda: real_cluster.kubectl("get", "pods", "-n", env, "-o", "name"),
                      lambda pods: pods.strip() == "")
     # In a thread: the starter that answers runs on this event loop.
-    waking = await asyncio.to_thread(real_cluster.open, web)
+    waking = await get(web)
     assert waking.status_code == 202, waking.text
     assert "waking up" in waking.text and 'http-equiv="refresh"' in waking.text
     await until(handle, lambda s: s.state == "ready")
@@ -254,10 +289,9 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
     await send(http, "pull_request.closed", number, second, 3)
     result = await handle.result()
     assert result.state == "destroyed"
-    gone = await asyncio.to_thread(real_cluster.open, web)  # no route, no preview either
+    gone = await get(web)  # no route, no preview either
     assert gone.status_code == 404 and "No preview here" in gone.text
     assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")
-    assert await databases(postgres_server.admin_url) == databases_before
 
 
 async def test_a_worker_killed_during_a_create_converges_on_the_real_node(
@@ -275,6 +309,7 @@ async def test_a_worker_killed_during_a_create_converges_on_the_real_node(
             "PREVIEW_FAULT_WHEN": "before"}
     doomed = WorkerProcess(settings, kill, "worker with a kill switch")
     fresh = WorkerProcess(settings, None, "fresh worker")
+    fresh_started = False
     try:
         await doomed.start()
         handle = await lifecycle.deploy(
@@ -287,13 +322,20 @@ async def test_a_worker_killed_during_a_create_converges_on_the_real_node(
         running = real_cluster.kubectl("get", "pods", "-n", env, "-o", "name")
         assert running.strip(), "no pod ran before the kill"  # it died mid-create
         await fresh.start()
+        fresh_started = True
         status = await until(handle, lambda s: s.state == "ready" and s.head_sha == sha,
                              timeout=CONVERGE_TIMEOUT)
-        assert real_cluster.open(status.urls["web"]).status_code == 200
-        assert real_cluster.open(status.urls["api"]).json()["commit"] == sha
+        web = await asyncio.to_thread(real_cluster.open, status.urls["web"])
+        assert web.status_code == 200, web.text[:300]
+        api = await asyncio.to_thread(real_cluster.open, status.urls["api"])
+        assert api.json()["commit"] == sha
         assert await lifecycle.destroy(temporal_client, REPOSITORY, number, "closed")
         assert (await asyncio.wait_for(handle.result(), CONVERGE_TIMEOUT)).state == "destroyed"
     finally:
+        if not fresh_started:
+            # A worker must be there to take the preview down again.
+            await fresh.start()
+        await destroy_quietly(temporal_client, number)
         await doomed.stop()
         await fresh.stop()
     assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")

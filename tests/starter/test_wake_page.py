@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from domain.naming import DEFAULT_BACKEND_HEADER
 from starter.wake import PREFIX, PREVIEW_HOST, page
 from tests.starter.test_webhooks import http, settings, store
 
@@ -24,6 +25,8 @@ async def test_a_host_no_preview_serves_gets_a_404_page(http: httpx.AsyncClient,
     assert answer.status_code == 404
     assert "No preview here" in answer.text and "refresh" not in answer.text
     assert answer.headers["cache-control"] == "no-store"
+    # Marked, so that the engine's check of a new route does not take it for the app.
+    assert answer.headers[DEFAULT_BACKEND_HEADER] == "wake"
 
 
 def test_the_pull_request_number_is_read_from_the_host() -> None:

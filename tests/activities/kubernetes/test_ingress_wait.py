@@ -5,11 +5,13 @@ endpoint). Here the test plays the controller and the endpoint controller, on kw
 
 from __future__ import annotations
 
+import http.server
 import json
 import threading
 from typing import Any
 
-from domain.resources import IngressHost, IngressSpec
+from domain.naming import DEFAULT_BACKEND_HEADER
+from domain.resources import IngressHost, IngressSpec, UrlCheck
 from tests.activities.kubernetes.workload_env import CLUSTER, Env
 from tests.polling import wait_until
 
@@ -48,3 +50,71 @@ def test_ready_once_addressed_and_its_service_has_a_ready_endpoint(env: Env) -> 
     env.kubectl("apply", "-f", "-", input=json.dumps(endpoint_slice(ns, "web", ready=True)))
     assert done.wait(timeout=30), "ensure_ingress did not return once routed"
     runner.join(timeout=5)
+
+
+class Controller(http.server.ThreadingHTTPServer):
+    """Plays the ingress controller on 127.0.0.1: what it answers for each Host is set
+    by the test (status and whether the engine's default backend sent it)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Answer)
+        self.answer: tuple[int, bool] = (404, False)
+        self.seen: list[tuple[str, str]] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class Answer(http.server.BaseHTTPRequestHandler):
+    server: Controller
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.headers["Host"], self.path))
+        status, default_backend = self.server.answer
+        self.send_response(status)
+        if default_backend:
+            self.send_header(DEFAULT_BACKEND_HEADER, "wake")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_ready_only_once_the_url_answers_from_the_application(env: Env) -> None:
+    """Traefik publishes the address before it routes the host: until the route is
+    there, its 404 and the wake page (a 202 from the default backend) are not the app."""
+    ns = env.namespace().name
+    controller = Controller()
+    threading.Thread(target=controller.serve_forever, daemon=True).start()
+    spec = IngressSpec(owner=env.owner, cluster=CLUSTER, namespace=ns, name="web",
+                       hosts=[IngressHost(host="web-pr-4.preview.test", service="web",
+                                          port=8080)], url_port=8443,
+                       check=UrlCheck(path="/healthz", health=True,
+                                      connect_to=controller.address))
+    done = threading.Event()
+
+    def ensure() -> None:
+        env.step(env.acts.ensure_ingress, spec)
+        done.set()
+
+    runner = threading.Thread(target=ensure, daemon=True)
+    try:
+        runner.start()
+        wait_until("the controller's 404 noticed", lambda: any(
+            "/healthz: 404" in str(h) for h in env.heartbeats))
+        controller.answer = (202, True)
+        wait_until("the default backend noticed", lambda: any(
+            "the default backend answered (202)" in str(h) for h in env.heartbeats))
+        controller.answer = (500, False)  # the app, but not healthy
+        wait_until("the 500 noticed", lambda: any("/healthz: 500" in str(h)
+                                                  for h in env.heartbeats))
+        assert not done.is_set()
+        controller.answer = (200, False)
+        assert done.wait(timeout=30), "ensure_ingress did not return once the app answered"
+        # Asked through the controller's address, for the preview's host and health path.
+        assert controller.seen[-1] == ("web-pr-4.preview.test:8443", "/healthz")
+    finally:
+        controller.shutdown()
+        runner.join(timeout=5)
