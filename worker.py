@@ -160,6 +160,8 @@ async def build_activities(
             settings.masking_key.get_secret_value().encode(),
             aws=aws,  # publishes golden dumps to S3
             app_address=settings.preview_database_app_address,
+            control_plane_url=settings.database_url,
+            sweep_grace=settings.sweep_grace_minutes * 60,
         )
     if System.control_plane in target.systems:
         objects += await control_plane_activities(settings, resources)
@@ -196,7 +198,8 @@ async def kubernetes_activities(settings: Settings, target: Target, resources: R
     resources.closers.append(clusters.close)
     return kubernetes_activities(clusters, sealer, aws,
                                  NamespaceRights(settings.kube_preview_role),
-                                 golden_namespace=settings.golden_snapshot_namespace)
+                                 golden_namespace=settings.golden_snapshot_namespace,
+                                 sweep_grace=settings.sweep_grace_minutes * 60)
 
 
 async def control_plane_activities(settings: Settings, resources: Resources) -> list[object]:

@@ -120,7 +120,11 @@ class Application(Named):
     custom_domains: list[HostName] = Field(
         default_factory=list, description="Production host names; a preview never takes "
         "them: it is served at <app>-pr-<n>.<network.base_domain>")
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="Applications it starts after, and the databases and caches it uses: it "
+                    "gets the connection URL of each one named (DATABASE_URL_<NAME>, the first "
+                    "also as DATABASE_URL; REDIS_URL likewise) and of no other")
     run_as_root: RunAsRoot | None = Field(
         None, description="Opt out of runAsNonRoot (needs policy.pod_security baseline)")
     paths: list[PathGlob] = Field(
@@ -182,6 +186,9 @@ class MaskingRule(Model):
 
 
 class Database(Named):
+    """A database of the preview's own. Applications that name it in depends_on get
+    DATABASE_URL (and DATABASE_URL_<NAME>); no other application holds its credentials."""
+
     engine: Literal["postgres"] = "postgres"
     mode: DatabaseMode = DatabaseMode.shared
     source: str = Field("", description="Source database name, RDS instance or Aurora cluster")
@@ -449,8 +456,6 @@ class BlueprintCollection:
     # as `<url_variable>_<NAME>` (and the first one as `<url_variable>`).
     step_prefix: str | None = None
     url_variable: str | None = None
-    # Does an application that names none of this kind in depends_on use all of them?
-    used_by_default: bool = False
 
     def items(self, blueprint: Blueprint) -> list[Named]:
         items: list[Named] = getattr(blueprint, self.field)
@@ -460,10 +465,10 @@ class BlueprintCollection:
         return f"{self.step_prefix}/{name}"
 
     def used_by(self, blueprint: Blueprint, app: Application) -> list[Named]:
-        """The elements of this kind an application connects to, in blueprint order."""
-        items = self.items(blueprint)
-        named = [item for item in items if item.name in app.depends_on]
-        return named or (list(items) if self.used_by_default else [])
+        """The elements of this kind an application connects to, in blueprint order: only
+        what it names in depends_on (an application that names no database gets no
+        database's credentials)."""
+        return [item for item in self.items(blueprint) if item.name in app.depends_on]
 
     @property
     def required(self) -> bool:
@@ -481,10 +486,32 @@ COLLECTIONS: tuple[BlueprintCollection, ...] = (
                         path="applications", table="applications"),
     BlueprintCollection(field="databases", model=Database, label="database",
                         path="databases", table="databases", step_prefix="database",
-                        url_variable="DATABASE_URL", used_by_default=True),
+                        url_variable="DATABASE_URL"),
     BlueprintCollection(field="caches", model=Cache, label="cache", path="caches",
                         table="caches", step_prefix="cache", url_variable="REDIS_URL"),
 )
+
+
+def connection_urls(blueprint: Blueprint, app: Application) -> dict[str, tuple[str, str]]:
+    """The connection URL variables an application gets → (step key, element name): for
+    each element it names in depends_on, `<URL_VARIABLE>_<NAME>`, and the first one of
+    each kind also as `<URL_VARIABLE>`."""
+    variables: dict[str, tuple[str, str]] = {}
+    for kind in COLLECTIONS:
+        if kind.url_variable is None:
+            continue
+        for i, item in enumerate(kind.used_by(blueprint, app)):
+            where = (kind.step_key(item.name), item.name)
+            if i == 0:
+                variables[kind.url_variable] = where
+            variables[f"{kind.url_variable}_{item.name.upper().replace('-', '_')}"] = where
+    return variables
+
+
+def connections_by_application(blueprint: Blueprint) -> dict[str, list[str]]:
+    """Application → the connection URL variables it gets, for the import's answer: a
+    team sees which application holds which credentials."""
+    return {app.name: sorted(connection_urls(blueprint, app)) for app in blueprint.applications}
 
 
 def collection(field: str) -> BlueprintCollection:

@@ -80,6 +80,10 @@ PRUNE_GOLDEN = ActivityContract(
 LIVE_ENVIRONMENTS = ActivityContract("live_environments", System.control_plane, None, list[str])
 LIST_SWEEP_TARGETS = ActivityContract("list_sweep_targets", System.control_plane, None,
                                       SweepTargets)
+# Workflow ids → those of them that run now: asked by id, strongly consistent (the
+# visibility list behind LIVE_ENVIRONMENTS may lag or answer partially).
+RUNNING_PREVIEWS = ActivityContract("running_previews", System.control_plane, list[str],
+                                    list[str])
 LIST_KUBE_ENVIRONMENTS = ActivityContract(
     "list_kube_environments", System.kubernetes, KubeSweepInput, dict[str, list[str]])
 REMOVE_KUBE_ENVIRONMENT = ActivityContract(

@@ -20,6 +20,8 @@ HOSTNAME = re.compile(
 )
 
 MANAGED_BY = "preview-engine"
+# The tail of every environment id (environment_id): its PR's number, its repository's hash.
+PREVIEW_ENVIRONMENT = re.compile(r"-pr-(\d{1,9})-([0-9a-f]{6})$")
 # On every answer of the engine's own default backend (the wake page): what the ingress
 # sends a host it has no route for, so a check of a preview's URL can tell it apart.
 DEFAULT_BACKEND_HEADER = "X-Preview-Default-Backend"
@@ -74,6 +76,25 @@ def environment_id(repository: str, pr_number: int) -> str:
 def workflow_id(repository: str, pr_number: int) -> str:
     """One Temporal workflow per pull request."""
     return f"preview/{repository.lower()}/pr-{pr_number}"
+
+
+def preview_workflows(environments: list[str], repositories: list[str]) -> dict[str, str]:
+    """Environment id → the id of the workflow that owns it, for those whose repository is
+    among `repositories` (an environment id holds its PR's number and its repository's
+    hash, not the repository itself)."""
+    by_hash: dict[str, list[str]] = {}
+    for repository in repositories:
+        by_hash.setdefault(stable_hash(repository.lower()), []).append(repository)
+    owners: dict[str, str] = {}
+    for env in environments:
+        match = PREVIEW_ENVIRONMENT.search(env)
+        if match is None:
+            continue
+        number, digest = int(match.group(1)), match.group(2)
+        for repository in by_hash.get(digest, []):
+            if number >= 1 and environment_id(repository, number) == env:
+                owners[env] = workflow_id(repository, number)
+    return owners
 
 
 def resource_name(env_id: str, key: str, max_len: int = 63) -> str:

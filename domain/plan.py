@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.blueprint import (
-    COLLECTIONS,
     Application,
     Blueprint,
     Database,
@@ -25,6 +24,7 @@ from domain.blueprint import (
     Isolation,
     TlsMode,
     collection,
+    connection_urls,
 )
 from domain.masking import golden_dump_uri
 from domain.naming import (
@@ -343,20 +343,11 @@ def _caches(ctx: _Context) -> list[Step]:
 
 
 def _connections(ctx: _Context, app: Application) -> tuple[dict[str, UpstreamRef], tuple[str, ...]]:
-    """Connection URLs of what an application uses (databases, caches, any kind that
-    COLLECTIONS declares with a url_variable), as secret values from those steps."""
-    upstream: dict[str, UpstreamRef] = {}
-    steps: list[str] = []
-    for kind in COLLECTIONS:
-        if kind.url_variable is None:
-            continue
-        for i, item in enumerate(kind.used_by(ctx.blueprint, app)):
-            ref = UpstreamRef(step=kind.step_key(item.name), output="url")
-            upstream[f"{kind.url_variable}_{item.name.upper().replace('-', '_')}"] = ref
-            if i == 0:
-                upstream[kind.url_variable] = ref
-            steps.append(ref.step)
-    return upstream, tuple(steps)
+    """Connection URLs of what an application names in depends_on (databases, caches, any
+    kind that COLLECTIONS declares with a url_variable), as secret values from those steps."""
+    upstream = {variable: UpstreamRef(step=step, output="url")
+                for variable, (step, _) in connection_urls(ctx.blueprint, app).items()}
+    return upstream, tuple(dict.fromkeys(ref.step for ref in upstream.values()))
 
 
 def _builtins(ctx: _Context, app: Application) -> dict[str, str]:

@@ -411,3 +411,6 @@ class SweepTargets(BaseModel):
     aws_targets: list[AwsTarget] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list,
                                description="Projects whose environment could not be read")
+    repositories: list[str] = Field(
+        default_factory=list, description="Every project's repository: the sweeper asks for "
+        "each orphan's preview workflow by id (preview_workflows)")

@@ -189,6 +189,15 @@ class Settings(BaseSettings):
         False, description="Call a preview's Ingress ready only once the ingress controller "
                            "has published an address for it (status.loadBalancer): by then "
                            "it routes the host, so the URL on the pull request answers")
+    sweep_grace_minutes: float = Field(
+        10, ge=0, description="The orphan sweeper never removes an environment with a resource "
+                              "younger than this (by the resource's own creation time)")
+    sweep_max_removals: int = Field(
+        25, ge=0, description="A sweep holds back a system where it would remove more "
+                              "environments than this, unless forced (`preview sweep --force`)")
+    sweep_max_removal_share: float = Field(
+        0.5, gt=0, le=1, description="...or more than this share of the environments it found "
+                                     "there (past 3 of them)")
     preview_url_check: bool = Field(
         False, description="Call a preview's route ready only once its URL answers from the "
                            "application (its health path through the ingress), not from the "

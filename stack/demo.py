@@ -34,6 +34,9 @@ async def create_source_database(admin_url: str, url: str) -> None:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
                                    SOURCE_DATABASE):
             await conn.execute(f'CREATE DATABASE "{SOURCE_DATABASE}"')
+        # Production's data shares this server with the previews here: their roles stay out.
+        await conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{SOURCE_DATABASE}" '
+                           "FROM PUBLIC")
     finally:
         await conn.close()
     conn = await asyncpg.connect(url)

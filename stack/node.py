@@ -84,13 +84,15 @@ class RealNode:
     def __init__(self, plane: ControlPlane, state_dir: Path, *, sandbox_image: str,
                  relayed_ports: Mapping[str, int], pod_services: Mapping[str, int] | None = None,
                  registry_mirrors: Mapping[str, str] | None = None,
-                 ingress_port: int | None = None, default_backend: str | None = None) -> None:
+                 ingress_port: int | None = None, default_backend: str | None = None,
+                 slot: int | None = None) -> None:
         """relayed_ports: host 127.0.0.1 ports the node's components reach (API server,
         registry); pod_services: host ports pods reach at the gateway (a database
         server); registry_mirrors: image hosts pulled from another address
         ({"registry.local": "127.0.0.1:5000"}, a relayed port); default_backend: where
         the ingress sends a request no route takes (the starter: it wakes a sleeping
-        preview), as a base URL on the host."""
+        preview), as a base URL on the host; slot: the one to take if it is free (a
+        restarted stack's node keeps its name and its pods' gateway)."""
         self.plane = plane
         self.state_dir = Path(state_dir).resolve()
         self.sandbox_image = sandbox_image
@@ -99,6 +101,7 @@ class RealNode:
         self.registry_mirrors = dict(registry_mirrors or {})
         self.ingress_port = ingress_port
         self.default_backend = default_backend
+        self.preferred_slot = slot
         self.processes = Supervisor(self.state_dir / "logs")
         self.network: NodeNetwork | None = None
         self.timings: dict[str, float] = {}
@@ -208,9 +211,14 @@ class RealNode:
         self._traefik(deadline)
 
     def _take_slot(self) -> NodeNetwork:
-        """The first free slot; a slot left by a killed stack is cleaned before reuse."""
+        """The preferred slot if free, else the first free one; a slot left by a killed
+        stack is cleaned before reuse."""
         RUN_DIR.mkdir(parents=True, exist_ok=True)
-        for slot in range(SLOTS):
+        order = list(range(SLOTS))
+        if self.preferred_slot in order:
+            order.remove(self.preferred_slot)
+            order.insert(0, self.preferred_slot)
+        for slot in order:
             lock = open(RUN_DIR / f"preview-node-{slot}.lock", "w")  # noqa: SIM115
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

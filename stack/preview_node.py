@@ -20,16 +20,19 @@ from stack.registry import Registry
 
 def start_preview_node(plane: ControlPlane, registry: Registry, state_dir: Path, *,
                        pod_services: Mapping[str, int],
-                       default_backend: str | None = None) -> RealNode:
+                       default_backend: str | None = None, ingress_port: int | None = None,
+                       slot: int | None = None) -> RealNode:
     """A started RealNode joined to `plane`, pulling `registry.local/...` from `registry`,
     with `pod_services` (name → host port, e.g. the preview database server) reachable
     from pods at its gateway; the blueprint's `library/redis:7.0` is pushed too. The
-    caller stops it (`node.stop()`); it is stopped already if this raises."""
+    caller stops it (`node.stop()`); it is stopped already if this raises. ingress_port and
+    slot: where it should be (RealNode), as a restarted stack's node was."""
     node = RealNode(
         plane, state_dir, sandbox_image=images.push_pause_image(registry.host),
         relayed_ports={"apiserver": plane.ports["apiserver"], "registry": registry.port},
         registry_mirrors={"registry.local": registry.host},
-        pod_services=pod_services, default_backend=default_backend)
+        pod_services=pod_services, default_backend=default_backend,
+        ingress_port=ingress_port, slot=slot)
     node.start()
     try:
         images.push_redis_image(registry.host)  # the example blueprint's library/redis:7.0

@@ -39,7 +39,7 @@ from stack import images
 from stack.kube import ControlPlane
 from stack.moto import MotoServer
 from stack.node import open_preview_url
-from stack.ports import free_port, stop_group
+from stack.ports import PortBook, stop_group
 from stack.postgres import PostgresServer, create_database
 from stack.preview_node import start_preview_node
 from stack.registry import Registry
@@ -91,11 +91,14 @@ class LocalStack:
         state = self.state_dir
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o755)
-        listen_port = free_port()
+        # The same folder, the same addresses: an open preview's connection URLs and its URL
+        # hold ports of these servers.
+        book = PortBook(state / "ports.json")
+        listen_port = book.port("starter")
         self.starter_url = f"http://127.0.0.1:{listen_port}"
 
         with console.status("starting PostgreSQL"):
-            postgres = PostgresServer(state / "postgres").start()
+            postgres = PostgresServer(state / "postgres", port=book.port("postgres")).start()
             self._started(postgres.stop, postgres._process.pid if postgres._process else None)
             asyncio.run(create_database(postgres.admin_url, "preview_control"))
         console.print(f"[green]✓[/] PostgreSQL      {postgres.admin_url}  ({postgres.storage})")
@@ -103,19 +106,20 @@ class LocalStack:
 
         with console.status("starting Temporal"):
             temporal = TemporalDevServer(
-                state / "temporal", codec_endpoint=f"{self.starter_url}/codec"
+                state / "temporal", port=book.port("temporal"), ui_port=book.port("temporal-ui"),
+                codec_endpoint=f"{self.starter_url}/codec",
             ).start()
             self._started(temporal.stop, temporal._process.pid if temporal._process else None)
         self.ui_url = temporal.ui_url
         console.print(f"[green]✓[/] Temporal        {temporal.address}  Web UI {temporal.ui_url}")
 
         with console.status("starting moto (AWS)"):
-            moto = MotoServer(state / "moto.log").start()
+            moto = MotoServer(state / "moto.log", port=book.port("moto")).start()
             self._started(moto.stop, moto._process.pid if moto._process else None)
         console.print(f"[green]✓[/] AWS (moto)      {moto.endpoint_url}")
 
         with console.status("starting the image registry"):
-            registry = Registry(state / "registry").start()
+            registry = Registry(state / "registry", port=book.port("registry")).start()
             self._started(registry.stop, registry.pid)
         console.print(f"[green]✓[/] registry        {registry.url}  (registry.local)")
 
@@ -128,8 +132,11 @@ class LocalStack:
         with console.status("starting a real node (containerd, kubelet, DNS, ingress)"):
             node = start_preview_node(
                 kube, registry, state / "node", pod_services={"postgres": postgres.port},
-                default_backend=self.starter_url)  # wakes a sleeping preview
+                default_backend=self.starter_url,  # wakes a sleeping preview
+                ingress_port=book.port("ingress"), slot=book.preferred("node-slot"))
             self._started(node.stop)
+        assert node.network is not None
+        book.keep("node-slot", node.network.slot)
         console.print(f"[green]✓[/] node            {node.name}: pods run for real; "
                       f"ingress {node.ingress_url}")
         self.registry_host = registry.host
@@ -162,6 +169,10 @@ class LocalStack:
             f"[green]✓[/] worker and starter  webhooks at {self.starter_url}/webhooks/github"
         )
         console.print(f"  logs in {state}/*.log")
+        for name, (before, now) in book.moved.items():
+            # What open previews hold led to the old one: a redeploy gives them the new.
+            console.print(f"[yellow]! {name} moved from {before} to {now} (taken meanwhile): "
+                          "previews left open from before need a redeploy (a push)")
 
     def stop(self) -> None:
         for stop in reversed(self.stoppers):
@@ -264,7 +275,7 @@ async def demo(stack: LocalStack, exit_after: bool) -> None:
         console.print(f"    {app:10} {url}")
     web = status.urls.get("web")
     if web:
-        page = await asyncio.to_thread(open_preview_url, web)
+        page = await first_answer(web)
         console.print(f"  GET {web} → {page.status_code}: {page_summary(page.text)}")
     console.print(f"  Web UI {workflow_page(stack.ui_url, settings.temporal_namespace, handle.id)}")
     console.print(
@@ -278,6 +289,22 @@ async def demo(stack: LocalStack, exit_after: bool) -> None:
         await follow(handle, {"destroyed"}, "teardown")
         result = await handle.result()
         console.print(f"[green]✓[/] preview {result.state}: nothing left behind")
+
+
+async def first_answer(url: str, timeout: float = 120) -> httpx.Response:
+    """The URL's first 200 whose page shows its data (at once for a new preview; a preview
+    left open when the stack stopped starts its pods again first), or the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            page = await asyncio.to_thread(open_preview_url, url)
+            if (page.status_code == 200 and 'id="customer-email"' in page.text) or (
+                    time.monotonic() > deadline):
+                return page
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)  # polling a condition with a deadline
 
 
 def page_summary(html: str) -> str:

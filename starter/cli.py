@@ -191,7 +191,10 @@ async def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
     request = SweepRequest(dry_run=not args.apply,
                            clusters=["default", *settings.kube_contexts],
                            dedicated_clusters=args.dedicated_cluster or [],
-                           aws_targets=[AwsTarget(region=settings.aws_region)])
+                           aws_targets=[AwsTarget(region=settings.aws_region)],
+                           max_removals=settings.sweep_max_removals,
+                           max_removal_share=settings.sweep_max_removal_share,
+                           force=args.force)
     if args.every_hours:
         await ensure_sweeper_schedule(client, request, task_queue=settings.task_queue,
                                       every=timedelta(hours=args.every_hours))
@@ -203,8 +206,11 @@ async def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
         task_queue=settings.task_queue)
     for system, found in report.found.items():
         for env, items in found.items():
-            gone = "removed" if env in report.removed.get(system, {}) else "found"
-            console.print(f"{gone:8} {system:28} {env}: {', '.join(items)}")
+            why = report.kept.get(system, {}).get(env)
+            gone = "kept" if why else "removed" if env in report.removed.get(system, {}) else (
+                "found")
+            console.print(f"{gone:8} {system:28} {env}: {', '.join(items)}"
+                          + (f" ({why})" if why else ""))
     for system, reason in report.failed.items():
         console.print(f"[red]not swept[/red] {system}: {reason}")
     if not any(report.found.values()):
@@ -280,6 +286,9 @@ def parser() -> argparse.ArgumentParser:
     one("history", "the environment's events in plain words")
     sweep = sub.add_parser("sweep", help="find (and with --apply remove) orphaned resources")
     sweep.add_argument("--apply", action="store_true", help="remove, not only report")
+    sweep.add_argument("--force", action="store_true",
+                       help="remove past the bounds (PREVIEW_SWEEP_MAX_REMOVALS, "
+                            "PREVIEW_SWEEP_MAX_REMOVAL_SHARE) too: you checked what it holds back")
     sweep.add_argument("--every-hours", type=int, help="install it as a Temporal Schedule")
     sweep.add_argument("--dedicated-cluster", action="append", metavar="NAME",
                        help="also sweep this tenant cluster through its own worker (tenants "

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from domain.blueprint import COLLECTIONS, Blueprint
+from domain.blueprint import COLLECTIONS, Blueprint, connections_by_application
 from domain.blueprint_file import json_schema_text, parse_blueprint
 
 TOKEN_ENV = "PREVIEW_API_TOKEN"
@@ -254,7 +254,15 @@ def blueprint_import(args: argparse.Namespace) -> int:
         counts = [f"{result[kind.field]} {kind.field}" for kind in COLLECTIONS]
         print(f"project {result['project']} {verb} from {path}: {', '.join(counts)}, "
               f"{result['variables']} variables")
+        _print_connections(result.get("connections", {}))
     return 0
+
+
+def _print_connections(connections: dict[str, list[str]]) -> None:
+    """Which application gets which connection URLs: only what it names in depends_on
+    (before, one that named no database got them all)."""
+    for app, variables in connections.items():
+        print(f"  {app}: {', '.join(variables) if variables else 'no connection URLs'}")
 
 
 def blueprint_export(args: argparse.Namespace) -> int:
@@ -273,6 +281,7 @@ def blueprint_validate(args: argparse.Namespace) -> int:
     blueprint = read_blueprint_file(Path(args.file))
     print(f"{args.file}: valid blueprint of project {blueprint.project.name} "
           f"({len(blueprint.applications)} applications)")
+    _print_connections(connections_by_application(blueprint))
     return 0
 
 

@@ -8,7 +8,14 @@ import logging
 import asyncpg
 from pydantic import ValidationError
 
-from domain.blueprint import COLLECTIONS, Blueprint, Environment, VariableKind, VariableScope
+from domain.blueprint import (
+    COLLECTIONS,
+    Blueprint,
+    Environment,
+    VariableKind,
+    VariableScope,
+    connections_by_application,
+)
 from domain.source import SourceEnvironment
 from store.core import StoreCore
 from store.errors import Invalid, validation_message
@@ -67,6 +74,7 @@ class Blueprints(StoreCore):
         return ImportResult.model_validate({
             "project": name, "environment": environment, "created": existing is None,
             "variables": len(blueprint.variables),
+            "connections": connections_by_application(blueprint),
             **{kind.field: len(kind.items(blueprint)) for kind in COLLECTIONS},
         })
 
@@ -125,6 +133,11 @@ class Blueprints(StoreCore):
             except ValidationError:
                 skipped.append(f"project {row['name']!r}: its environment is not valid")
         return found, skipped
+
+    async def repositories(self) -> list[str]:
+        """The repository of every registered project."""
+        rows = await self.pool.fetch("SELECT repository FROM projects ORDER BY repository")
+        return [str(row["repository"]) for row in rows]
 
     async def source_environment(self, repository: str) -> SourceEnvironment | None:
         """The blueprint and sealed secrets previews of `repository` copy; None if unknown."""

@@ -230,6 +230,10 @@ class ImportSummary(Record):
     environment: str
     created: bool = Field(description="True when the import created the project")
     variables: int
+    connections: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Application → the connection URL variables its previews get (only for "
+                    "what it names in depends_on)")
 
 
 # One count per blueprint collection (applications, databases, ...), named as its field.

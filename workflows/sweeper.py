@@ -7,6 +7,13 @@ in dry-run mode it only reports. Which clusters and AWS targets to look at comes
 the request and, unless told otherwise, from every registered project's source
 environment, so a tenant's dedicated cluster or account is swept without being listed.
 A system that cannot be reached is reported and the others are still swept.
+
+It must never be what destroys live work, so (since patch "sweep-safety") right before
+removing an environment it asks Temporal, by workflow id, whether that environment's
+preview runs; the removers themselves keep whatever is younger than the worker's grace
+period (PREVIEW_SWEEP_GRACE_MINUTES), by the resource's own creation time; and a system
+where it would remove more than `max_removals` environments, or more than
+`max_removal_share` of what it found there, is held back whole unless `force` says so.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ with workflow.unsafe.imports_passed_through():
         REMOVE_AWS_ENVIRONMENT,
         REMOVE_KUBE_ENVIRONMENT,
         REMOVE_PREVIEW_DATABASE,
+        RUNNING_PREVIEWS,
         ActivityContract,
     )
+    from domain.naming import preview_workflows
     from domain.resources import (
         AwsEnvironmentInput,
         AwsSweepInput,
@@ -40,6 +49,10 @@ with workflow.unsafe.imports_passed_through():
         SweepTargets,
     )
     from domain.systems import tenant_queue
+
+
+# The share bound counts only past this many orphans: one leftover of two is no alarm.
+SHARE_FLOOR = 3
 
 
 class SweepRequest(BaseModel):
@@ -61,6 +74,12 @@ class SweepRequest(BaseModel):
         timedelta(minutes=10),
         description="How long a tenant's step waits for that tenant's worker to pick it up "
                     "before the tenant is reported unreachable")
+    max_removals: int = Field(
+        25, ge=0, description="A system with more orphans than this is held back whole")
+    max_removal_share: float = Field(
+        0.5, gt=0, le=1, description="So is one where the orphans are more than this share "
+        f"of the environments found there (when there are more than {SHARE_FLOOR})")
+    force: bool = Field(False, description="Remove past both bounds (the operator said so)")
 
 
 class SweepReport(BaseModel):
@@ -71,6 +90,9 @@ class SweepReport(BaseModel):
     removed: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     # system → why it was not (completely) swept
     failed: dict[str, str] = Field(default_factory=dict)
+    # system → env id → why an orphan found there was not removed (its preview runs, it is
+    # younger than the grace period, or the bound held the system back)
+    kept: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 T = TypeVar("T")
@@ -80,12 +102,17 @@ T = TypeVar("T")
 class OrphanSweepWorkflow:
     def __init__(self) -> None:
         self._tenant_timeout: timedelta | None = None
+        self._request = SweepRequest()
+        self._safe = False  # patch "sweep-safety": the checks before each removal
+        self._repositories: list[str] | None = None  # None: could not be listed
 
     @workflow.run
     async def run(self, request: SweepRequest) -> SweepReport:
         self._tenant_timeout = request.tenant_timeout
+        self._request = request
         live = await self._call(LIVE_ENVIRONMENTS, None, "list live previews")
         report = SweepReport(dry_run=request.dry_run, live=live)
+        self._safe = workflow.patched("sweep-safety")
         given = SweepTargets(clusters=request.clusters,
                              dedicated_clusters=request.dedicated_clusters,
                              aws_targets=request.aws_targets)
@@ -96,11 +123,20 @@ class OrphanSweepWorkflow:
             try:
                 found = await self._call(LIST_SWEEP_TARGETS, None,
                                          "list clusters and AWS targets of every project")
+                self._repositories = found.repositories
             except ActivityError as error:
                 _reraise_cancellation(error)
                 report.failed["discovery"] = _reason(error)  # sweep what was given
             if found.skipped:
                 report.failed["discovery"] = "; ".join(found.skipped)
+        if self._safe and not request.dry_run and self._repositories is None:
+            # Each orphan's workflow is asked for by id: the repositories say which.
+            try:
+                self._repositories = (await self._call(
+                    LIST_SWEEP_TARGETS, None, "list the projects' repositories")).repositories
+            except ActivityError as error:
+                _reraise_cancellation(error)
+                report.failed["discovery"] = _reason(error)
         targets = _merge(given, found)
 
         # A tenant's cluster or account is reached only by that tenant's worker, as the
@@ -129,9 +165,12 @@ class OrphanSweepWorkflow:
                 found_db: dict[str, list[str]] = {}
                 for db in databases:
                     found_db.setdefault(db.environment, []).append(f"database {db.database}")
-                for env in self._orphans(report, "postgres", found_db):
-                    report.removed.setdefault("postgres", {})[env] = await self._call(
+                for env in await self._removable(report, "postgres", found_db):
+                    if await self._runs(report, "postgres", env):
+                        continue
+                    removed = await self._call(
                         REMOVE_PREVIEW_DATABASE, env, f"remove orphan database {env}")
+                    self._record(report, "postgres", env, removed)
             except ActivityError as error:
                 _reraise_cancellation(error)
                 report.failed["postgres"] = _reason(error)
@@ -144,13 +183,64 @@ class OrphanSweepWorkflow:
         environment); a failure is reported and the sweep goes on elsewhere."""
         try:
             found = await self._call(lister, where, f"list {system}", queue)
-            for env in self._orphans(report, system, found):
-                report.removed.setdefault(system, {})[env] = await self._call(
+            for env in await self._removable(report, system, found):
+                if await self._runs(report, system, env):
+                    continue
+                removed = await self._call(
                     remover, one.model_copy(update={"environment": env}),
                     f"remove orphan {env} from {system}", queue)
+                self._record(report, system, env, removed)
         except ActivityError as error:
             _reraise_cancellation(error)
             report.failed[system] = _reason(error)
+
+    async def _removable(self, report: SweepReport, system: str,
+                         found: dict[str, list[str]]) -> list[str]:
+        """The orphans to remove. Since "sweep-safety", none past the bounds unless forced,
+        and none when their workflows cannot be asked for (each still is, by _runs, right
+        before its removal)."""
+        orphans = self._orphans(report, system, found)
+        if not self._safe or not orphans:
+            return orphans
+        request = self._request
+        share = len(orphans) / max(len(found), 1)
+        if not request.force and (len(orphans) > request.max_removals or (
+                len(orphans) > SHARE_FLOOR and share > request.max_removal_share)):
+            report.failed[system] = (
+                f"held back: it would remove {len(orphans)} of the {len(found)} environments "
+                f"found (bounds: {request.max_removals}, {request.max_removal_share:.0%} past "
+                f"{SHARE_FLOOR}); the visibility list may have answered partially. If they "
+                "are orphans, sweep with force")
+            self._keep(report, system, orphans, "held back by the bound")
+            return []
+        if self._repositories is None:
+            self._keep(report, system, orphans, "its preview's workflow could not be asked "
+                                                 "for (the projects could not be listed)")
+            return []
+        return orphans
+
+    async def _runs(self, report: SweepReport, system: str, env: str) -> bool:
+        """Whether the environment's preview workflow runs, asked for by id right before
+        its removal (a preview started since the visibility list was read counts)."""
+        if not self._safe:
+            return False
+        owner = preview_workflows([env], self._repositories or []).get(env)
+        if owner and await self._call(RUNNING_PREVIEWS, [owner],
+                                      f"is the preview of {env} running?"):
+            self._keep(report, system, [env], f"its preview workflow {owner} is running")
+            return True
+        return False
+
+    @staticmethod
+    def _keep(report: SweepReport, system: str, envs: list[str], why: str) -> None:
+        report.kept.setdefault(system, {}).update(dict.fromkeys(envs, why))
+
+    def _record(self, report: SweepReport, system: str, env: str, removed: list[str]) -> None:
+        report.removed.setdefault(system, {})[env] = removed
+        if self._safe and not removed and report.found[system].get(env):
+            # The remover kept it all: something of it is younger than the grace period.
+            self._keep(report, system, [env], "kept by the remover: younger than the grace "
+                                              "period")
 
     @staticmethod
     def _orphans(report: SweepReport, system: str, found: dict[str, list[str]]) -> list[str]:

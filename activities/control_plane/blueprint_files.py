@@ -56,15 +56,18 @@ class BlueprintFileActivities:
 
     @activity.defn(name=LIST_SWEEP_TARGETS.name)
     async def list_sweep_targets(self) -> SweepTargets:
-        environments, skipped = [], []
+        environments, skipped, repositories = [], [], []
         for path, data in self._documents():
             try:
                 if data is None:
                     raise ApplicationError(f"{path}: not readable YAML")
-                environments.append(self._validate(path, data).environment)
+                blueprint = self._validate(path, data)
+                environments.append(blueprint.environment)
+                repositories.append(blueprint.project.repository)
             except ApplicationError:
                 skipped.append(f"{path.name}: not a valid blueprint")  # the rest still count
-        return sweep_targets(environments).model_copy(update={"skipped": skipped})
+        return sweep_targets(environments).model_copy(update={
+            "skipped": skipped, "repositories": repositories})
 
     @activity.defn(name=LOAD_SOURCE_ENVIRONMENT.name)
     async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:

@@ -51,7 +51,8 @@ class StoreSourceActivities:
     @activity.defn(name=LIST_SWEEP_TARGETS.name)
     async def list_sweep_targets(self) -> SweepTargets:
         environments, skipped = await self._store.source_environments()
-        return sweep_targets(environments).model_copy(update={"skipped": skipped})
+        return sweep_targets(environments).model_copy(update={
+            "skipped": skipped, "repositories": await self._store.repositories()})
 
     @activity.defn(name=LOAD_SOURCE_ENVIRONMENT.name)
     async def load_source_environment(self, request: LoadSourceRequest) -> SourceEnvironment:

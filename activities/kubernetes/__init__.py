@@ -18,8 +18,9 @@ from engine.sealing import Sealer
 
 def kubernetes_activities(clusters: ClusterClients, sealer: Sealer, aws: AwsClients,
                           rights: NamespaceRights | None = None, *,
-                          golden_namespace: str = GOLDEN_NAMESPACE) -> list[object]:
-    workloads = KubernetesActivities(clusters, sealer, rights=rights)
+                          golden_namespace: str = GOLDEN_NAMESPACE,
+                          sweep_grace: float = 0.0) -> list[object]:
+    workloads = KubernetesActivities(clusters, sealer, rights=rights, sweep_grace=sweep_grace)
     databases = ContainerDatabaseActivities(clusters, sealer, aws, rights=rights,
                                             golden_namespace=golden_namespace)
     return [workloads, databases, CacheActivities(workloads)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio import activity
@@ -47,6 +48,16 @@ POD_SECURITY = "pod-security.kubernetes.io"
 CLUSTER_SCOPED_KINDS = ("VolumeSnapshotContent",)
 
 
+def age_seconds(obj: Json) -> float:
+    """Seconds since the object was created, by its own creationTimestamp (0 if unknown:
+    taken as new, so never too old to keep)."""
+    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return 0.0
+    created = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return (datetime.now(UTC) - created).total_seconds()
+
+
 def pod_security_labels(level: str) -> dict[str, str]:
     """Previews run arbitrary images from pull requests: the namespace enforces `level`
     (restricted unless the blueprint lowers it) of the cluster's current standard, and
@@ -73,11 +84,15 @@ class NamespaceActivities:
         rights: NamespaceRights | None = None,
         poll_interval: float = 2.0,
         namespace_timeout: float = 900.0,
+        sweep_grace: float = 0.0,
     ) -> None:
+        """sweep_grace: seconds; the sweeper's removal keeps an environment any of whose
+        objects is younger (a preview being made right now)."""
         self.clusters = clusters
         self.rights = rights or NamespaceRights()
         self.poll_interval = poll_interval
         self.namespace_timeout = namespace_timeout
+        self.sweep_grace = sweep_grace
 
     def api(self, cluster: str) -> KubeApi:
         return KubeApi(self.clusters.get(cluster))
@@ -206,15 +221,20 @@ class NamespaceActivities:
         owner = Ownership(environment=request.environment)
         removed: list[str] = []
         namespaces = api.list("Namespace", None, owner.labels())
+        cluster_scoped = [(kind, obj) for kind in CLUSTER_SCOPED_KINDS
+                          for obj in api.list(kind, None, owner.labels(), missing_ok=True)]
+        youngest = max((age_seconds(obj) for obj in
+                        [*namespaces, *(obj for _, obj in cluster_scoped)]), default=None)
+        if youngest is not None and youngest < self.sweep_grace:
+            return []  # being made now, perhaps by a preview the sweep does not know yet
         for current in sorted(namespaces, key=lambda n: n["metadata"]["name"]):
             ns = Ref.of("Namespace", current["metadata"]["name"])
             self._delete_namespace(api, ns, current)
             removed.append(f"namespace {ns.name}")
-        for kind in CLUSTER_SCOPED_KINDS:
-            for current in api.list(kind, None, owner.labels(), missing_ok=True):
-                ref = Ref.of(kind, current["metadata"]["name"])
-                api.delete(ref)  # a retained snapshot content: only the API object goes
-                removed.append(f"{kind.lower()} {ref.name}")
+        for kind, current in cluster_scoped:
+            ref = Ref.of(kind, current["metadata"]["name"])
+            api.delete(ref)  # a retained snapshot content: only the API object goes
+            removed.append(f"{kind.lower()} {ref.name}")
         return sorted(removed)
 
     def activities(self) -> list[Callable[..., Any]]:

@@ -69,9 +69,10 @@ class KubernetesActivities(NamespaceActivities):
         rights: NamespaceRights | None = None,
         poll_interval: float = 2.0,
         namespace_timeout: float = 900.0,
+        sweep_grace: float = 0.0,
     ) -> None:
         super().__init__(clusters, rights=rights, poll_interval=poll_interval,
-                         namespace_timeout=namespace_timeout)
+                         namespace_timeout=namespace_timeout, sweep_grace=sweep_grace)
         self.sealer = sealer
 
     # -- config map -------------------------------------------------------------------

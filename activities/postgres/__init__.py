@@ -11,11 +11,15 @@ verify.py   the check that masking left no original value behind
 
 from __future__ import annotations
 
+import logging
+
 from activities.aws import AwsClients
 from activities.postgres.clones import PreviewDatabaseActivities
 from activities.postgres.golden import GoldenCopyActivities
 from activities.postgres.server import PgServer, PostgresAccess, pg_bin_dir, stream_copy
 from engine.sealing import Sealer
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GoldenCopyActivities",
@@ -31,11 +35,22 @@ __all__ = [
 def postgres_activities(
     admin_url: str, sealer: Sealer, masking_key: bytes, *,
     golden_admin_url: str | None = None, aws: AwsClients | None = None,
-    app_address: str | None = None,
+    app_address: str | None = None, control_plane_url: str | None = None,
+    sweep_grace: float = 0.0,
 ) -> list[object]:
     """The objects whose methods a worker registers: preview databases and golden copies
     on one shared access (the golden server defaults to the preview server)."""
+    closed = []
+    if control_plane_url and PgServer(control_plane_url).endpoint == PgServer(admin_url).endpoint:
+        control = PgServer(control_plane_url)
+        log.warning(
+            "the control plane's database %s is on the preview server %s:%d: previews' roles "
+            "are refused there (CONNECT revoked from PUBLIC), but a server of its own keeps "
+            "the PR's code off the server that holds the engine's secrets (README: Production "
+            "notes)", control.database, *control.endpoint)
+        closed.append(control.database)
     access = PostgresAccess(admin_url, sealer, masking_key,
                             golden_admin_url=golden_admin_url, aws=aws,
-                            app_address=app_address)
-    return [PreviewDatabaseActivities(access), GoldenCopyActivities(access)]
+                            app_address=app_address, closed_databases=closed)
+    return [PreviewDatabaseActivities(access, sweep_grace=sweep_grace),
+            GoldenCopyActivities(access)]

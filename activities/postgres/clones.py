@@ -153,8 +153,11 @@ class PreviewDatabaseActivities:
     """One database and role per preview on the preview server, cloned from the golden
     copies (on the same server or another); the sweeper's listing and removal."""
 
-    def __init__(self, access: PostgresAccess) -> None:
+    def __init__(self, access: PostgresAccess, *, sweep_grace: float = 0.0) -> None:
+        """sweep_grace: seconds; the sweeper's removal keeps an environment whose database
+        was claimed more recently (a preview being made right now)."""
         self._access = access
+        self.sweep_grace = sweep_grace
         self._preview = access.preview
         self._golden = access.golden
         self._sealer = access.sealer
@@ -222,6 +225,11 @@ class PreviewDatabaseActivities:
         """Remove every database and role of one environment (the orphan sweeper)."""
         removed: list[str] = []
         async with self._access.admin(self._preview) as conn:
+            youngest = await conn.fetchval(
+                f"SELECT extract(epoch FROM now() - max(created_at)) FROM {SCHEMA}.databases "
+                "WHERE environment = $1", environment)
+            if youngest is not None and float(youngest) < self.sweep_grace:
+                return []  # being made now, perhaps by a preview the sweep does not know yet
             for db in await self.list_preview_databases():
                 if db.environment == environment and await self._remove(
                     conn, db.database, db.role, environment

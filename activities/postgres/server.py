@@ -197,11 +197,15 @@ class PostgresAccess:
     def __init__(
         self, admin_url: str, sealer: Sealer, masking_key: bytes, *,
         golden_admin_url: str | None = None, aws: AwsClients | None = None,
-        app_address: str | None = None,
+        app_address: str | None = None, closed_databases: Sequence[str] = (),
     ) -> None:
         if not masking_key:
             raise ValueError("masking_key must not be empty")
         self.preview = PgServer(admin_url)
+        # Databases of the preview server no preview's role may enter (beside the server's
+        # own: its admin database and template1); the control plane's, when it is there.
+        self.closed_databases = tuple(dict.fromkeys(
+            (self.preview.database, "postgres", "template1", *closed_databases)))
         # Where previews' applications reach the preview server (their URLs say so).
         self.preview_for_apps = self.preview.at(app_address)
         self.golden = PgServer(golden_admin_url or admin_url)
@@ -223,8 +227,31 @@ class PostgresAccess:
                     await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)",
                                        lock_key("schema", SCHEMA))
                     await conn.execute(_BOOKKEEPING)
+                if server == self.preview:
+                    await close_to_previews(conn, self.closed_databases)
                 self._ready.add(server.url)
             yield conn
+
+
+async def close_to_previews(conn: asyncpg.Connection, databases: Sequence[str]) -> None:
+    """Revoke CONNECT from PUBLIC on each of these databases that exists: a preview's role
+    (the PR's code, a fork's included) holds no grant of its own there, so it is refused,
+    and cannot read catalogs or take connections from the control plane. Their owners
+    and superusers keep their access. One the engine's role does not own stays open: the
+    log says so, with the statement its owner should run."""
+    for name in databases:
+        if not await conn.fetchval("SELECT datallowconn FROM pg_database WHERE datname = $1",
+                                   name):
+            continue  # absent, or nobody connects (template0)
+        if await conn.fetchval("SELECT has_database_privilege('public', $1, 'CONNECT')", name):
+            # Not the owner: PostgreSQL revokes nothing and only warns.
+            await conn.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {ident(name)} "
+                               "FROM PUBLIC")
+        if await conn.fetchval("SELECT has_database_privilege('public', $1, 'CONNECT')", name):
+            activity_logger().warning(
+                "database %s on the preview server admits every role, previews' included: "
+                "its owner should run REVOKE CONNECT ON DATABASE %s FROM PUBLIC", name,
+                ident(name))
 
 
 # --- heartbeats and logs -------------------------------------------------------------

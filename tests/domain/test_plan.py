@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from domain.blueprint import Blueprint, EgressRule, Environment
+from domain.blueprint import Blueprint, EgressRule, Environment, connections_by_application
+from domain.blueprint_file import parse_blueprint
 from domain.masking import golden_dump_uri
 from domain.plan import (
     Plan,
@@ -39,6 +41,8 @@ from domain.resources import (
 from domain.secrets import SealedValue
 from domain.systems import tenant_queue
 from domain.variables import SecretVariable
+
+ROOT = Path(__file__).parents[2]
 
 PR = PullRequest(repository="acme/shop", number=7, head_sha="abcdef1234567", branch="feat/x")
 
@@ -85,7 +89,9 @@ def test_apps_only() -> None:
 
 
 def test_apps_with_container_database() -> None:
-    plan = plan_preview(blueprint(databases=[{"name": "main", "mode": "container"}]), PR)
+    plan = plan_preview(blueprint(
+        applications=[{"name": "web", "image": "r/web", "depends_on": ["main"]}],
+        databases=[{"name": "main", "mode": "container"}]), PR)
     assert_valid_order(plan)
     db = plan.step("database/main")
     assert db.spec.kind == "container_database" and db.depends_on == ("namespace",)
@@ -116,6 +122,7 @@ def test_a_cloned_container_database_restores_the_published_golden_dump() -> Non
 
 def test_apps_with_rds_clone_in_a_dedicated_vpc() -> None:
     bp = blueprint(
+        applications=[{"name": "web", "image": "r/web", "depends_on": ["main"]}],
         environment={"isolation": "vpc"},
         databases=[{"name": "main", "mode": "rds", "source": "prod-db",
                     "data_policy": "clone"}],
@@ -290,11 +297,36 @@ def test_connection_urls_follow_the_collections_declaration() -> None:
         PR)
     web, jobs = plan.step("secret/web").spec, plan.step("secret/jobs").spec
     assert isinstance(web, SecretSpec) and isinstance(jobs, SecretSpec)
-    # web names one database: only that one; jobs names none: every database.
+    # web names one database: only that one; jobs names none: no database's credentials.
     assert {k: r.step for k, r in web.upstream.items()} == {
         "DATABASE_URL": "database/orders", "DATABASE_URL_ORDERS": "database/orders"}
-    assert set(jobs.upstream) == {"DATABASE_URL", "DATABASE_URL_MAIN", "DATABASE_URL_ORDERS"}
+    assert jobs.upstream == {}
     assert plan.step("secret/web").depends_on == ("namespace", "database/orders")
+    assert plan.step("secret/jobs").depends_on == ("namespace",)
+    both = blueprint(
+        applications=[{"name": "web", "image": "r/web", "depends_on": ["orders", "main"]},
+                      {"name": "jobs", "image": "r/jobs", "public": False}],
+        databases=[{"name": "main", "mode": "shared"}, {"name": "orders", "mode": "shared"}])
+    assert connections_by_application(both) == {
+        "web": ["DATABASE_URL", "DATABASE_URL_MAIN", "DATABASE_URL_ORDERS"], "jobs": []}
+    # The first one named in the blueprint's order is DATABASE_URL.
+    first = plan_preview(both, PR).step("secret/web").spec
+    assert isinstance(first, SecretSpec) and first.upstream["DATABASE_URL"].step == "database/main"
+
+
+def test_the_example_front_end_holds_no_database_credentials() -> None:
+    """examples/preview.yaml: web names only the api, so it gets no DATABASE_URL; the api
+    gets its database's and its cache's; the worker its database's only."""
+    example = parse_blueprint((ROOT / "examples" / "preview.yaml").read_text(),
+                              "examples/preview.yaml")
+    assert connections_by_application(example) == {
+        "web": [],
+        "api": ["DATABASE_URL", "DATABASE_URL_MAIN", "REDIS_URL", "REDIS_URL_SESSIONS"],
+        "worker": ["DATABASE_URL", "DATABASE_URL_MAIN"]}
+    plan = plan_preview(example, PR)
+    web = plan.step("secret/web").spec
+    assert isinstance(web, SecretSpec) and not set(web.upstream) & {"DATABASE_URL",
+                                                                     "REDIS_URL"}
 
 
 def test_hardened_by_default_and_opt_outs_need_a_reason_and_a_lower_level() -> None:

@@ -35,7 +35,8 @@ BLUEPRINT: dict[str, Any] = {
     "project": {"name": "files-mode", "repository": REPOSITORY},
     "applications": [{"name": "web", "image": "registry.local/files/web",
                       "depends_on": ["main", "sessions"]},
-                     {"name": "jobs", "image": "registry.local/files/jobs", "public": False}],
+                     {"name": "jobs", "image": "registry.local/files/jobs", "public": False,
+                      "depends_on": ["main"]}],
     "caches": [{"name": "sessions", "memory": "64Mi"}],
     "databases": [{"name": "main", "mode": "shared", "data_policy": "seed",
                    "seed_sql": "CREATE TABLE hello (x int); INSERT INTO hello VALUES (1);"}],
@@ -100,8 +101,9 @@ async def test_a_preview_from_a_blueprint_file_is_created_and_removed(
     files_worker: Settings, kube_cluster: Any, postgres_server: Any, temporal_client: Client,
     git_host_module: Any,
 ) -> None:
-    """With a database and a Redis cache: only the application that names the cache
-    gets REDIS_URL; the cache shows in the status and on the pull request."""
+    """With a database and a Redis cache: each application gets the connection URLs of
+    what it names only (jobs: the database, not the cache); the cache shows in the
+    status and on the pull request."""
     number = uuid.uuid4().int % 10**5 + 1
     env = environment_id(REPOSITORY, number)
     pr = PullRequest(repository=REPOSITORY, number=number, head_sha="c" * 40)

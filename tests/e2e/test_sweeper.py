@@ -1,5 +1,7 @@
 """The orphan sweeper on real systems: planted orphans go; live previews and untagged
-resources stay. Kubernetes, moto (EC2) and PostgreSQL are real; so is the workflow."""
+resources stay. Kubernetes, moto (EC2) and PostgreSQL are real; so is the workflow.
+tests/e2e/test_sweeper_safety.py: previews made while sweeps remove, a visibility list
+that answers nothing, the grace period and the bounds."""
 
 from __future__ import annotations
 
@@ -103,11 +105,11 @@ async def test_sweeper_removes_orphans_only(
         assert dry.removed == {} and dry.failed == {}
         assert orphan in kube_cluster.kubectl("get", "ns", "-o", "name")  # dry run: untouched
 
+        # Other test modules' leftovers on the shared servers are orphans too (force:
+        # past the bounds); what matters is that ours went and the live one stayed.
         report = await temporal_client.execute_workflow(
-            OrphanSweepWorkflow.run, SweepRequest(dry_run=False),
+            OrphanSweepWorkflow.run, SweepRequest(dry_run=False, force=True),
             id=f"sweep-{uuid.uuid4()}", task_queue=queue)
-    # Other test modules' leftovers on the shared servers are orphans too: what matters is
-    # that ours went and the live one stayed.
     for system in ("kubernetes:default", "postgres", "aws:default:eu-west-1"):
         assert orphan in report.removed[system] and live not in report.removed[system]
 

@@ -79,26 +79,52 @@ def start_stack(state: Path) -> subprocess.Popen[str]:
     )
 
 
-def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
-    state = Path(tempfile.mkdtemp(prefix="preview-run-"))
+ANSWERED = re.compile(r"GET (http://web-pr-2\.preview\.localhost:\d+) → 200: commit "
+                      r"ec26c3e57ca3a959ca5aad62de7213c562f8c821, node-env development, "
+                      r"customer-email (\S+)")
+
+
+def run_until_ready(state: Path) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """`make run`'s program on `state`, read until it says it is up (or 300 s)."""
     process = start_stack(state)
     assert process.stdout is not None
     output: list[str] = []
     deadline = time.monotonic() + 300
     pids: list[int] = []
+    for line in process.stdout:  # ends when the program exits or we stop it
+        output.append(line)
+        if line.startswith("stack pids:"):
+            pids = [int(p) for p in line.split(":")[1].split()]
+        if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
+            break
+    return process, "".join(output), pids
+
+
+def ctrl_c(process: subprocess.Popen[str], state: Path, pids: list[int], node: str) -> None:
+    """SIGINT, as Ctrl-C sends it: the program stops everything and leaves nothing."""
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, rest
+    assert "stopped everything" in rest
+    assert processes_using(str(state)) == []
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in (
+            Path(f"/proc/{pid}/status").read_text().lower()), f"pid {pid} still runs"
+    wait_released(state, timeout=10)  # stopped, not killed: nothing is left at all
+    assert node not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                      text=True).stdout
+
+
+def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
+    """...and started again on the same state folder, the preview left open answers at the
+    same URL with the same data: its servers kept their addresses (ports.json), so the
+    connection URLs the preview holds still lead to its database."""
+    state = Path(tempfile.mkdtemp(prefix="preview-run-"))
+    process, text, pids = run_until_ready(state)
     try:
-        for line in process.stdout:  # ends when the program exits or we stop it
-            output.append(line)
-            if line.startswith("stack pids:"):
-                pids = [int(p) for p in line.split(":")[1].split()]
-            if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
-                break
-        text = "".join(output)
         assert "preview ready: hello-world-pr-2-" in text, text
         # The URL answers, from the PR's head commit, with a masked customer.
-        answered = re.search(r"GET (http://web-pr-2\.preview\.localhost:\d+) → 200: "
-                             r"commit ec26c3e57ca3a959ca5aad62de7213c562f8c821, node-env "
-                             r"development, customer-email (\S+)", text)
+        answered = ANSWERED.search(text)
         assert answered, text
         assert answered.group(2) not in {email for _, email in demo.CUSTOMERS}
         node = re.search(r"node +(preview-node-\d+): pods run for real", text)
@@ -108,17 +134,18 @@ def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
             assert "XFS image with reflinks" in text, text
             assert mounts_under(state) and loop_devices_under(state)
     finally:
-        process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, rest
-    assert "stopped everything" in rest
-    assert processes_using(str(state)) == []
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in (
-            Path(f"/proc/{pid}/status").read_text().lower()), f"pid {pid} still runs"
-    wait_released(state, timeout=10)  # stopped, not killed: nothing is left at all
-    assert node.group(1) not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                               text=True).stdout
+        ctrl_c(process, state, pids, node.group(1) if node else "-")
+
+    assert node is not None and answered is not None
+    process, again, pids = run_until_ready(state)
+    try:
+        assert "moved from" not in again, again
+        assert f"node            {node.group(1)}:" in again, again  # the same slot
+        after = ANSWERED.search(again)
+        assert after, again
+        assert after.groups() == answered.groups()  # same URL, same masked customer
+    finally:
+        ctrl_c(process, state, pids, node.group(1))
     shutil.rmtree(state, ignore_errors=True)
 
 

@@ -56,7 +56,8 @@ async def test_cli_commands(
                    ) -> tuple[int, str, str]:
         return await asyncio.to_thread(cli, *argv, stdin=stdin, token=token)
 
-    assert (await acli("blueprint", "import", str(source)))[0] == 0
+    status, out, _ = await acli("blueprint", "import", str(source))
+    assert status == 0 and "  worker: DATABASE_URL, DATABASE_URL_MAIN\n" in out
     status, out, _ = await acli("projects", "list")
     assert status == 0 and out.startswith("NAME") and name in out
     status, out, _ = await acli("projects", "list", "--json")
@@ -107,7 +108,11 @@ def test_cli_validate_and_schema(capsys: pytest.CaptureFixture[str], tmp_path: P
     parser = argparse.ArgumentParser(prog="preview")
     cli_api.register(parser.add_subparsers(required=True))
     args = parser.parse_args(["blueprint", "validate", str(EXAMPLE)])
-    assert args.func(args) == 0 and "valid blueprint" in capsys.readouterr().out
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "valid blueprint" in out
+    assert "  web: no connection URLs\n" in out
+    assert "  api: DATABASE_URL, DATABASE_URL_MAIN, REDIS_URL, REDIS_URL_SESSIONS\n" in out
     target = tmp_path / "schema.json"
     args = parser.parse_args(["blueprint", "schema", "-o", str(target)])
     assert args.func(args) == 0

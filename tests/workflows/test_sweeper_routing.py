@@ -29,6 +29,7 @@ from domain.contract import (
     LIST_AWS_ENVIRONMENTS,
     LIST_KUBE_ENVIRONMENTS,
     LIST_PREVIEW_DATABASES,
+    LIST_SWEEP_TARGETS,
     LIVE_ENVIRONMENTS,
     REMOVE_AWS_ENVIRONMENT,
     REMOVE_KUBE_ENVIRONMENT,
@@ -40,6 +41,7 @@ from domain.resources import (
     KubeEnvironmentInput,
     KubeSweepInput,
     PreviewDatabase,
+    SweepTargets,
 )
 from workflows.sweeper import OrphanSweepWorkflow, SweepRequest
 
@@ -183,9 +185,13 @@ async def test_a_cancelled_sweep_removes_nothing_more(
         calls.append("list aws")
         return {}
 
+    @activity.defn(name=LIST_SWEEP_TARGETS.name)
+    async def list_sweep_targets() -> SweepTargets:
+        return SweepTargets()  # no project: nobody to ask for by id
+
     worker = Worker(temporal_client, task_queue=queue, workflows=[OrphanSweepWorkflow],
                     activities=[list_kube, remove_kube, list_aws, live_environments,
-                                list_preview_databases])
+                                list_preview_databases, list_sweep_targets])
     request = SweepRequest(dry_run=False, discover=False, clusters=["default", "second"],
                            aws_targets=[AwsTarget(region="eu-west-1")])
     async with worker:

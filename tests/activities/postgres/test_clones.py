@@ -17,7 +17,12 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import FOREIGN_RESOURCE, INVALID_INPUT
-from activities.postgres import PostgresAccess, PreviewDatabaseActivities
+from activities.postgres import (
+    PgServer,
+    PostgresAccess,
+    PreviewDatabaseActivities,
+    postgres_activities,
+)
 from activities.postgres.server import scram_matches
 from domain.blueprint import DataPolicy, MaskingMethod, MaskingRule
 from domain.resources import StepInput
@@ -325,3 +330,39 @@ async def test_streaming_copy_between_servers(
     finally:
         await conn.close()
 
+
+
+async def test_a_previews_role_enters_its_own_database_only(
+    golden: Golden, postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the preview's own URL: the control plane's database (on the same server, as
+    the defaults have it), `postgres`, `template1`, another preview's database and the
+    golden copy all refuse it; its own database works."""
+    control_url = await postgres_server.new_database("pgt_control_plane")
+    control = PgServer(control_url).database
+    objects = postgres_activities(postgres_server.admin_url, SEALER, KEY,
+                                  control_plane_url=control_url)
+    assert f"the control plane's database {control} is on the preview server" in caplog.text
+    clones = next(o for o in objects if isinstance(o, PreviewDatabaseActivities))
+    mine, other = clone_spec("only-own-a"), clone_spec("only-own-b")
+    out, other_out = await ensure(clones, mine), await ensure(clones, other)
+    assert other_out.values["database"] == other.database
+    own_url = SEALER.unseal(out.secrets["url"])
+
+    def elsewhere(database: str) -> str:
+        return own_url.rsplit("/", 1)[0] + "/" + database
+
+    for database in (control, "postgres", "template1", other.database):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await asyncpg.connect(elsewhere(database))
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError,
+                       match="not currently accepting connections"):
+        await asyncpg.connect(elsewhere(golden.generation))
+    conn = await asyncpg.connect(own_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM orders") == ORDERS
+    finally:
+        await conn.close()
+    # Their owner (here the superuser the control plane connects as) still gets in.
+    conn = await asyncpg.connect(control_url)
+    await conn.close()
