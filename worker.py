@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from domain.contract import required_activities
@@ -140,7 +141,7 @@ async def build_activities(
     if System.aws in target.systems:
         from activities.aws import aws_activities
 
-        objects += aws_activities(aws, sealer)
+        objects += aws_activities(aws, sealer, sweep_grace=settings.sweep_grace_minutes * 60)
     if System.registry in target.systems:
         from activities.registry import RegistryActivities
 
@@ -290,7 +291,35 @@ async def build_worker(
     )
 
 
+def histogram_buckets(target: Target) -> dict[str, Sequence[float]]:
+    """Bucket bounds (seconds) of the engine's histograms this target may record; the
+    SDK's default ones stop at 10 s, and a preview takes minutes."""
+    from workflows.metrics import HISTOGRAM_BUCKETS
+
+    buckets: dict[str, Sequence[float]] = dict(HISTOGRAM_BUCKETS)
+    if System.postgres in target.systems:
+        from activities.postgres.clones import CLONE_BUCKETS
+
+        buckets.update(CLONE_BUCKETS)
+    return buckets
+
+
+def telemetry_runtime(address: str, target: Target | None = None) -> Runtime:
+    """A Temporal runtime serving Prometheus metrics at http://<address>/metrics: the
+    SDK's own and the engine's, which workflows and activities record through the same
+    meter. Prometheus conventions: `_total` on counters, the unit on histograms
+    (`_seconds`), durations in seconds; the engine's names carry no suffix themselves."""
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
+        bind_address=address, counters_total_suffix=True, unit_suffix=True,
+        durations_as_seconds=True,
+        histogram_bucket_overrides=histogram_buckets(target or Target()))))
+
+
 async def serve(settings: Settings, target: Target) -> None:
+    if settings.worker_metrics_address:
+        # Before the client: clients and workers use the runtime current when made.
+        Runtime.set_default(telemetry_runtime(settings.worker_metrics_address, target))
+        log.info("metrics at http://%s/metrics", settings.worker_metrics_address)
     client = await connect(settings)
     resources = Resources()
     worker = await build_worker(client, settings, target, resources)

@@ -44,6 +44,9 @@ MANIFEST_TYPES = ", ".join((
 ))
 ECR_HOST = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com$")
 REGISTRY_UNAVAILABLE = "RegistryUnavailable"  # retried: outage, rate limit, network
+# On the worker's metrics endpoint as preview_image_checks_total (the exporter adds
+# _total). How long a preview waited for its image is the saga's step wait (kind=image).
+IMAGE_CHECKS = "preview_image_checks"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class RegistryActivities:
         ecr = ECR_HOST.match(ref.host)
         digest = (await asyncio.to_thread(self._ecr_digest, ref, ecr["account"], ecr["region"])
                   if ecr else await self._oci_digest(ref))
+        _count_check("ecr" if ecr else "oci", "absent" if digest is None else "present")
         if digest is None:
             return StepOutput(waiting=f"waiting for image {spec.repository}:{spec.tag[:12]}")
         return StepOutput(values={"digest": digest}, detail=digest[:19])
@@ -181,6 +185,15 @@ class RegistryActivities:
             raise
         details = found.get("imageDetails") or []
         return str(details[0].get("imageDigest") or "present") if details else None
+
+
+def _count_check(registry: str, outcome: str) -> None:
+    """One answer of a registry, by its API and outcome: never the image or its host."""
+    if activity.in_activity():  # tests call the method directly too
+        activity.metric_meter().create_counter(
+            IMAGE_CHECKS, "Image existence checks by registry API (oci, ecr) and outcome "
+            "(present, absent)").with_additional_attributes(
+                {"registry": registry, "outcome": outcome}).add(1)
 
 
 def parse_credentials(value: SecretStr | None) -> dict[str, tuple[str, str]]:

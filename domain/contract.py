@@ -108,7 +108,7 @@ def spec_types() -> tuple[type[Spec], ...]:
 
 
 def spec_activities(spec: type[Spec]) -> list[str]:
-    names = [spec.present, spec.absent, spec.sleep, spec.wake]
+    names = [spec.present, spec.absent, spec.sleep, spec.wake, spec.check]
     return [name for name in names if name]
 
 

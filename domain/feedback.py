@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from domain.naming import DNS_LABEL
 
 FeedbackState = Literal[
-    "creating", "ready", "updating", "failed", "sleeping", "destroying", "destroyed", "skipped"
+    "creating", "ready", "updating", "failed", "sleeping", "destroying", "destroyed", "skipped",
+    "degraded",
 ]
 # GitHub's commit status states; activities/git_host.py maps them to GitLab's.
 CommitState = Literal["pending", "success", "failure", "error"]
@@ -127,6 +128,7 @@ _HEADLINES: dict[str, str] = {
     "destroying": "🧹 Removing the preview environment",
     "destroyed": "🗑️ Preview environment removed",
     "skipped": "⏭️ No preview for this pull request",
+    "degraded": "⚠️ Preview environment damaged: part of it was removed",
 }
 
 
@@ -244,6 +246,8 @@ _DESCRIPTIONS: dict[str, tuple[CommitState, str]] = {
     # "error" (the check could not run) is not used: a failed preview is reported as a
     # failure of this commit's preview, with the step that failed.
     "failed": ("failure", "Preview environment failed"),
+    # Its URL may answer no more: not a problem with the commit, but one to see.
+    "degraded": ("failure", "Preview environment damaged"),
 }
 
 
@@ -273,6 +277,7 @@ _DEPLOYMENT_STATES: dict[str, DeploymentState] = {
     "updating": "in_progress",
     "ready": "success",
     "failed": "failure",
+    "degraded": "failure",
     # A transient deployment set inactive shows as destroyed on GitHub.
     "destroyed": "inactive",
 }

@@ -431,7 +431,7 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
             basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
             url_port=ctx.options.url_port,
             wait_for_address=ctx.options.ingress_wait_for_address,
-            check=_url_check(app, ctx.options),
+            url_check=_url_check(app, ctx.options),
             hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
         ), f"route {hosts[0]}", (f"app/{app.name}",)))
     return steps

@@ -24,6 +24,9 @@ class Spec(BaseModel):
     absent: ClassVar[str | None]
     sleep: ClassVar[str | None] = None  # scales the resource to zero
     wake: ClassVar[str | None] = None
+    # Asks whether the resource is still there (→ "" or why not, one line): a ready
+    # preview checks now and then that nobody removed it behind its back.
+    check: ClassVar[str | None] = None
     # A kind that learnt to sleep after previews were running names a patch: a history
     # recorded before it replays without those calls (workflow.patched).
     scale_patch: ClassVar[str | None] = None
@@ -56,6 +59,7 @@ class NamespaceSpec(KubeSpec):
     kind: Literal["namespace"] = "namespace"
     present: ClassVar[str] = "ensure_namespace"
     absent: ClassVar[str | None] = "remove_namespace"
+    check: ClassVar[str | None] = "check_namespace"
     name: str
     cpu_quota: str = "4"
     memory_quota: str = "8Gi"
@@ -150,7 +154,7 @@ class IngressSpec(KubeSpec):
     basic_auth_secret: str | None = None
     url_port: int | None = None  # the ingress's port in URLs, when not 80/443
     wait_for_address: bool = False  # ready once the controller publishes an address
-    check: UrlCheck | None = None  # ready once each URL answers from the application
+    url_check: UrlCheck | None = None  # ready once each URL answers from the application
 
 
 class ContainerDatabaseSpec(KubeSpec):
@@ -292,6 +296,7 @@ class PostgresCloneSpec(Spec):
     system: ClassVar[System] = System.postgres
     present: ClassVar[str] = "ensure_database_clone"
     absent: ClassVar[str | None] = "remove_database_clone"
+    check: ClassVar[str | None] = "check_database_clone"
     database: str
     role: str
     source: str = ""

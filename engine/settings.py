@@ -189,6 +189,10 @@ class Settings(BaseSettings):
         False, description="Call a preview's Ingress ready only once the ingress controller "
                            "has published an address for it (status.loadBalancer): by then "
                            "it routes the host, so the URL on the pull request answers")
+    resource_check_minutes: float = Field(
+        10, ge=0, description="How often a ready preview checks that its namespace and "
+                              "database are still there (0: never); one that finds them gone "
+                              "says so and the next deploy puts them back")
     sweep_grace_minutes: float = Field(
         10, ge=0, description="The orphan sweeper never removes an environment with a resource "
                               "younger than this (by the resource's own creation time)")
@@ -221,6 +225,13 @@ class Settings(BaseSettings):
     # Starter service
     listen_host: str = Field("127.0.0.1", description="Starter bind address")
     listen_port: int = Field(8080, description="Starter port")
+
+    # Metrics (the starter's are at /metrics on its own port)
+    worker_metrics_address: str | None = Field(
+        None, pattern=r"^[^\s/]+:\d{1,5}$",
+        description="host:port where the worker serves Prometheus metrics at /metrics: the "
+                    "Temporal SDK's and the engine's (durations, step failures, clones); "
+                    "unset: none")
 
 
     def insecure(self) -> list[str]:

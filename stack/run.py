@@ -149,6 +149,7 @@ class LocalStack:
             **node.engine_settings(registry.host, postgres.port),
             aws_endpoint_url=moto.endpoint_url,
             listen_port=listen_port,
+            worker_metrics_address=f"127.0.0.1:{book.port('worker-metrics')}",
             codec_cors_origin=temporal.ui_url,
             # The Web UI sends no credential to /codec; loopback and CORS keep others out.
             profile="local",

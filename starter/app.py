@@ -42,6 +42,8 @@ from starter.events import (
     github_wake,
     gitlab_operation,
 )
+from starter.metrics import CONTENT_TYPE, RequestTimer, StarterMetrics, counted_webhook
+from starter.metrics import of as metrics_of
 from starter.wake import router as wake_router
 from workflows.preview import PreviewEnvironmentWorkflow
 from workflows.saga import ActivityTimeouts
@@ -141,6 +143,7 @@ async def _operate(
             pr,
             task_queue=settings.task_queue,
             timeouts=timeouts,
+            resource_check_seconds=settings.resource_check_minutes * 60,
         )
         return WebhookAnswer(
             outcome="deployed", workflow_id=handle.id, detail=f"deploy {pr.head_sha[:7]}"
@@ -175,6 +178,7 @@ WEBHOOK_ERRORS = _errors(400, 401, 413, 503)
 
 @webhooks.post("/github", response_model=WebhookAnswer, status_code=202,
                responses=WEBHOOK_ERRORS)
+@counted_webhook("github", "x_github_event", unavailable=ServiceUnavailable)
 async def github_webhook(
     request: Request,
     x_github_event: Annotated[str, Header()],
@@ -187,6 +191,7 @@ async def github_webhook(
     expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
     if not x_hub_signature_256 or not same_secret(expected, x_hub_signature_256):
         log.warning("delivery %s: signature missing or wrong", x_github_delivery)
+        metrics_of(request).signature_failed("github")
         raise HTTPException(401, "X-Hub-Signature-256 is missing or does not match the body")
     payload = _parse_json(body)
     if x_github_event == "ping":
@@ -267,6 +272,7 @@ async def wake_previews(client: Client, wake: WakeWaiting) -> int:
 
 @webhooks.post("/gitlab", response_model=WebhookAnswer, status_code=202,
                responses=WEBHOOK_ERRORS)
+@counted_webhook("gitlab", "x_gitlab_event", unavailable=ServiceUnavailable)
 async def gitlab_webhook(
     request: Request,
     x_gitlab_event: Annotated[str, Header()],
@@ -277,6 +283,7 @@ async def gitlab_webhook(
     body = await _read_body(request, settings.webhook_max_bytes)
     token = settings.gitlab_webhook_token.get_secret_value()
     if not x_gitlab_token or not same_secret(token, x_gitlab_token):
+        metrics_of(request).signature_failed("gitlab")
         raise HTTPException(401, "X-Gitlab-Token is missing or wrong")
     payload = _parse_json(body)
     try:
@@ -341,6 +348,7 @@ def create_app(
     sealer: Any = None,
     timeouts: ActivityTimeouts | None = None,
     installations: InstallationCache | None = None,
+    metrics: StarterMetrics | None = None,
 ) -> FastAPI:
     app = FastAPI(title="preview-engine", version="0.1.0")
     app.state.settings = settings
@@ -352,6 +360,7 @@ def create_app(
     app.state.installations = installations
     app.state.codec = temporal.data_converter.payload_codec
     app.state.codec_gate = CodecGate(settings)
+    app.state.metrics = metrics or StarterMetrics(temporal)
     # What the Web UI's codec fetch sends: JSON with X-Namespace, plus Authorization (and
     # the ID token in Authorization-Extras) when it passes the access token; credentials
     # (a proxy's cookie) when TEMPORAL_CODEC_INCLUDE_CREDENTIALS is on. One origin, exact.
@@ -376,6 +385,15 @@ def create_app(
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    # Like /healthz, no credentials: counts only, no label holds a secret or a name.
+    # Prometheus' text format, not part of the OpenAPI.
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(await app.state.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    # Outermost of the app's middleware: times every answer, CORS preflights included.
+    app.add_middleware(RequestTimer, metrics=app.state.metrics)
 
     app.include_router(webhooks)
     app.include_router(wake_router)

@@ -45,7 +45,7 @@ from workflows.preview import DestroyRequest, PreviewEnvironmentWorkflow, Previe
 from workflows.sweeper import OrphanSweepWorkflow, SweepRequest
 
 console = Console()
-SETTLED = {"ready", "failed", "sleeping", "destroyed"}
+SETTLED = {"ready", "failed", "sleeping", "destroyed", "degraded"}
 
 
 def _handle(client: Client, args: argparse.Namespace) -> WorkflowHandle[Any, Any]:

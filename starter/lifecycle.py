@@ -30,12 +30,14 @@ async def deploy(
     task_queue: str,
     timeouts: ActivityTimeouts | None = None,
     history_limit: int | None = None,
+    resource_check_seconds: float | None = None,
 ) -> WorkflowHandle[PreviewEnvironmentWorkflow, PreviewStatus]:
     """Signal-with-start: the PR's one workflow gets `deploy`, started if it is not running."""
+    given = {"history_limit": history_limit, "resource_check_seconds": resource_check_seconds}
     return await client.start_workflow(
         PreviewEnvironmentWorkflow.run,
         PreviewInput(pull_request=pr, timeouts=timeouts or ActivityTimeouts(),
-                     **({"history_limit": history_limit} if history_limit else {})),
+                     **{name: value for name, value in given.items() if value is not None}),
         id=workflow_id(pr.repository, pr.number),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -35,7 +35,9 @@ with workflow.unsafe.imports_passed_through():
     from domain.plan import PlanRequest, Step
     from domain.policy import filters_paths, skip_reason
     from domain.pull_request import PullRequest
+    from domain.resources import StepInput
     from domain.source import LoadSourceRequest
+    from workflows.metrics import OperationClock
     from workflows.receipt import teardown_receipt
     from workflows.saga import ActivityTimeouts, Ledger, SagaRunner, StepFailed, failure_message
 
@@ -55,6 +57,8 @@ class PreviewState(StrEnum):
     destroying = "destroying"
     destroyed = "destroyed"
     skipped = "skipped"  # the policy says this PR gets no preview; nothing was made
+    degraded = "degraded"  # something it made is gone (removed behind its back): a deploy
+    # puts it back
 
 
 class DestroyRequest(BaseModel):
@@ -75,6 +79,7 @@ class CarriedState(BaseModel):
     last_error: str | None = None
     pending: PullRequest | None = None
     destroy_reason: str | None = None
+    checked_at: datetime | None = None  # when its resources were last found there
 
 
 class PreviewInput(BaseModel):
@@ -86,6 +91,9 @@ class PreviewInput(BaseModel):
     history_limit: int = Field(
         10_000, description="Continue as new past this many events, or when the server says"
     )
+    resource_check_seconds: float = Field(
+        600, ge=0, description="How often a ready preview checks that what it made is still "
+                               "there (0: never)")
     carried: CarriedState | None = None
 
 
@@ -120,6 +128,9 @@ class PreviewEnvironmentWorkflow:
         self._wake_requested = False
         self._sleep_requested = False
         self._winding_down = False  # about to continue as new
+        self._clock = OperationClock()  # metrics: create/redeploy/teardown durations
+        self._check_due = False
+        self._checks = False  # patch "resource-check": runs before it replay without checks
 
     # -- messages -----------------------------------------------------------------
 
@@ -209,6 +220,7 @@ class PreviewEnvironmentWorkflow:
     @workflow.run
     async def run(self, input: PreviewInput) -> PreviewStatus:
         self._publish_attributes()
+        self._checks = workflow.patched("resource-check")
         try:
             while True:
                 await self._wait_for_work()
@@ -223,6 +235,8 @@ class PreviewEnvironmentWorkflow:
                         break
                 elif self._sleep_requested or self._wake_requested:
                     await self._sleep_or_wake()
+                elif self._check_due:
+                    await self._check_resources()
                 else:
                     self._check_timers()
                 info = workflow.info()
@@ -256,7 +270,7 @@ class PreviewEnvironmentWorkflow:
 
     def _has_work(self) -> bool:
         return (self._s.destroy_reason is not None or self._s.pending is not None
-                or self._sleep_requested or self._wake_requested)
+                or self._sleep_requested or self._wake_requested or self._check_due)
 
     async def _wait_for_work(self) -> None:
         timeout = self._seconds_to_next_timer()
@@ -278,6 +292,9 @@ class PreviewEnvironmentWorkflow:
             if policy.sleep_after_idle_hours and s.state == PreviewState.ready:
                 deadlines["idle"] = s.last_activity + timedelta(
                     hours=policy.sleep_after_idle_hours)
+        every = self._input.resource_check_seconds
+        if self._checks and every and s.state == PreviewState.ready and s.checked_at:
+            deadlines["check"] = s.checked_at + timedelta(seconds=every)
         return deadlines
 
     def _seconds_to_next_timer(self) -> float | None:
@@ -293,6 +310,8 @@ class PreviewEnvironmentWorkflow:
                 continue
             if reason == "idle":
                 self._sleep_requested = True
+            elif reason == "check":
+                self._check_due = True
             else:
                 self._s.destroy_reason = reason
             return
@@ -349,7 +368,7 @@ class PreviewEnvironmentWorkflow:
             message = error.args[0] if isinstance(error, StepFailed) else failure_message(error)
             self._s.last_error = str(message)
             workflow.logger.warning("deploy of %s failed: %s", pr.head_sha, self._s.last_error)
-            self._set_state(PreviewState.failed if first else PreviewState.ready)
+            self._set_state(PreviewState.failed if first else self._after_failed_update())
             await self._feedback(failed=True)
             return
         self._s.deployed_sha = pr.head_sha
@@ -357,6 +376,12 @@ class PreviewEnvironmentWorkflow:
         workflow.upsert_memo({"urls": self._s.urls})
         self._set_state(PreviewState.ready)
         await self._feedback()
+
+    def _after_failed_update(self) -> PreviewState:
+        """The previous commit still runs: ready, unless something it had is still gone
+        (the update was to put it back)."""
+        missing = any(not entry.complete for entry in self._s.ledger.entries)
+        return PreviewState.degraded if self._checks and missing else PreviewState.ready
 
     async def _changed_files(self, pr: PullRequest) -> list[str]:
         files: list[str] = await workflow.execute_activity(
@@ -380,6 +405,49 @@ class PreviewEnvironmentWorkflow:
             self._waiting[step.key] = reason
         if self._waiting != before and self._waiting:
             await self._feedback(message="; ".join(self._waiting.values()))
+
+    # -- still there? -------------------------------------------------------------
+
+    async def _check_resources(self) -> None:
+        """Whether what the preview made is still there: an operator, a script or a
+        sweeper may remove a database or a namespace behind its back. Then it says so
+        (status and pull request) instead of staying ready, and marks those steps to be
+        made again: the next deploy puts them back (and re-applies what depends on them)."""
+        self._check_due = False
+        self._s.checked_at = workflow.now()
+        if self._s.state != PreviewState.ready:
+            return
+        gone: dict[str, str] = {}
+        for entry in list(self._s.ledger.entries):
+            check = type(entry.step.spec).check
+            if not entry.complete or check is None:
+                continue
+            try:
+                why: str = await workflow.execute_activity(
+                    check, StepInput(spec=entry.step.spec), result_type=str,
+                    task_queue=entry.step.task_queue or workflow.info().task_queue,
+                    start_to_close_timeout=timedelta(minutes=2),
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                    summary=f"is {entry.step.summary or entry.step.key} still there?")
+            except ActivityError as error:  # a check that cannot run proves nothing
+                workflow.logger.warning("could not check %s: %s", entry.step.key,
+                                        failure_message(error))
+                continue
+            if why:
+                gone[entry.step.key] = why
+        if not gone or self._has_work():  # a deploy or destroy came meanwhile: it decides
+            return
+        for key in gone:
+            if (found := self._s.ledger.find(key)) is not None:
+                self._s.ledger.put(found.model_copy(update={"complete": False}))
+        pr = self._s.pull_request
+        self._s.last_error = (
+            f"{'; '.join(gone.values())}: removed behind the preview's back. A deploy puts it "
+            f"back: push a commit, or `preview deploy {pr.repository} {pr.number} "
+            f"{self._s.deployed_sha or pr.head_sha}`")
+        workflow.logger.warning("preview %s degraded: %s", self._env_id, self._s.last_error)
+        self._set_state(PreviewState.degraded)
+        await self._feedback()
 
     # -- sleep / wake -------------------------------------------------------------
 
@@ -438,7 +506,10 @@ class PreviewEnvironmentWorkflow:
     # -- reporting ----------------------------------------------------------------
 
     def _set_state(self, state: PreviewState) -> None:
+        if self._checks and state == PreviewState.ready:
+            self._s.checked_at = workflow.now()  # the next check is one interval away
         self._s.state = state
+        self._clock.state_changed(state.value, self._s.last_error)
         self._publish_attributes()
 
     def _publish_attributes(self) -> None:

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.errors import NON_RETRYABLE
     from domain.plan import Plan, Step
     from domain.resources import Spec, StepInput, StepOutput
+    from workflows.metrics import step_undone, step_waited, timed_step
 
 
 class AppliedStep(BaseModel):
@@ -109,6 +110,14 @@ async def _nothing_waits(_: Step, __: str | None) -> None:
     return None
 
 
+def step_kind(step: Step) -> str:
+    """The resource kind: a bounded label of the step's metrics (never its key)."""
+    return str(getattr(step.spec, "kind", type(step.spec).__name__))
+
+
+_ACTIONS = {"ensure": "present", "check again": "recheck", "remove": "absent"}
+
+
 class SagaRunner:
     def __init__(
         self,
@@ -136,21 +145,22 @@ class SagaRunner:
             if (entry := self.ledger.find(dep)) is not None and entry.output is not None
         }
         t = self.timeouts
-        return await workflow.execute_activity(
-            activity,
-            StepInput(spec=step.spec, upstream=upstream),
-            result_type=StepOutput,
-            task_queue=step.task_queue or workflow.info().task_queue,
-            start_to_close_timeout=timedelta(seconds=t.start_to_close_seconds),
-            heartbeat_timeout=t.heartbeat_for(step.spec),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=1),
-                maximum_interval=timedelta(seconds=t.max_interval_seconds),
-                maximum_attempts=t.max_attempts,
-                non_retryable_error_types=NON_RETRYABLE,
-            ),
-            summary=f"{verb} {step.summary or step.key}",
-        )
+        with timed_step(step_kind(step), _ACTIONS.get(verb, verb)):  # where the time goes
+            return await workflow.execute_activity(
+                activity,
+                StepInput(spec=step.spec, upstream=upstream),
+                result_type=StepOutput,
+                task_queue=step.task_queue or workflow.info().task_queue,
+                start_to_close_timeout=timedelta(seconds=t.start_to_close_seconds),
+                heartbeat_timeout=t.heartbeat_for(step.spec),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1),
+                    maximum_interval=timedelta(seconds=t.max_interval_seconds),
+                    maximum_attempts=t.max_attempts,
+                    non_retryable_error_types=NON_RETRYABLE,
+                ),
+                summary=f"{verb} {step.summary or step.key}",
+            )
 
     async def _make_present(self, step: Step) -> None:
         output = await self._execute(step.present, step, "ensure")
@@ -162,11 +172,13 @@ class SagaRunner:
     async def _until_present(self, step: Step, reason: str) -> StepOutput | None:
         """Ask again, on a durable timer that backs off (or when woken), until the step
         is there or its wait_seconds are spent; then it fails with the last reason."""
-        deadline = workflow.now() + timedelta(seconds=step.wait_seconds)
+        started = workflow.now()
+        deadline = started + timedelta(seconds=step.wait_seconds)
         delay = WAIT_FIRST_SECONDS
         while True:
             left = (deadline - workflow.now()).total_seconds()
             if left <= 0:
+                step_waited(step_kind(step), started, "gave_up")
                 await self._on_waiting(step, None)
                 raise ApplicationError(f"{reason}; gave up after {step.wait_seconds} s",
                                        type="WaitedTooLong", non_retryable=True)
@@ -179,6 +191,7 @@ class SagaRunner:
             self._woken = False
             output = await self._execute(step.present, step, "check again")
             if output is None or not output.waiting:
+                step_waited(step_kind(step), started, "present")
                 await self._on_waiting(step, None)
                 return output
             reason = output.waiting
@@ -231,14 +244,19 @@ class SagaRunner:
         """Undo newest first. An undo that fails does not stop the others: its entry
         stays in the ledger, so the environment's teardown tries it again."""
         for item in reversed(undo):
+            entry = item.previous or self.ledger.find(item.key)  # read before it is dropped
+            kind = step_kind(entry.step) if entry is not None else "unknown"
             try:
                 if item.action == "remove":
                     await self._make_absent(item.key)
                 elif item.previous is not None:
                     await self._make_present(item.previous.step)
             except (ActivityError, ApplicationError) as error:
+                step_undone(kind, "failed")
                 workflow.logger.warning("undo of %s failed: %s", item.key,
                                         failure_message(error))
+            else:
+                step_undone(kind, "succeeded")
 
     async def remove(self, keys: Iterable[str]) -> None:
         """Remove entries, dependents before what they depend on, in parallel where free."""

@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         SweepTargets,
     )
     from domain.systems import tenant_queue
+    from workflows.metrics import sweep_found, sweep_removed
 
 
 # The share bound counts only past this many orphans: one leftover of two is no alarm.
@@ -237,6 +238,8 @@ class OrphanSweepWorkflow:
 
     def _record(self, report: SweepReport, system: str, env: str, removed: list[str]) -> None:
         report.removed.setdefault(system, {})[env] = removed
+        if removed:
+            sweep_removed(system)  # metrics: by system kind only
         if self._safe and not removed and report.found[system].get(env):
             # The remover kept it all: something of it is younger than the grace period.
             self._keep(report, system, [env], "kept by the remover: younger than the grace "
@@ -247,6 +250,7 @@ class OrphanSweepWorkflow:
         """Record what has no live preview; return what to remove (nothing in dry run)."""
         orphans = {env: items for env, items in sorted(found.items()) if env not in report.live}
         report.found[system] = orphans
+        sweep_found(system, len(orphans))  # metrics: by system kind only
         return [] if report.dry_run else list(orphans)
 
     async def _call(self, activity: ActivityContract, arg: object, summary: str,

@@ -10,7 +10,8 @@ from activities.aws.clients import AwsClients, Waits, is_error, parse_s3_uri
 from engine.sealing import Sealer
 
 
-def aws_activities(aws: AwsClients, sealer: Sealer) -> list[object]:
+def aws_activities(aws: AwsClients, sealer: Sealer, *, sweep_grace: float = 0.0,
+                   ) -> list[object]:
     from activities.aws.dns import DnsActivities
     from activities.aws.network import NetworkActivities
     from activities.aws.rds import RdsActivities
@@ -18,7 +19,7 @@ def aws_activities(aws: AwsClients, sealer: Sealer) -> list[object]:
     from activities.aws.tls import TlsActivities
 
     return [NetworkActivities(aws), DnsActivities(aws), TlsActivities(aws),
-            RdsActivities(aws, sealer), AwsSweepActivities(aws)]
+            RdsActivities(aws, sealer), AwsSweepActivities(aws, sweep_grace=sweep_grace)]
 
 
 __all__ = ["AwsClients", "Waits", "aws_activities", "is_error", "parse_s3_uri"]

@@ -421,6 +421,27 @@ def remove_cluster(rds: RDSClient, owner: Ownership, identifier: str, waits: Wai
     return [*removed, f"aurora cluster {identifier}"]
 
 
+def creation_times(rds: RDSClient) -> dict[str, list[datetime]]:
+    """When each RDS instance, Aurora cluster and manual snapshot tagged ours was made:
+    env id → creation times (the sweeper keeps an environment made too recently)."""
+    found: dict[str, list[datetime]] = {}
+
+    def add(tags: Any, created: datetime | None) -> None:
+        if (env := owning_environment(tag_dict(tags))) and created is not None:
+            found.setdefault(env, []).append(created)
+
+    for clusters in rds.get_paginator("describe_db_clusters").paginate():
+        for cluster in clusters["DBClusters"]:
+            add(cluster.get("TagList"), cluster.get("ClusterCreateTime"))
+    for instances in rds.get_paginator("describe_db_instances").paginate():
+        for instance in instances["DBInstances"]:
+            add(instance.get("TagList"), instance.get("InstanceCreateTime"))
+    for snapshots in rds.get_paginator("describe_db_snapshots").paginate(SnapshotType="manual"):
+        for snapshot in snapshots["DBSnapshots"]:
+            add(snapshot.get("TagList"), snapshot.get("SnapshotCreateTime"))
+    return found
+
+
 def list_databases(rds: RDSClient) -> dict[str, list[tuple[str, str]]]:
     """RDS instances, Aurora clusters and manual snapshots tagged ours:
     env id → [(kind, identifier)], kind one of CLUSTER, INSTANCE, SNAPSHOT."""

@@ -7,6 +7,8 @@ activities only list and remove, and never touch anything without our mark.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from temporalio import activity
 
 from activities.aws.clients import AwsClients, Waits, heartbeat
@@ -16,21 +18,27 @@ from activities.aws.rds import (
     CLUSTER,
     INSTANCE,
     SNAPSHOT,
+    creation_times,
     list_databases,
     remove_cluster,
     remove_instance,
     remove_snapshot,
 )
-from activities.aws.tls import delete_certificates, list_certificates
+from activities.aws.tls import certificate_times, delete_certificates, list_certificates
 from domain.contract import LIST_AWS_ENVIRONMENTS, REMOVE_AWS_ENVIRONMENT
 from domain.naming import Ownership
 from domain.resources import AwsEnvironmentInput, AwsSweepInput, AwsTarget
 
 
 class AwsSweepActivities:
-    def __init__(self, aws: AwsClients, waits: Waits | None = None) -> None:
+    def __init__(self, aws: AwsClients, waits: Waits | None = None, *,
+                 sweep_grace: float = 0.0) -> None:
+        """sweep_grace: seconds; an environment with a database, snapshot or certificate
+        made more recently is kept (VPCs and DNS records carry no creation time: the
+        sweeper's check by workflow id covers them)."""
         self.aws = aws
         self.waits = waits or Waits(timeout=3 * 3600, interval=20)
+        self.sweep_grace = sweep_grace
 
     @activity.defn(name=LIST_AWS_ENVIRONMENTS.name)
     def list_aws_environments(self, request: AwsSweepInput) -> dict[str, list[str]]:
@@ -38,7 +46,17 @@ class AwsSweepActivities:
 
     @activity.defn(name=REMOVE_AWS_ENVIRONMENT.name)
     def remove_aws_environment(self, request: AwsEnvironmentInput) -> list[str]:
+        if self._too_young(request.target, request.environment):
+            return []  # being made now, perhaps by a preview the sweep does not know yet
         return self.remove_environment_resources(request.target, request.environment)
+
+    def _too_young(self, target: AwsTarget, env_id: str) -> bool:
+        if not self.sweep_grace:
+            return False
+        since = datetime.now(UTC) - timedelta(seconds=self.sweep_grace)
+        made = creation_times(self.aws.rds(target)).get(env_id, [])
+        made += certificate_times(self.aws.acm(target)).get(env_id, [])
+        return any(created > since for created in made)
 
     def list_tagged_environments(self, target: AwsTarget) -> dict[str, list[str]]:
         """env id → descriptions of every resource in the target carrying its mark."""

@@ -7,6 +7,8 @@ its DNS validation records are written, and the activity polls until it is ISSUE
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -30,7 +32,7 @@ from domain.resources import CertificateSpec, StepInput, StepOutput
 
 if TYPE_CHECKING:
     from mypy_boto3_acm import ACMClient
-    from mypy_boto3_acm.type_defs import CertificateDetailTypeDef
+    from mypy_boto3_acm.type_defs import CertificateDetailTypeDef, CertificateSummaryTypeDef
 
 TERMINAL = ("FAILED", "VALIDATION_TIMED_OUT", "REVOKED", "EXPIRED", "INACTIVE")
 
@@ -50,9 +52,8 @@ def _idempotency_token(owner: Ownership, hosts: list[str]) -> str:
     return stable_hash(f"{owner.environment}|{','.join(hosts)}|{scope}", 32)
 
 
-def list_certificates(acm: ACMClient) -> dict[str, list[tuple[str, str]]]:
-    """Every certificate tagged ours: env id → [(arn, domain)]."""
-    found: dict[str, list[tuple[str, str]]] = {}
+def _tagged_certificates(acm: ACMClient) -> Iterator[tuple[str, CertificateSummaryTypeDef]]:
+    """(env id, summary) of every certificate tagged ours."""
     for page in acm.get_paginator("list_certificates").paginate():
         for summary in page["CertificateSummaryList"]:
             arn = summary.get("CertificateArn", "")
@@ -63,7 +64,24 @@ def list_certificates(acm: ACMClient) -> dict[str, list[tuple[str, str]]]:
                     continue  # deleted while we listed
                 raise
             if env := owning_environment(tags):
-                found.setdefault(env, []).append((arn, summary.get("DomainName", "")))
+                yield env, summary
+
+
+def list_certificates(acm: ACMClient) -> dict[str, list[tuple[str, str]]]:
+    """Every certificate tagged ours: env id → [(arn, domain)]."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for env, summary in _tagged_certificates(acm):
+        found.setdefault(env, []).append(
+            (summary.get("CertificateArn", ""), summary.get("DomainName", "")))
+    return found
+
+
+def certificate_times(acm: ACMClient) -> dict[str, list[datetime]]:
+    """When each certificate tagged ours was requested: env id → creation times."""
+    found: dict[str, list[datetime]] = {}
+    for env, summary in _tagged_certificates(acm):
+        if (created := summary.get("CreatedAt")) is not None:
+            found.setdefault(env, []).append(created)
     return found
 
 

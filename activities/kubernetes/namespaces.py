@@ -162,6 +162,19 @@ class NamespaceActivities:
             return
         self._delete_namespace(api, ns, current)
 
+    @activity.defn(name=NamespaceSpec.check)
+    def check_namespace(self, input: StepInput) -> str:
+        """"" while the preview's namespace is there and ours; else what happened to it."""
+        spec = input.spec_as(NamespaceSpec)
+        current = self.api(spec.cluster).get(Ref.of("Namespace", spec.name))
+        if current is None:
+            return f"namespace {spec.name} is gone"
+        if not is_ours(current, spec.owner):
+            return f"namespace {spec.name} is no longer marked as this preview's"
+        if (current.get("metadata") or {}).get("deletionTimestamp"):
+            return f"namespace {spec.name} is being deleted"
+        return ""
+
     def _delete_namespace(self, api: KubeApi, ns: Ref, current: Json) -> None:
         """Delete a namespace (of ours: the caller checked) and wait until it is gone."""
         if not (current.get("metadata") or {}).get("deletionTimestamp"):
@@ -240,6 +253,6 @@ class NamespaceActivities:
     def activities(self) -> list[Callable[..., Any]]:
         """Every activity of this class, for the worker."""
         return [
-            self.ensure_namespace, self.remove_namespace,
+            self.ensure_namespace, self.remove_namespace, self.check_namespace,
             self.list_kube_environments, self.remove_kube_environment,
         ]

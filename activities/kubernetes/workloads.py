@@ -377,8 +377,8 @@ class KubernetesActivities(NamespaceActivities):
         scheme = "https" if spec.tls_secret else "http"
         port = f":{spec.url_port}" if spec.url_port else ""
         urls = {h.host: f"{scheme}://{h.host}{port}" for h in spec.hosts}
-        if spec.check:
-            wait_until_answering(sorted(urls.values()), spec.check,
+        if spec.url_check:
+            wait_until_answering(sorted(urls.values()), spec.url_check,
                                  poll_delays(self.poll_interval), heartbeat)
         return StepOutput(urls=urls)
 

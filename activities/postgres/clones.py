@@ -72,6 +72,20 @@ from domain.secrets import SealedValue
 # Clone states: `loaded` = data copied, ownership not yet handed to the role.
 CREATING, LOADED, READY = "creating", "loaded", "ready"
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
+# On the worker's metrics endpoint as preview_database_clone_duration_seconds{method}:
+# from a reflink clone (tens of ms) to a copy or a stream of a large golden (minutes).
+CLONE_DURATION = "preview_database_clone_duration"
+CLONE_BUCKETS = {CLONE_DURATION: (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                                  120.0, 300.0, 600.0, 1800.0)}
+
+
+def _record_clone(method: str, milliseconds: float) -> None:
+    """How long the data took to arrive, by clone method (clone, copy, stream)."""
+    if activity.in_activity():  # tests call the methods directly too
+        activity.metric_meter().create_histogram_float(
+            CLONE_DURATION, "Time to make a preview database's data from its golden copy, "
+            "by method", "seconds").with_additional_attributes(
+                {"method": method}).record(milliseconds / 1000)
 
 
 def _new_password() -> str:
@@ -164,6 +178,7 @@ class PreviewDatabaseActivities:
 
     def all_activities(self) -> list[Callable[..., Awaitable[Any]]]:
         return [self.ensure_database_clone, self.remove_database_clone,
+                self.check_database_clone,
                 self.list_preview_databases, self.remove_preview_database]
 
     @activity.defn(name=PostgresCloneSpec.present)
@@ -194,6 +209,23 @@ class PreviewDatabaseActivities:
         spec = step.spec_as(PostgresCloneSpec)
         async with self._access.admin(self._preview) as conn:
             await self._remove(conn, spec.database, spec.role, spec.owner.environment)
+
+    @activity.defn(name=PostgresCloneSpec.check)
+    async def check_database_clone(self, step: StepInput) -> str:
+        """"" while the preview's database is there, ready and its role can log in;
+        else what happened to it."""
+        spec = step.spec_as(PostgresCloneSpec)
+        async with self._access.admin(self._preview) as conn:
+            info = await database_info(conn, spec.database)
+            role = await conn.fetchval("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+                                       spec.role)
+        if info is None:
+            return f"database {spec.database} is gone"
+        if not marks_environment(info.mark, spec.owner.environment, KIND_CLONE):
+            return f"database {spec.database} is no longer marked as this preview's"
+        if not role:
+            return f"role {spec.role} of database {spec.database} is gone"
+        return ""
 
     @activity.defn(name=LIST_PREVIEW_DATABASES.name)
     async def list_preview_databases(self) -> list[PreviewDatabase]:
@@ -367,6 +399,7 @@ class PreviewDatabaseActivities:
                     finally:
                         await close_golden(golden, generation)
                 method = STREAM
+                _record_clone(STREAM, (time.monotonic() - began) * 1000)
                 detail = (f"streamed with pg_dump | pg_restore in "
                           f"{time.monotonic() - began:.1f} s (the golden copies are on "
                           "another server)")
@@ -409,8 +442,10 @@ class PreviewDatabaseActivities:
                     self._access.clone_methods[key] = chosen
                     this_one = CloneMethod(COPY, f"file_copy_method=clone copied: "
                                                  f"{chosen.reason}", has_setting=False)
+                    _record_clone(COPY, milliseconds)
                     return COPY, this_one.detail(milliseconds)
             self._access.clone_methods[key] = chosen
+            _record_clone(chosen.method, milliseconds)
             return chosen.method, chosen.detail(milliseconds)
         raise AssertionError("unreachable: the copy attempt returns or raises")
 

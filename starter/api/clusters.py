@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from domain.clusters import CLUSTER_NAME, MAX_KUBECONFIG_BYTES
 from starter.api.auth import AdminAuth, SealerDep, StoreDep
 from starter.api.errors import api_router, error_responses
-from starter.api.params import Limit, Offset
+from starter.api.params import Limit, Offset, Text
 from store import ClusterMetadata, Page
 
 router = api_router()
@@ -23,7 +23,7 @@ class ClusterWrite(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kubeconfig: SecretStr = Field(max_length=MAX_KUBECONFIG_BYTES,
                                   description="The kubeconfig file's text; never returned")
-    context: str | None = Field(None, max_length=253,
+    context: Text | None = Field(None, max_length=253,
                                 description="Context to use; default: its current-context")
 
 

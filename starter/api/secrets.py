@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from domain.blueprint import AppliesTo, DnsName, VariableScope
 from starter.api.auth import AdminAuth, ProjectAuth, SealerDep, StoreDep
 from starter.api.errors import api_router, error_responses
-from starter.api.params import Key, Limit, Offset, ProjectName, RefDep
+from starter.api.params import Key, Limit, Offset, ProjectName, RefDep, Text
 from store import Page, SecretMetadata
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class SecretWrite(BaseModel):
     value: SecretStr = Field(max_length=65536, description="The value; never returned")
     scope: VariableScope = VariableScope.project
     environment: DnsName | None = None
-    application: str | None = None
+    application: Text | None = None
     applies_to: AppliesTo = AppliesTo.both
 
 

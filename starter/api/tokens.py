@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from starter.api.auth import AdminAuth, ProjectAuth, StoreDep
 from starter.api.errors import api_router, error_responses
-from starter.api.params import BIGINT, Limit, Offset, ProjectName
+from starter.api.params import BIGINT, Limit, Offset, ProjectName, Text
 from store import AuditEntry, Page, TokenRecord
 
 router = api_router()
@@ -15,7 +15,7 @@ router = api_router()
 
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100, description="What the token is for")
+    name: Text = Field(min_length=1, max_length=100, description="What the token is for")
     project: str | None = Field(None, description="Scope it to this project; None: admin")
 
 

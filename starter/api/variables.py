@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 from domain.blueprint import AppliesTo, DnsName, VariableKind, VariableScope
 from starter.api.auth import ProjectAuth, StoreDep
 from starter.api.errors import api_router, error_responses
-from starter.api.params import Key, Limit, Offset, ProjectName, RefDep
+from starter.api.params import Key, Limit, Offset, ProjectName, RefDep, Text
 from store import Page, ScopedVariable
 
 router = api_router()
@@ -18,10 +18,10 @@ class VariableWrite(BaseModel):
     """A variable's value and where it applies (the key is in the path)."""
 
     model_config = ConfigDict(extra="forbid")
-    value: str = ""
+    value: Text = ""
     scope: VariableScope = VariableScope.project
     environment: DnsName | None = None
-    application: str | None = None
+    application: Text | None = None
     kind: VariableKind = VariableKind.value
     applies_to: AppliesTo = AppliesTo.both
 

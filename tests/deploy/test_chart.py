@@ -137,7 +137,9 @@ def test_each_deployment_has_its_disruption_budget_and_network_policy(release: R
         assert [p for p in policies
                 if selects(p["spec"]["podSelector"]["matchLabels"], deployment)], name
     worker = release.named("NetworkPolicy", "-worker")["spec"]
-    assert worker["policyTypes"] == ["Ingress", "Egress"] and worker["ingress"] == []
+    # Nothing reaches a worker but Prometheus, on its metrics port.
+    assert worker["policyTypes"] == ["Ingress", "Egress"]
+    assert worker["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
     starter = release.named("NetworkPolicy", "-starter")["spec"]
     assert starter["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
     # The starter reaches DNS, Temporal and its database, not the Kubernetes API.
@@ -244,3 +246,81 @@ def test_golden_snapshot_credentials_are_readable_in_their_namespace_only(
         worker)["containers"][0]["env"]
     plain = manifests(helm_cli.template("r", "engine", "-f", str(CI_VALUES)))
     assert not [o for o in plain if o["kind"] in ("Role", "RoleBinding")]
+
+
+def test_both_components_expose_metrics_and_say_where(release: Release) -> None:
+    """The starter's /metrics is on its http port; every worker (lifecycle and tenants)
+    serves its own on a metrics port, told by its setting; pods carry the annotations a
+    pod-discovering Prometheus reads. No ServiceMonitor unless asked for."""
+    for deployment in release.of_kind("Deployment"):
+        name = deployment["metadata"]["name"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        container = pod_spec(deployment)["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if name.endswith("-starter"):
+            assert ports == {"http": 8080}
+            port = "8080"
+        else:
+            assert ports == {"metrics": 9464}, name
+            assert {"name": "PREVIEW_WORKER_METRICS_ADDRESS", "value": "0.0.0.0:9464"} in \
+                container["env"], name
+            port = "9464"
+        assert {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")} == {
+            "prometheus.io/scrape": "true", "prometheus.io/port": port,
+            "prometheus.io/path": "/metrics"}, name
+    assert not release.of_kind("ServiceMonitor")
+    tenants = release.named("NetworkPolicy", "-tenant-worker")["spec"]
+    assert tenants["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+
+
+def test_service_monitor_and_scrape_sources_behind_values(helm_cli: Helm) -> None:
+    objects = manifests(helm_cli.template(
+        "r", "engine", "-f", str(CI_VALUES), "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.serviceMonitor.labels.release=prom",
+        "--set-json", 'metrics.scrapeFrom=[{"namespaceSelector": {"matchLabels": '
+                      '{"kubernetes.io/metadata.name": "monitoring"}}}]',
+        "--set-json", 'networkPolicy.starterIngressFrom=[{"namespaceSelector": {"matchLabels":'
+                      ' {"kubernetes.io/metadata.name": "ingress-nginx"}}}]'))
+    [monitor] = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [
+        ("http", "/metrics"), ("metrics", "/metrics")]
+    selected = monitor["spec"]["selector"]
+    services = [o for o in objects if o["kind"] == "Service"]
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+            for o in objects if o["kind"] == "Deployment"}
+    scraped = set()
+    for service in services:
+        labels = service["metadata"]["labels"]
+        if not (selected["matchLabels"].items() <= labels.items() and all(
+                labels.get(e["key"]) in e["values"] for e in selected["matchExpressions"])):
+            continue
+        port = {p["name"] for p in service["spec"]["ports"]} & {"http", "metrics"}
+        assert port, service["metadata"]["name"]
+        scraped |= {name for name, labels in pods.items()
+                    if service["spec"]["selector"].items() <= labels.items()}
+    assert scraped == set(pods), "every Deployment's pods are scraped"
+    # The given sources may scrape the workers, and the starter past its narrowed ingress.
+    source = [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects
+                if o["kind"] == "NetworkPolicy"}
+    assert policies["r-preview-engine-worker"]["ingress"] == [
+        {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": source}]
+    assert {"ports": [{"port": "http", "protocol": "TCP"}], "from": source} in policies[
+        "r-preview-engine-starter"]["ingress"]
+    # Off: no port, setting, annotation or opening at all; a ServiceMonitor then refuses.
+    off = manifests(helm_cli.template("r", "engine", "-f", str(CI_VALUES),
+                                      "--set", "metrics.enabled=false"))
+    for deployment in (o for o in off if o["kind"] == "Deployment"):
+        container = pod_spec(deployment)["containers"][0]
+        assert "metrics" not in {p["name"] for p in container.get("ports", [])}
+        assert "PREVIEW_WORKER_METRICS_ADDRESS" not in {e["name"] for e in container["env"]}
+        assert not [k for k in deployment["spec"]["template"]["metadata"]["annotations"]
+                    if k.startswith("prometheus.io/")]
+    assert next(o for o in off if o["kind"] == "NetworkPolicy"
+                and o["metadata"]["name"] == "r-preview-engine-worker")["spec"]["ingress"] == []
+    refused = helm_cli.run("template", "r", str(CHART), "-f", str(CI_VALUES), "--set",
+                           "metrics.enabled=false", "--set",
+                           "metrics.serviceMonitor.enabled=true", check=False)
+    assert refused.returncode != 0 and "needs metrics.enabled" in refused.stderr

@@ -99,6 +99,7 @@ async def stack(
             "github_token": SecretStr(git_host_module.token),
             "github_webhook_secret": SecretStr(WEBHOOK_SECRET),
             "blueprint_source": "store",
+            "resource_check_minutes": 0.05,  # every 3 s: what is gone is seen at once
         }
     )
     # boto3's credential chain reads the environment, as in production; moto accepts any.
@@ -293,6 +294,60 @@ async def test_opened_synchronize_closed(
     history = (await raw.get_workflow_handle(handle.id).fetch_history()).to_json()
     assert SECRET_VALUE not in history
     assert SECRET_VALUE not in caplog.text
+
+
+async def test_what_is_removed_behind_its_back_is_reported_and_put_back(
+    stack: dict[str, Any], kube_cluster: Any, git_host_module: Any, postgres_server: Any,
+    temporal_client: Client,
+) -> None:
+    """Someone drops the preview's database and deletes its namespace: the preview says
+    so in its status and on the pull request instead of staying ready, and the next push
+    makes both again (seeded), with everything that lived in the namespace."""
+    number = uuid.uuid4().int % 10**5 + 1
+    env = environment_id(REPOSITORY, number)
+    http = stack["http"]
+    await send(http, "pull_request.opened", number)
+    handle = temporal_client.get_workflow_handle_for(
+        PreviewEnvironmentWorkflow.run, workflow_id(REPOSITORY, number))
+    await wait_for(handle, lambda s: s.state == "ready")
+    database = next(d for d in await databases(postgres_server.admin_url)
+                    if env.replace("-", "_") in d)
+
+    admin = await asyncpg.connect(postgres_server.admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    kube_cluster.kubectl("delete", "namespace", env, "--wait=true")
+
+    status = await wait_for(handle, lambda s: s.state == "degraded" and s.last_error
+                            and "namespace" in s.last_error and "database" in s.last_error)
+    assert f"namespace {env} is gone" in (status.last_error or "")
+    assert f"database {database} is gone" in (status.last_error or "")
+    comments = await eventually(lambda: git_host_module.comments(REPOSITORY, number),
+                                lambda c: "damaged" in c[0]["body"])
+    assert f"namespace {env} is gone" in comments[0]["body"]
+
+    new_sha = "e" * 40
+    await send(http, "pull_request.synchronize", number, head={
+        **json.loads((FIXTURES / "pull_request.synchronize.json").read_text())["pull_request"][
+            "head"], "sha": new_sha}, updated_at="2030-01-01T00:00:00Z")
+    await wait_for(handle, lambda s: s.head_sha == new_sha and s.state == "ready")
+    ready = kube_cluster.kubectl("get", "deploy", "-n", env, "-o", "jsonpath={range .items[*]}"
+                                 "{.metadata.name}={.status.readyReplicas} {end}")
+    assert set(ready.split()) == {"web=1", "api=1", "worker=1"}
+    import base64
+
+    secret = json.loads(kube_cluster.kubectl("get", "secret", "api-secrets", "-n", env, "-o",
+                                             "json"))
+    conn = await asyncpg.connect(base64.b64decode(secret["data"]["DATABASE_URL"]).decode())
+    try:
+        assert await conn.fetchval("SELECT text FROM greeting") == "hello"  # seeded again
+    finally:
+        await conn.close()
+    await send(http, "pull_request.closed", number, updated_at="2030-01-02T00:00:00Z")
+    assert (await handle.result()).state == "destroyed"
+    assert env not in kube_cluster.kubectl("get", "ns", "-o", "name")
 
 
 def tagged(items: list[dict[str, Any]], env: str, key: str = "Tags") -> list[dict[str, Any]]:

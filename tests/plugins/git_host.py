@@ -13,12 +13,21 @@ repository calls accept only installation tokens it issued, unexpired, for a rep
 of that installation. Time is `clock` (a test may move it); tokens live `token_lifetime`.
 
 GitHub is served at `.url`, GitLab's API at `.gitlab_url` (`.url` + `/api/v4`).
+
+Every GitHub request is checked against GitHub's published REST description
+(tests/contract/descriptions.py): one that matches no operation, or whose parameters or
+JSON body the operation's schema refuses, is answered 400 with the reasons and recorded
+in `violations`; the `git_host` / `git_host_module` fixtures then fail the test at
+teardown, naming the request, the test that was running and what is wrong. (A 400 alone
+could pass unnoticed: feedback is best effort and never fails a preview.) GitLab
+publishes no description that covers the endpoints used here (see tests/contract).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import secrets
 import socket
@@ -37,6 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from stack.ports import free_port
+from tests.contract.descriptions import rest_description, rest_violations
 
 Reply = tuple[int, dict[str, str], Any]
 
@@ -74,6 +84,19 @@ class Call:
     json: Any
 
 
+@dataclass(frozen=True)
+class Violation:
+    """A request GitHub's REST description does not allow."""
+
+    test: str  # the test running when it came (PYTEST_CURRENT_TEST)
+    method: str
+    path: str
+    problems: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"[{self.test}] " + "; ".join(self.problems)
+
+
 @dataclass
 class _Failure:
     status: int
@@ -96,6 +119,7 @@ class GitHost:
     # (provider, repository, sha) → statuses, oldest first
     _statuses: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
     _failures: list[_Failure] = field(default_factory=list)
+    _violations: list[Violation] = field(default_factory=list)
     clock: Callable[[], float] = time.time
     token_lifetime: float = 3600.0  # seconds an installation token is valid
     _app: _App | None = None
@@ -114,6 +138,25 @@ class GitHost:
     def calls(self) -> list[Call]:
         with self._lock:
             return list(self._calls)
+
+    @property
+    def violations(self) -> list[Violation]:
+        """GitHub requests the REST description does not allow, oldest first."""
+        with self._lock:
+            return list(self._violations)
+
+    def take_violations(self) -> list[Violation]:
+        """The violations so far, forgotten: for a test that sends a wrong request on
+        purpose and asserts what was found."""
+        with self._lock:
+            taken, self._violations[:] = list(self._violations), []
+            return taken
+
+    def assert_no_violations(self) -> None:
+        violations = self.take_violations()
+        assert not violations, (
+            "requests to the GitHub stand-in that GitHub's REST description does not allow "
+            "(each was answered 400):\n" + "\n".join(f"  - {v}" for v in violations))
 
     def calls_to(self, method: str, path_contains: str = "") -> list[Call]:
         return [c for c in self.calls if c.method == method and path_contains in c.path]
@@ -191,6 +234,9 @@ class GitHost:
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> GitHost:
         host = self
+        # Read GitHub's description now (once per process): a missing `make openapi` fails
+        # the fixture at once (DescriptionMissing), and no engine call waits for the read.
+        rest_description()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects
@@ -258,8 +304,14 @@ class GitHost:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = ...
+        problems = [] if body is ... else self._contract_problems(method, path, parts.query, body)
         with self._lock:
             self._calls.append(Call(method, path, query, headers, None if body is ... else body))
+            if problems:
+                test = os.environ.get("PYTEST_CURRENT_TEST", "outside a test")
+                self._violations.append(Violation(test, method, path, tuple(problems)))
+                return 400, {}, {"message": "Not in GitHub's REST description (tests/contract): "
+                                 + "; ".join(problems)}  # fmt: skip
             for failure in self._failures:
                 if failure.path_contains is None or failure.path_contains in path:
                     self._failures.remove(failure)
@@ -274,6 +326,13 @@ class GitHost:
                 if match and verb == method:
                     return handler(match, query, body)
             return 404, {}, {"message": "Not Found"}
+
+    @staticmethod
+    def _contract_problems(method: str, path: str, query: str, body: Any) -> list[str]:
+        """What GitHub's REST description says is wrong with a GitHub request."""
+        if path.startswith("/api/v4/"):
+            return []  # GitLab: no usable description (tests/contract/test_github_descriptions)
+        return rest_violations(method, path, parse_qsl(query), body)
 
     def _refusal(self, path: str, headers: dict[str, str]) -> Reply | None:
         """Why a call's credential is refused, as the host says it; None when accepted."""
@@ -665,6 +724,7 @@ def git_host() -> Iterator[GitHost]:
         yield host
     finally:
         host.stop()
+    host.assert_no_violations()  # a wrong request fails the test that caused it
 
 
 @pytest.fixture(scope="module")
@@ -675,3 +735,4 @@ def git_host_module() -> Iterator[GitHost]:
         yield host
     finally:
         host.stop()
+    host.assert_no_violations()  # at the module's end; each violation names its test

@@ -93,6 +93,9 @@ class Inventory:
             if cls.absent:
                 made.append(self._absent(cls.absent))
         for cls in SPEC_CLASSES:
+            if cls.check:
+                made.append(self._check(cls.check))
+        for cls in SPEC_CLASSES:
             if cls.sleep and cls.wake:
                 made += [self._scale(cls, cls.sleep, 0), self._scale(cls, cls.wake, None)]
         made += [
@@ -162,6 +165,15 @@ class Inventory:
             self.present.pop(spec_key(input.spec), None)
 
         return absent
+
+    def _check(self, name: str) -> Callable[..., Any]:
+        @activity.defn(name=name)
+        async def check(input: StepInput) -> str:
+            self.calls.append(f"{name}:{spec_key(input.spec)}")
+            key = spec_key(input.spec)
+            return "" if key in self.present else f"{key} is gone"
+
+        return check
 
     def _scale(self, cls: type[Spec], name: str, replicas: int | None) -> Callable[..., Any]:
         async def scale(spec: Any) -> None:

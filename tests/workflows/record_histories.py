@@ -22,7 +22,7 @@ from engine.client import data_converter
 from engine.settings import Settings
 from stack.temporal import TemporalDevServer
 from starter import lifecycle
-from tests.workflows.harness import BLUEPRINT, Harness, pull_request
+from tests.workflows.harness import BLUEPRINT, FAST, Harness, pull_request
 from workflows.preview import PreviewState
 
 OUT = Path(__file__).parent / "histories"
@@ -80,7 +80,28 @@ async def record_sleep_wake(client: Client, blueprints: Path) -> None:
             (await handle.fetch_history()).to_json())
 
 
-RECORDINGS = {"all": record, "sleep_wake_with_cache": record_sleep_wake}
+async def record_degraded(client: Client, blueprints: Path) -> None:
+    """create → its namespace removed behind its back → degraded (a check every second) →
+    the same commit deployed again → ready → destroy: the `resource-check` patch."""
+    harness = Harness(client, blueprints)
+    async with harness.worker():
+        pr = pull_request(5, "6" * 40)
+        handle = await lifecycle.deploy(client, pr, task_queue=harness.task_queue,
+                                        timeouts=FAST, resource_check_seconds=1)
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        namespace = next(k for k in harness.inventory.present if k.startswith("namespace:"))
+        del harness.inventory.present[namespace]
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.degraded)
+        await harness.deploy(pr)
+        await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await lifecycle.destroy(client, "acme/shop", 5, "recorded")
+        await handle.result()
+        (OUT / "degraded_and_restored.v3.json").write_text(
+            (await handle.fetch_history()).to_json())
+
+
+RECORDINGS = {"all": record, "sleep_wake_with_cache": record_sleep_wake,
+              "degraded_and_restored": record_degraded}
 
 
 async def main(which: str = "all") -> None:

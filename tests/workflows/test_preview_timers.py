@@ -66,3 +66,47 @@ async def test_idle_preview_sleeps_then_wakes_on_request(
         await lifecycle.destroy(harness.client, "acme/shop", 603, "done")
         await handle.result()
     assert harness.inventory.present == {}
+
+
+async def test_a_resource_removed_behind_its_back_is_reported_and_put_back(
+    time_skipping_env: WorkflowEnvironment, blueprint_dir: Path
+) -> None:
+    """Its namespace and database removed by someone else: within one check interval the
+    preview says so (status, pull request) instead of staying ready; a deploy of the same
+    commit makes them again, and what lives in the namespace with them."""
+    harness = Harness(time_skipping_env.client, blueprint_dir)
+    inventory = harness.inventory
+    async with harness.worker():
+        handle = await harness.deploy(pull_request(604))
+        with time_skipping_env.auto_time_skipping_disabled():
+            await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        await time_skipping_env.sleep(timedelta(minutes=11))  # a check: all there
+        assert (await handle.query(PreviewEnvironmentWorkflow.status)).state == "ready"
+        assert any(call.startswith("check_namespace:") for call in inventory.calls)
+
+        namespace = next(key for key in inventory.present if key.startswith("namespace:"))
+        database = next(key for key in inventory.present if key.startswith("postgres_clone:"))
+        del inventory.present[namespace], inventory.present[database]  # behind its back
+        await time_skipping_env.sleep(timedelta(minutes=11))
+        status = await handle.query(PreviewEnvironmentWorkflow.status)
+        assert status.state == PreviewState.degraded
+        assert status.last_error is not None
+        assert f"{namespace} is gone" in status.last_error
+        assert f"{database} is gone" in status.last_error
+        assert "preview deploy acme/shop 604 " + "a" * 40 in status.last_error
+        assert not any(line.startswith("namespace ") for line in status.resources)
+        assert inventory.feedback[-1].state == "degraded"
+        assert f"{namespace} is gone" in inventory.feedback[-1].message
+
+        made_before = len([c for c in inventory.calls if c.startswith("ensure_config_map:")])
+        await harness.deploy(pull_request(604))  # the same commit
+        with time_skipping_env.auto_time_skipping_disabled():
+            status = await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+        assert namespace in inventory.present and database in inventory.present
+        # What lives in the namespace was applied again, not skipped as unchanged.
+        made_after = len([c for c in inventory.calls if c.startswith("ensure_config_map:")])
+        assert made_after == made_before + 3  # web, api, worker
+        assert status.last_error is None and inventory.feedback[-1].state == "ready"
+        await lifecycle.destroy(harness.client, "acme/shop", 604, "done")
+        await handle.result()
+    assert inventory.present == {}

@@ -113,6 +113,21 @@ def sweeper(aws_clients: AwsClients) -> AwsSweepActivities:
     return AwsSweepActivities(aws_clients, WAITS)
 
 
+def test_an_environment_made_within_the_grace_period_is_kept(
+    aws_clients: AwsClients, moto_reset: MotoServer
+) -> None:
+    """Its RDS instance, Aurora cluster and certificate were made just now (by their own
+    creation times): a remover with an hour's grace keeps all of it; without, it goes."""
+    zone, cluster_vpc = seed_account(moto_reset)
+    build_environment(aws_clients, GONE, zone, cluster_vpc)
+    patient = AwsSweepActivities(aws_clients, WAITS, sweep_grace=3600)
+    request = AwsEnvironmentInput(target=TARGET, environment=GONE)
+    assert run(patient.remove_aws_environment, request) == []
+    assert f"pv-{GONE}-db" in anything_tagged(moto_reset, GONE, zone)
+    assert run(AwsSweepActivities(aws_clients, WAITS).remove_aws_environment, request)
+    assert anything_tagged(moto_reset, GONE, zone) == []
+
+
 def test_lists_by_environment_and_removes_one_completely(
     aws_clients: AwsClients, sweeper: AwsSweepActivities, moto_reset: MotoServer
 ) -> None:

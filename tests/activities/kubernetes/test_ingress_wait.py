@@ -91,7 +91,7 @@ def test_ready_only_once_the_url_answers_from_the_application(env: Env) -> None:
     spec = IngressSpec(owner=env.owner, cluster=CLUSTER, namespace=ns, name="web",
                        hosts=[IngressHost(host="web-pr-4.preview.test", service="web",
                                           port=8080)], url_port=8443,
-                       check=UrlCheck(path="/healthz", health=True,
+                       url_check=UrlCheck(path="/healthz", health=True,
                                       connect_to=controller.address))
     done = threading.Event()
 

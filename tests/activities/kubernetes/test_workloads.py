@@ -145,6 +145,17 @@ def test_namespace_applied_twice_changes_nothing(env: Env) -> None:
     assert {(k, n): env.rv(k, n, spec.name) for k, n in NAMESPACE_OBJECTS} == before
 
 
+def test_a_check_says_whether_the_namespace_is_still_there(env: Env) -> None:
+    spec = env.namespace("check")
+    assert env.step(env.acts.check_namespace, spec) == ""
+    env.kubectl("label", "namespace", spec.name, "preview.dev/environment=someone-else",
+                "--overwrite")
+    assert env.step(env.acts.check_namespace, spec) == (
+        f"namespace {spec.name} is no longer marked as this preview's")
+    env.kubectl("delete", "namespace", spec.name, "--wait=true")
+    assert env.step(env.acts.check_namespace, spec) == f"namespace {spec.name} is gone"
+
+
 def test_namespace_half_done_converges(env: Env) -> None:
     name = env.ns_name()
     # A first attempt that died after creating the namespace, before the rest.

@@ -366,3 +366,21 @@ async def test_a_previews_role_enters_its_own_database_only(
     # Their owner (here the superuser the control plane connects as) still gets in.
     conn = await asyncpg.connect(control_url)
     await conn.close()
+
+
+async def test_a_check_says_whether_the_database_is_still_there(
+    golden: Golden, postgres_server: PostgresServer,
+) -> None:
+    spec = clone_spec("check-there")
+    await ensure(golden.clones, spec)
+    step = StepInput(spec=spec)
+    assert await golden.clones.check_database_clone(step) == ""
+    conn = await admin(postgres_server)
+    try:
+        await conn.execute(f'DROP DATABASE "{spec.database}" WITH (FORCE)')  # behind its back
+    finally:
+        await conn.close()
+    assert await golden.clones.check_database_clone(step) == (
+        f"database {spec.database} is gone")
+    await ensure(golden.clones, spec)  # a deploy puts it back
+    assert await golden.clones.check_database_clone(step) == ""

@@ -118,6 +118,16 @@ checksum/secrets: {{ include (print $root.Template.BasePath "/secrets.yaml") $ro
 {{- end }}
 {{- end }}
 
+{{/* Prometheus' pod discovery annotations: (list root port), when metrics are on. */}}
+{{- define "preview-engine.scrapeAnnotations" -}}
+{{- $m := (index . 0).Values.metrics }}
+{{- if and $m.enabled $m.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ index . 1 | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
 {{/* Scheduling fields of a pod spec from one component's values. */}}
 {{- define "preview-engine.scheduling" -}}
 {{- with .priorityClassName }}
@@ -164,6 +174,9 @@ spec:
         {{- end }}
       annotations:
         {{- include "preview-engine.podAnnotations" (list $root $v.podAnnotations) | nindent 8 }}
+        {{- with include "preview-engine.scrapeAnnotations" (list $root $root.Values.metrics.workerPort) | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
     spec:
       serviceAccountName: {{ .serviceAccount }}
       automountServiceAccountToken: {{ .automount }}
@@ -181,11 +194,19 @@ spec:
           image: {{ include "preview-engine.image" $root }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           command: ["python", "-m", "worker"{{ range .args }}, {{ . | quote }}{{ end }}]
+          {{- if $root.Values.metrics.enabled }}
+          ports:
+            - {name: metrics, containerPort: {{ $root.Values.metrics.workerPort }}, protocol: TCP}
+          {{- end }}
           envFrom:
             - configMapRef: {name: {{ include "preview-engine.componentName" (list $root "settings") }}}
           env:
             {{- include "preview-engine.commonEnv" $root | nindent 12 }}
             {{- include "preview-engine.secretEnv" (list $root .requiredSecrets .optionalSecrets) | trim | nindent 12 }}
+            {{- if $root.Values.metrics.enabled }}
+            # Every address of the pod: Prometheus scrapes it from outside.
+            - {name: PREVIEW_WORKER_METRICS_ADDRESS, value: {{ printf "0.0.0.0:%v" $root.Values.metrics.workerPort | quote }}}
+            {{- end }}
             {{- with .extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
