@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from domain.links import check_links
 from domain.naming import DNS_LABEL, HOSTNAME
 
 
@@ -294,7 +295,10 @@ class AppliesTo(StrEnum):
 
 class Variable(Model):
     key: VariableKey
-    value: str = ""
+    value: str = Field(
+        "", description="The value; `{{ urls.<application> }}` in it is that application's "
+        "preview URL, and a whole value `{{ connections.<database or cache> }}` its "
+        "connection URL (delivered as a Secret)")
     scope: VariableScope = VariableScope.project
     application: str | None = None
     kind: VariableKind = VariableKind.value
@@ -415,11 +419,16 @@ class Blueprint(Model):
         )
         if cycle:
             raise ValueError(f"applications depend on each other in a cycle: {' -> '.join(cycle)}")
+        public = {a.name for a in self.applications if a.public}
+        connected = {item.name for kind in COLLECTIONS if kind.url_variable
+                     for item in kind.items(self)}
         for var in self.variables:
             if var.application is not None and var.application not in apps:
                 raise ValueError(
                     f"variable {var.key} names unknown application {var.application!r}"
                 )
+            if var.kind == VariableKind.value:
+                check_links(var.key, var.value, urls=public, connections=connected)
         rooted = [a.name for a in self.applications if a.run_as_root]
         if rooted and self.policy.pod_security == PodSecurityLevel.restricted:
             raise ValueError(

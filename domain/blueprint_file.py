@@ -79,7 +79,7 @@ def _message(error: ErrorDetails) -> str:
     return message
 
 
-def _locate(root: yaml.Node, loc: Sequence[int | str]) -> yaml.Mark:
+def locate(root: yaml.Node, loc: Sequence[int | str]) -> yaml.Mark:
     """The mark of the deepest YAML node on the path `loc`.
 
     Mapping entries point at their key (the line a person reads as "the field"); list items
@@ -157,8 +157,9 @@ def _duplicate_keys(
     return problems
 
 
-def parse_blueprint(text: str, filename: str = "preview.yaml") -> Blueprint:
-    """Validate blueprint text (YAML, so JSON too); raise BlueprintFileError naming each problem."""
+def read_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
+    """The document's root node (for line numbers) and its data; BlueprintFileError for
+    text that is not YAML."""
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -179,6 +180,12 @@ def parse_blueprint(text: str, filename: str = "preview.yaml") -> Blueprint:
             filename, None, None, "", "invalid YAML: nested too deeply")]) from None
     finally:
         loader.dispose()
+    return root, data
+
+
+def parse_blueprint(text: str, filename: str = "preview.yaml") -> Blueprint:
+    """Validate blueprint text (YAML, so JSON too); raise BlueprintFileError naming each problem."""
+    root, data = read_yaml(text, filename)
     if root is None:
         raise BlueprintFileError(filename, [Problem(
             filename, 1, None, "",
@@ -200,7 +207,7 @@ def parse_blueprint(text: str, filename: str = "preview.yaml") -> Blueprint:
         for detail in error.errors(include_url=False, include_input=False):
             message = _message(detail)
             path: Sequence[int | str] = detail["loc"]
-            mark = _locate(root, path) if path else None
+            mark = locate(root, path) if path else None
             if mark is None:
                 mark, path = _locate_by_name(root, message)
             problems.append(Problem(

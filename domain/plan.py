@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.blueprint import (
+    COLLECTIONS,
     Application,
     Blueprint,
     Database,
@@ -26,6 +27,7 @@ from domain.blueprint import (
     collection,
     connection_urls,
 )
+from domain.links import connection_of, with_urls
 from domain.masking import golden_dump_uri
 from domain.naming import (
     Ownership,
@@ -383,6 +385,16 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
         sealed = {}  # forks get no secrets unless the project allows it
 
     upstream, connected = _connections(ctx, app)
+    for key, value in list(plain.items()):
+        if (name := connection_of(value)) is not None:
+            # A connection URL holds a password: from the Secret, never the ConfigMap.
+            del plain[key]
+            kind = next(k for k in COLLECTIONS if k.url_variable
+                        and name in {item.name for item in k.items(bp)})
+            upstream[key] = UpstreamRef(step=kind.step_key(name), output="url")
+            connected = tuple(dict.fromkeys((*connected, kind.step_key(name))))
+        else:
+            plain[key] = with_urls(value, ctx.urls)
 
     config = object_name(f"{app.name}-config")
     secret = object_name(f"{app.name}-secrets")

@@ -25,8 +25,11 @@ class Spec(BaseModel):
     sleep: ClassVar[str | None] = None  # scales the resource to zero
     wake: ClassVar[str | None] = None
     # Asks whether the resource is still there (→ "" or why not, one line): a ready
-    # preview checks now and then that nobody removed it behind its back.
+    # preview checks now and then that nobody removed it behind its back. A kind that
+    # learns to be checked after previews ran names a patch (as scale_patch), so their
+    # histories replay without that call; the first kinds came with "resource-check".
     check: ClassVar[str | None] = None
+    check_patch: ClassVar[str | None] = None
     # A kind that learnt to sleep after previews were running names a patch: a history
     # recorded before it replays without those calls (workflow.patched).
     scale_patch: ClassVar[str | None] = None

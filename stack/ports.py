@@ -75,9 +75,16 @@ class PortBook:
     somewhere. A port taken meanwhile is replaced, and `moved` says which."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.known: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
         self.moved: dict[str, tuple[int, int]] = {}  # name → (before, now)
+        self.path = path
+        self.known: dict[str, int] = {}
+        self.unreadable = False  # the file was there but cut short: everything is new
+        try:
+            self.known = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        except FileNotFoundError:
+            pass
+        except (ValueError, AttributeError):
+            self.unreadable = True
 
     def port(self, name: str) -> int:
         before = self.known.get(name)
@@ -103,4 +110,7 @@ class PortBook:
 
     def _keep(self, name: str, value: int) -> None:
         self.known[name] = value
-        self.path.write_text(json.dumps(self.known, indent=1, sort_keys=True) + "\n")
+        # Whole or not at all: a stack killed mid-write must not leave a file cut short.
+        partial = self.path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.known, indent=1, sort_keys=True) + "\n")
+        os.replace(partial, self.path)

@@ -170,6 +170,9 @@ class LocalStack:
             f"[green]✓[/] worker and starter  webhooks at {self.starter_url}/webhooks/github"
         )
         console.print(f"  logs in {state}/*.log")
+        if book.unreadable:
+            console.print(f"[yellow]! {book.path} was unreadable: every server has a new port; "
+                          "previews left open from before need a redeploy (a push)")
         for name, (before, now) in book.moved.items():
             # What open previews hold led to the old one: a redeploy gives them the new.
             console.print(f"[yellow]! {name} moved from {before} to {now} (taken meanwhile): "

@@ -115,7 +115,8 @@ async def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
                 raise
             await asyncio.sleep(0.5)
     _print_status(status)
-    return 0 if status.head_sha == args.sha else 1
+    # The same commit again (restoring a degraded preview) fails without changing it.
+    return 0 if status.head_sha == args.sha and status.state == "ready" else 1
 
 
 async def cmd_destroy(client: Client, args: argparse.Namespace) -> int:
@@ -195,6 +196,9 @@ async def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
                            max_removals=settings.sweep_max_removals,
                            max_removal_share=settings.sweep_max_removal_share,
                            force=args.force)
+    if args.every_hours and args.force:
+        console.print("[red]--force is for one sweep you have checked, never a schedule")
+        return 2
     if args.every_hours:
         await ensure_sweeper_schedule(client, request, task_queue=settings.task_queue,
                                       every=timedelta(hours=args.every_hours))

@@ -26,7 +26,9 @@ from typing import Any
 import httpx
 
 from domain.blueprint import COLLECTIONS, Blueprint, connections_by_application
-from domain.blueprint_file import json_schema_text, parse_blueprint
+from domain.blueprint_file import dump_blueprint, json_schema_text, parse_blueprint
+from domain.compose import blueprint_from_compose, is_compose_file
+from domain.naming import dns_label
 
 TOKEN_ENV = "PREVIEW_API_TOKEN"
 URL_ENV = "PREVIEW_API_URL"
@@ -241,6 +243,9 @@ def clusters_delete(args: argparse.Namespace) -> int:
 
 def blueprint_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
+    text = path.read_text(encoding="utf-8")
+    if is_compose_file(text):
+        return _blueprint_from_compose(args, path, text)
     read_blueprint_file(path)  # fail early, offline, with the file's own line numbers
     content_type = "application/json" if path.suffix == ".json" else "application/yaml"
     with _client(args) as client:
@@ -258,11 +263,33 @@ def blueprint_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_connections(connections: dict[str, list[str]]) -> None:
+def _print_connections(connections: dict[str, list[str]], file: Any = None) -> None:
     """Which application gets which connection URLs: only what it names in depends_on
     (before, one that named no database got them all)."""
     for app, variables in connections.items():
-        print(f"  {app}: {', '.join(variables) if variables else 'no connection URLs'}")
+        print(f"  {app}: {', '.join(variables) if variables else 'no connection URLs'}",
+              file=file or sys.stdout)
+
+
+def _blueprint_from_compose(args: argparse.Namespace, path: Path, text: str) -> int:
+    """A Compose file: write the equivalent blueprint (to review and import), once."""
+    if not args.repository:
+        raise CliError(f"{path} is a Compose file: give --repository OWNER/NAME for the "
+                       "blueprint it becomes")
+    project = args.project or dns_label(path.resolve().parent.name)
+    made = blueprint_from_compose(text, str(path), project=project, repository=args.repository)
+    blueprint = dump_blueprint(made.blueprint)
+    if args.output:
+        Path(args.output).write_text(blueprint, encoding="utf-8")
+    else:
+        sys.stdout.write(blueprint)
+    for note in made.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"blueprint of project {project} written from {path}"
+          f"{' to ' + args.output if args.output else ''}; review it, then "
+          f"`preview blueprint import {args.output or 'preview.yaml'}`", file=sys.stderr)
+    _print_connections(connections_by_application(made.blueprint), file=sys.stderr)
+    return 0
 
 
 def blueprint_export(args: argparse.Namespace) -> int:
@@ -405,8 +432,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     blueprint = subparsers.add_parser("blueprint", help="preview.yaml import and export")
     group = blueprint.add_subparsers(dest="blueprint_command", required=True)
-    command(group, "import", blueprint_import, "create or update a project from a file"
-            ).add_argument("file")
+    p = command(group, "import", blueprint_import, "create or update a project from a "
+                "preview.yaml; a docker-compose.yml is written out as an equivalent blueprint")
+    p.add_argument("file")
+    p.add_argument("--repository", help="Compose file: the blueprint's project.repository")
+    p.add_argument("--project", help="Compose file: the project's name (default: its folder)")
+    p.add_argument("-o", "--output", help="Compose file: write the blueprint here, not stdout")
     p = command(group, "export", blueprint_export, "print a project's blueprint")
     p.add_argument("project")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")

@@ -16,7 +16,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     # Loaded with the workflow, not later by pydantic inside the sandbox (which warns).
@@ -221,6 +221,8 @@ class PreviewEnvironmentWorkflow:
     async def run(self, input: PreviewInput) -> PreviewStatus:
         self._publish_attributes()
         self._checks = workflow.patched("resource-check")
+        if self._checks and self._s.state == PreviewState.ready and self._s.checked_at is None:
+            self._s.checked_at = workflow.now()  # carried from a run that did not check
         try:
             while True:
                 await self._wait_for_work()
@@ -417,24 +419,11 @@ class PreviewEnvironmentWorkflow:
         self._s.checked_at = workflow.now()
         if self._s.state != PreviewState.ready:
             return
-        gone: dict[str, str] = {}
-        for entry in list(self._s.ledger.entries):
-            check = type(entry.step.spec).check
-            if not entry.complete or check is None:
-                continue
-            try:
-                why: str = await workflow.execute_activity(
-                    check, StepInput(spec=entry.step.spec), result_type=str,
-                    task_queue=entry.step.task_queue or workflow.info().task_queue,
-                    start_to_close_timeout=timedelta(minutes=2),
-                    retry_policy=RetryPolicy(maximum_attempts=3),
-                    summary=f"is {entry.step.summary or entry.step.key} still there?")
-            except ActivityError as error:  # a check that cannot run proves nothing
-                workflow.logger.warning("could not check %s: %s", entry.step.key,
-                                        failure_message(error))
-                continue
-            if why:
-                gone[entry.step.key] = why
+        checked = [entry.step for entry in self._s.ledger.entries if entry.complete
+                   and (kind := type(entry.step.spec)).check is not None
+                   and (kind.check_patch is None or workflow.patched(kind.check_patch))]
+        answers = await asyncio.gather(*(self._still_there(step) for step in checked))
+        gone = {step.key: why for step, why in zip(checked, answers, strict=True) if why}
         if not gone or self._has_work():  # a deploy or destroy came meanwhile: it decides
             return
         for key in gone:
@@ -448,6 +437,26 @@ class PreviewEnvironmentWorkflow:
         workflow.logger.warning("preview %s degraded: %s", self._env_id, self._s.last_error)
         self._set_state(PreviewState.degraded)
         await self._feedback()
+
+    async def _still_there(self, step: Step) -> str:
+        """"" if the step's resource is there, or not known (a check that cannot run, or
+        is not picked up within minutes, proves nothing); else what happened to it."""
+        check = type(step.spec).check
+        assert check is not None
+        try:
+            why: str = await workflow.execute_activity(
+                check, StepInput(spec=step.spec), result_type=str,
+                task_queue=step.task_queue or workflow.info().task_queue,
+                schedule_to_close_timeout=timedelta(minutes=5),
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+                summary=f"is {step.summary or step.key} still there?")
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise  # the workflow is cancelled: its teardown must run
+            workflow.logger.warning("could not check %s: %s", step.key, failure_message(error))
+            return ""
+        return why
 
     # -- sleep / wake -------------------------------------------------------------
 

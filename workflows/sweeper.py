@@ -226,8 +226,16 @@ class OrphanSweepWorkflow:
         if not self._safe:
             return False
         owner = preview_workflows([env], self._repositories or []).get(env)
-        if owner and await self._call(RUNNING_PREVIEWS, [owner],
-                                      f"is the preview of {env} running?"):
+        if owner is None:
+            if self._request.force:
+                return False
+            # No registered project's environment (a project removed or renamed): its
+            # workflow cannot be asked for, and the visibility list alone is not enough.
+            self._keep(report, system, [env], "no registered project owns it, so its "
+                                              "workflow cannot be asked for by id: sweep with "
+                                              "force if it is an orphan")
+            return True
+        if await self._call(RUNNING_PREVIEWS, [owner], f"is the preview of {env} running?"):
             self._keep(report, system, [env], f"its preview workflow {owner} is running")
             return True
         return False
@@ -242,8 +250,8 @@ class OrphanSweepWorkflow:
             sweep_removed(system)  # metrics: by system kind only
         if self._safe and not removed and report.found[system].get(env):
             # The remover kept it all: something of it is younger than the grace period.
-            self._keep(report, system, [env], "kept by the remover: younger than the grace "
-                                              "period")
+            self._keep(report, system, [env], "nothing removed: younger than the grace "
+                                              "period, or already gone")
 
     @staticmethod
     def _orphans(report: SweepReport, system: str, found: dict[str, list[str]]) -> list[str]:

@@ -427,8 +427,9 @@ def creation_times(rds: RDSClient) -> dict[str, list[datetime]]:
     found: dict[str, list[datetime]] = {}
 
     def add(tags: Any, created: datetime | None) -> None:
-        if (env := owning_environment(tag_dict(tags))) and created is not None:
-            found.setdefault(env, []).append(created)
+        # No creation time yet: still being created (a restore takes many minutes): new.
+        if env := owning_environment(tag_dict(tags)):
+            found.setdefault(env, []).append(created or datetime.now(UTC))
 
     for clusters in rds.get_paginator("describe_db_clusters").paginate():
         for cluster in clusters["DBClusters"]:

@@ -10,7 +10,9 @@ the route itself is the only sure sign that the URL on the pull request answers.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -20,32 +22,63 @@ from activities.kubernetes.api import API_ERROR
 from domain.naming import DEFAULT_BACKEND_HEADER
 from domain.resources import UrlCheck
 
-# What a controller answers for a host it does not route yet (or without upstream).
-NOT_ROUTED = frozenset({404, 502, 503, 504})
+# What a controller answers when it has a route but no upstream to send it to.
+NO_UPSTREAM = frozenset({502, 504})
+# Per phase (connect, write, read): a check request must end well within the ingress
+# step's heartbeat timeout, and the loop heartbeats before each request.
+REQUEST_TIMEOUT = httpx.Timeout(1.5)
 
 
-def answer_of(url: str, check: UrlCheck, timeout: float = 5.0) -> str:
-    """Why `url` does not answer from its application yet, in words; empty once it does."""
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    start: str  # the body's first 200 characters
+    default_backend: bool
+    challenge: bool  # 401 with WWW-Authenticate: the route's own basic auth answered
+
+
+def ask(url: str, check: UrlCheck, host: str | None = None) -> Answer:
+    """GET `url` + the check's path (at connect_to if set), as `host` if given."""
     parts = urlsplit(url)
-    target = urlunsplit(parts._replace(path=check.path))
-    headers = {}
-    if check.connect_to:
-        # Connect where the setting says; the Host header (and so the route) stays.
-        headers["Host"] = parts.netloc
-        target = urlunsplit(parts._replace(netloc=check.connect_to, path=check.path))
+    target = urlunsplit(parts._replace(path=check.path, netloc=check.connect_to or parts.netloc))
+    headers = {"Host": host or parts.netloc} if (host or check.connect_to) else {}
+    # The check's own answer is all it needs: no redirect, no proxy from the worker's
+    # environment, and not the certificate (it may still be being issued; nothing secret
+    # is sent).
+    answer = httpx.get(target, headers=headers, timeout=REQUEST_TIMEOUT, trust_env=False,
+                       follow_redirects=False, verify=False)
+    return Answer(answer.status_code, answer.text[:200],
+                  DEFAULT_BACKEND_HEADER in answer.headers,
+                  answer.status_code == 401 and "www-authenticate" in answer.headers)
+
+
+def no_route(url: str, check: UrlCheck) -> Answer | None:
+    """What the controller answers for a host it routes nowhere (its 404 page): an
+    answer like it is not the application's. None if it could not be asked."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
     try:
-        # The check's own answer is all it needs: no redirect, no proxy from the
-        # worker's environment, and not the certificate (it may still be being issued;
-        # nothing secret is sent).
-        answer = httpx.get(target, headers=headers, timeout=timeout, trust_env=False,
-                           follow_redirects=False, verify=False)
+        return ask(url, check, host=f"no-route-{uuid.uuid4().hex[:12]}.invalid{port}")
+    except httpx.HTTPError:
+        return None
+
+
+def why_not(url: str, check: UrlCheck, baseline: Answer | None) -> str:
+    """Why `url` does not answer from its application yet, in words; empty once it does."""
+    where = f"GET {url}{check.path}"
+    try:
+        answer = ask(url, check)
     except httpx.HTTPError as error:
-        return f"GET {url}{check.path}: {type(error).__name__}"
-    status = answer.status_code
-    if DEFAULT_BACKEND_HEADER in answer.headers:
-        return f"GET {url}{check.path}: the default backend answered ({status}): no route yet"
-    if (check.health and not 200 <= status < 400) or status in NOT_ROUTED:
-        return f"GET {url}{check.path}: {status}"
+        return f"{where}: {type(error).__name__}"
+    if answer.default_backend:
+        return f"{where}: the default backend answered ({answer.status}): no route yet"
+    if answer.challenge:
+        return ""  # the route's basic auth asks for credentials: the route is there
+    if baseline is not None and (answer.status, answer.start) == (baseline.status,
+                                                                  baseline.start):
+        return f"{where}: {answer.status}, as for a host the ingress does not route"
+    if answer.status in NO_UPSTREAM or (check.health and not 200 <= answer.status < 400):
+        return f"{where}: {answer.status}"
     return ""
 
 
@@ -54,7 +87,12 @@ def wait_until_answering(urls: list[str], check: UrlCheck, delays: Iterator[floa
     """Until every URL answers from its application; retryable when one never does."""
     deadline = time.monotonic() + timeout
     for url in urls:
-        while why := answer_of(url, check):
+        heartbeat({"checking": url})
+        baseline = no_route(url, check)
+        while True:
+            heartbeat({"checking": url})
+            if not (why := why_not(url, check, baseline)):
+                break
             heartbeat({"waiting": why})
             if time.monotonic() >= deadline:
                 raise ApplicationError(

@@ -20,6 +20,12 @@ from activities.postgres.server import PgServer, PostgresAccess, pg_bin_dir, str
 from engine.sealing import Sealer
 
 log = logging.getLogger(__name__)
+LOOPBACK = {"localhost": "127.0.0.1", "::1": "127.0.0.1"}
+
+
+def _same_server(a: PgServer, b: PgServer) -> bool:
+    (host_a, port_a), (host_b, port_b) = a.endpoint, b.endpoint
+    return (LOOPBACK.get(host_a, host_a), port_a) == (LOOPBACK.get(host_b, host_b), port_b)
 
 __all__ = [
     "GoldenCopyActivities",
@@ -40,8 +46,8 @@ def postgres_activities(
 ) -> list[object]:
     """The objects whose methods a worker registers: preview databases and golden copies
     on one shared access (the golden server defaults to the preview server)."""
-    closed = []
-    if control_plane_url and PgServer(control_plane_url).endpoint == PgServer(admin_url).endpoint:
+    closed, keep = [], []
+    if control_plane_url and _same_server(PgServer(control_plane_url), PgServer(admin_url)):
         control = PgServer(control_plane_url)
         log.warning(
             "the control plane's database %s is on the preview server %s:%d: previews' roles "
@@ -49,8 +55,10 @@ def postgres_activities(
             "the PR's code off the server that holds the engine's secrets (README: Production "
             "notes)", control.database, *control.endpoint)
         closed.append(control.database)
+        keep.append((control.database, control.user))
     access = PostgresAccess(admin_url, sealer, masking_key,
                             golden_admin_url=golden_admin_url, aws=aws,
-                            app_address=app_address, closed_databases=closed)
+                            app_address=app_address, closed_databases=closed,
+                            keep_connecting=keep)
     return [PreviewDatabaseActivities(access, sweep_grace=sweep_grace),
             GoldenCopyActivities(access)]

@@ -198,6 +198,7 @@ class PostgresAccess:
         self, admin_url: str, sealer: Sealer, masking_key: bytes, *,
         golden_admin_url: str | None = None, aws: AwsClients | None = None,
         app_address: str | None = None, closed_databases: Sequence[str] = (),
+        keep_connecting: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not masking_key:
             raise ValueError("masking_key must not be empty")
@@ -206,6 +207,9 @@ class PostgresAccess:
         # own: its admin database and template1); the control plane's, when it is there.
         self.closed_databases = tuple(dict.fromkeys(
             (self.preview.database, "postgres", "template1", *closed_databases)))
+        # (database, role): a role that connects there through PUBLIC's grant today (the
+        # control plane's own role) gets a grant of its own before PUBLIC's goes.
+        self.keep_connecting = tuple(keep_connecting)
         # Where previews' applications reach the preview server (their URLs say so).
         self.preview_for_apps = self.preview.at(app_address)
         self.golden = PgServer(golden_admin_url or admin_url)
@@ -228,12 +232,14 @@ class PostgresAccess:
                                        lock_key("schema", SCHEMA))
                     await conn.execute(_BOOKKEEPING)
                 if server == self.preview:
-                    await close_to_previews(conn, self.closed_databases)
+                    await close_to_previews(conn, self.closed_databases,
+                                            self.keep_connecting)
                 self._ready.add(server.url)
             yield conn
 
 
-async def close_to_previews(conn: asyncpg.Connection, databases: Sequence[str]) -> None:
+async def close_to_previews(conn: asyncpg.Connection, databases: Sequence[str],
+                            keep_connecting: Sequence[tuple[str, str]] = ()) -> None:
     """Revoke CONNECT from PUBLIC on each of these databases that exists: a preview's role
     (the PR's code, a fork's included) holds no grant of its own there, so it is refused,
     and cannot read catalogs or take connections from the control plane. Their owners
@@ -244,6 +250,10 @@ async def close_to_previews(conn: asyncpg.Connection, databases: Sequence[str]) 
                                    name):
             continue  # absent, or nobody connects (template0)
         if await conn.fetchval("SELECT has_database_privilege('public', $1, 'CONNECT')", name):
+            for role in (role for where, role in keep_connecting if where == name):
+                if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                    await conn.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {ident(name)} "
+                                       f"TO {ident(role)}")
             # Not the owner: PostgreSQL revokes nothing and only warns.
             await conn.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {ident(name)} "
                                "FROM PUBLIC")

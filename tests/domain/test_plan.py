@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -396,3 +397,33 @@ def test_a_blueprint_cannot_open_the_metadata_address_or_give_a_bad_range(
         cidr: str, why: str) -> None:
     with pytest.raises(ValidationError, match=why):
         blueprint(network={"egress": [{"cidr": cidr}]})
+
+
+def test_links_between_elements_resolve_and_a_missing_one_is_named() -> None:
+    """`{{ urls.api }}` is the api's preview URL anywhere in a value; `{{ connections.main }}`
+    the database's connection URL, delivered through the Secret."""
+    apps = [{"name": "web", "image": "r/web"}, {"name": "api", "image": "r/api"},
+            {"name": "jobs", "image": "r/jobs", "public": False}]
+    plan = plan_preview(blueprint(
+        applications=apps, databases=[{"name": "main", "mode": "shared"}],
+        variables=[
+            {"key": "API_BASE", "value": "{{ urls.api }}/v1", "scope": "application",
+             "application": "web"},
+            {"key": "ANALYTICS_DB", "value": "{{ connections.main }}", "scope": "application",
+             "application": "jobs"}]), PR)
+    web = plan.step("config/web").spec
+    assert isinstance(web, ConfigMapSpec)
+    assert web.data["API_BASE"] == "http://api-pr-7.preview.localhost/v1"
+    jobs_config, jobs_secret = plan.step("config/jobs").spec, plan.step("secret/jobs").spec
+    assert isinstance(jobs_config, ConfigMapSpec) and isinstance(jobs_secret, SecretSpec)
+    assert "ANALYTICS_DB" not in jobs_config.data
+    assert jobs_secret.upstream["ANALYTICS_DB"].step == "database/main"
+    assert "database/main" in plan.step("secret/jobs").depends_on
+
+    for value, says in (("{{ urls.jobs }}", "{{ urls.jobs }} names no public application"),
+                        ("{{ connections.cache }}", "names no database or cache"),
+                        ("postgres://{{ connections.main }}", "must be the whole value"),
+                        ("{{ secrets.main }}", "links are urls.<application>")):
+        with pytest.raises(ValidationError, match=re.escape(says)):
+            blueprint(applications=apps, databases=[{"name": "main"}],
+                      variables=[{"key": "X", "value": value}])

@@ -176,7 +176,7 @@ async def test_the_grace_period_and_the_bounds_keep_what_they_should(
 ) -> None:
     """An orphan younger than the removers' grace period is kept, and removed by a sweep
     once past it; a sweep that would remove more than the bound holds the system back
-    and says what it would have removed."""
+    and says what it would have removed; one no registered project owns needs force."""
     systems = Systems(test_settings, kube_cluster, postgres_server, grace=0)
     young = [environment_id(project, n) for n in (101, 102)]
     for env in young:
@@ -186,8 +186,8 @@ async def test_the_grace_period_and_the_bounds_keep_what_they_should(
     report = await sweeping(3600, force=True)
     for system in ("kubernetes:default", "postgres"):
         for env in young:
-            assert report.kept[system][env] == ("kept by the remover: younger than the grace "
-                                                "period"), report.kept
+            assert report.kept[system][env] == ("nothing removed: younger than the grace "
+                                                "period, or already gone"), report.kept
             assert report.removed[system][env] == []
     assert set(young) <= await namespaces(kube_cluster)
 
@@ -201,9 +201,20 @@ async def test_the_grace_period_and_the_bounds_keep_what_they_should(
         assert system not in report.removed
     assert set(young) <= await namespaces(kube_cluster)
 
-    # Past the grace period (none here), within the bound (forced): removed.
-    report = await sweeping(0, force=True)
-    for env in young:
-        assert env in report.removed["kubernetes:default"] and env in report.removed["postgres"]
+    # Past the grace period (none here), within the bounds: removed, since their
+    # workflows, asked for by id, do not run. One whose project is not registered (its
+    # workflow cannot be asked for) is kept unless the operator forces it.
+    stranger = environment_id("acme/unregistered", 7)
+    await systems.make(stranger)
+    report = await sweeping(0, max_removals=1000, max_removal_share=1.0)
+    for system in ("kubernetes:default", "postgres"):
+        for env in young:
+            assert report.removed[system][env], report.removed
+        assert report.kept[system][stranger].startswith("no registered project owns it")
     assert not set(young) & await namespaces(kube_cluster)
     assert not {pg_identifier(env, "main") for env in young} & await databases(postgres_server)
+    assert stranger in await namespaces(kube_cluster)
+    report = await sweeping(0, force=True)
+    assert stranger in report.removed["kubernetes:default"] and stranger in report.removed[
+        "postgres"]
+    assert stranger not in await namespaces(kube_cluster)

@@ -342,7 +342,8 @@ async def observed(
         seen.statuses.append(await handle.result())
 
         await metrics_client.execute_workflow(
-            OrphanSweepWorkflow.run, SweepRequest(dry_run=False), id=f"sweep-{TAG}",
+            # force: the planted orphans belong to no registered project (kept otherwise).
+            OrphanSweepWorkflow.run, SweepRequest(dry_run=False, force=True), id=f"sweep-{TAG}",
             task_queue=f"{queue}-sweep")
         seen.secrets["database password"] = await clone_a_database(telemetry.runtime,
                                                                    postgres_server)

@@ -131,7 +131,9 @@ async def test_sweeper_routes_tenants_to_their_workers(
         {"project": {"name": "broken", "repository": "acme/broken"},
          "environment": {"isolation": "nowhere"}}))
     # Long enough for a live tenant's worker on a loaded machine; "gone" has none.
-    request = SweepRequest(dry_run=False, tenant_timeout=timedelta(seconds=8))
+    # force: these planted names belong to no registered project's previews, so a sweep
+    # that cannot ask for their workflows keeps them otherwise (test_sweeper_safety.py).
+    request = SweepRequest(dry_run=False, tenant_timeout=timedelta(seconds=8), force=True)
     async with workers[0], workers[1], workers[2]:
         report = await temporal_client.execute_workflow(
             OrphanSweepWorkflow.run, request, id=f"sweep-{uuid.uuid4()}", task_queue=queue)
@@ -192,7 +194,8 @@ async def test_a_cancelled_sweep_removes_nothing_more(
     worker = Worker(temporal_client, task_queue=queue, workflows=[OrphanSweepWorkflow],
                     activities=[list_kube, remove_kube, list_aws, live_environments,
                                 list_preview_databases, list_sweep_targets])
-    request = SweepRequest(dry_run=False, discover=False, clusters=["default", "second"],
+    request = SweepRequest(dry_run=False, discover=False, force=True,
+                           clusters=["default", "second"],
                            aws_targets=[AwsTarget(region="eu-west-1")])
     async with worker:
         handle = await temporal_client.start_workflow(

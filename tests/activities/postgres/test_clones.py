@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -338,10 +339,19 @@ async def test_a_previews_role_enters_its_own_database_only(
     """With the preview's own URL: the control plane's database (on the same server, as
     the defaults have it), `postgres`, `template1`, another preview's database and the
     golden copy all refuse it; its own database works."""
-    control_url = await postgres_server.new_database("pgt_control_plane")
-    control = PgServer(control_url).database
-    objects = postgres_activities(postgres_server.admin_url, SEALER, KEY,
-                                  control_plane_url=control_url)
+    control = PgServer(await postgres_server.new_database("pgt_control_plane")).database
+    # The control plane connects as a role of its own, neither owner nor superuser, that
+    # PUBLIC's grant let in until now: it keeps connecting.
+    operator = f"pgt_control_{uuid.uuid4().hex[:8]}"
+    conn = await admin(postgres_server)
+    try:
+        await conn.execute(f"CREATE ROLE {operator} LOGIN PASSWORD 'control-plane'")
+    finally:
+        await conn.close()
+    control_url = (f"postgresql://{operator}:control-plane@127.0.0.1:{postgres_server.port}/"
+                   f"{control}")
+    objects = postgres_activities(postgres_server.admin_url.replace("127.0.0.1", "localhost"),
+                                  SEALER, KEY, control_plane_url=control_url)
     assert f"the control plane's database {control} is on the preview server" in caplog.text
     clones = next(o for o in objects if isinstance(o, PreviewDatabaseActivities))
     mine, other = clone_spec("only-own-a"), clone_spec("only-own-b")
@@ -363,9 +373,10 @@ async def test_a_previews_role_enters_its_own_database_only(
         assert await conn.fetchval("SELECT count(*) FROM orders") == ORDERS
     finally:
         await conn.close()
-    # Their owner (here the superuser the control plane connects as) still gets in.
-    conn = await asyncpg.connect(control_url)
-    await conn.close()
+    # The control plane's own role still gets in (a grant of its own), as does the owner.
+    for url in (control_url, postgres_server.url(control)):
+        conn = await asyncpg.connect(url)
+        await conn.close()
 
 
 async def test_a_check_says_whether_the_database_is_still_there(

@@ -1,0 +1,62 @@
+"""Links between a preview's elements, written in a variable's value.
+
+`{{ urls.api }}` is the preview URL of application `api` (public applications have one),
+anywhere in a value: `API_URL: "{{ urls.api }}/v1"`. `{{ connections.main }}` is the
+connection URL of database or cache `main`, and must be the whole value: it holds a
+password, so the planner delivers it through the application's Secret, never its
+ConfigMap. A frontend's preview finds its backend's preview this way, which Compose-based
+preview systems leave to each team.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+REFERENCE = re.compile(r"\{\{\s*([A-Za-z_]+)\.([A-Za-z0-9_-]+)\s*\}\}")
+
+
+class Link(NamedTuple):
+    kind: str  # "urls" or "connections"
+    name: str
+
+
+def links_in(value: str) -> list[Link]:
+    return [Link(kind, name) for kind, name in REFERENCE.findall(value)]
+
+
+def check_links(key: str, value: str, *, urls: set[str], connections: set[str]) -> None:
+    """ValueError naming a reference to something that does not exist, or a connection
+    URL that is not the whole value."""
+    for link in links_in(value):
+        written = f"{{{{ {link.kind}.{link.name} }}}}"
+        if link.kind == "urls":
+            if link.name not in urls:
+                raise ValueError(f"variable {key}: {written} names no public application "
+                                 f"(public ones: {', '.join(sorted(urls)) or 'none'})")
+        elif link.kind == "connections":
+            if link.name not in connections:
+                raise ValueError(f"variable {key}: {written} names no database or cache "
+                                 f"(there are: {', '.join(sorted(connections)) or 'none'})")
+            if connection_of(value) is None:
+                raise ValueError(f"variable {key}: {written} must be the whole value (a "
+                                 "connection URL holds a password: it goes in a Secret)")
+        else:
+            raise ValueError(f"variable {key}: {written}: links are urls.<application> or "
+                             "connections.<database or cache>")
+
+
+def connection_of(value: str) -> str | None:
+    """The element whose connection URL the whole value is, if it is one."""
+    match = REFERENCE.fullmatch(value.strip())
+    return match.group(2) if match and match.group(1) == "connections" else None
+
+
+def with_urls(value: str, urls: dict[str, str]) -> str:
+    """The value with each `{{ urls.<app> }}` replaced by that application's URL."""
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) != "urls":
+            return match.group(0)
+        return urls[match.group(2)]  # check_links ran when the blueprint was read
+
+    return REFERENCE.sub(replace, value)
