@@ -443,15 +443,18 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
             basic_auth_secret=object_name("basic-auth") if bp.network.basic_auth else None,
             url_port=ctx.options.url_port,
             wait_for_address=ctx.options.ingress_wait_for_address,
-            url_check=_url_check(app, ctx.options),
+            url_check=_url_check(app, ctx),
             hosts=[IngressHost(host=h, service=app.name, port=app.ports[0]) for h in hosts],
         ), f"route {hosts[0]}", (f"app/{app.name}",)))
     return steps
 
 
-def _url_check(app: Application, options: PlanOptions) -> UrlCheck | None:
-    """Its health path through the route when it has one, else `/`."""
-    if not options.url_check:
+def _url_check(app: Application, ctx: _Context) -> UrlCheck | None:
+    """Its health path through the route when it has one, else `/`. Not for a tenant's
+    own cluster: its worker reaches that cluster's ingress, not the one the setting
+    names (the check's address is one setting of the worker that plans)."""
+    options = ctx.options
+    if not options.url_check or ctx.blueprint.environment.isolation == Isolation.cluster:
         return None
     health = app.health_check
     return UrlCheck(path=health.path if health else "/", health=health is not None,

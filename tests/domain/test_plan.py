@@ -37,6 +37,7 @@ from domain.resources import (
     PostgresCloneSpec,
     RdsCloneSpec,
     SecretSpec,
+    UrlCheck,
     VpcSpec,
 )
 from domain.secrets import SealedValue
@@ -427,3 +428,23 @@ def test_links_between_elements_resolve_and_a_missing_one_is_named() -> None:
         with pytest.raises(ValidationError, match=re.escape(says)):
             blueprint(applications=apps, databases=[{"name": "main"}],
                       variables=[{"key": "X", "value": value}])
+
+
+def test_each_route_is_checked_through_the_ingress_where_the_worker_reaches_it() -> None:
+    """PREVIEW_PREVIEW_URL_CHECK: the health path when the application has one (only 2xx
+    or 3xx counts), else `/`; not for a tenant's own cluster, whose ingress the planning
+    worker's setting does not name."""
+    options = PlanOptions(url_check=True, url_connect_to="127.0.0.1:8443")
+    apps = [{"name": "web", "image": "r/web"},
+            {"name": "api", "image": "r/api", "health_check": {"path": "/health"}}]
+    plan = plan_preview(blueprint(applications=apps), PR, options=options)
+    web, api = plan.step("ingress/web").spec, plan.step("ingress/api").spec
+    assert isinstance(web, IngressSpec) and isinstance(api, IngressSpec)
+    assert web.url_check == UrlCheck(path="/", health=False, connect_to="127.0.0.1:8443")
+    assert api.url_check == UrlCheck(path="/health", health=True, connect_to="127.0.0.1:8443")
+    tenant = plan_preview(blueprint(applications=apps, environment={
+        "isolation": "cluster", "cluster": {"name": "hipaa"}}), PR, options=options)
+    ingress = tenant.step("ingress/web").spec
+    assert isinstance(ingress, IngressSpec) and ingress.url_check is None
+    off = plan_preview(blueprint(applications=apps), PR).step("ingress/web").spec
+    assert isinstance(off, IngressSpec) and off.url_check is None
