@@ -166,7 +166,7 @@ class OrphanSweepWorkflow:
                 found_db: dict[str, list[str]] = {}
                 for db in databases:
                     found_db.setdefault(db.environment, []).append(f"database {db.database}")
-                for env in await self._removable(report, "postgres", found_db):
+                for env in self._removable(report, "postgres", found_db):
                     if await self._runs(report, "postgres", env):
                         continue
                     removed = await self._call(
@@ -184,7 +184,7 @@ class OrphanSweepWorkflow:
         environment); a failure is reported and the sweep goes on elsewhere."""
         try:
             found = await self._call(lister, where, f"list {system}", queue)
-            for env in await self._removable(report, system, found):
+            for env in self._removable(report, system, found):
                 if await self._runs(report, system, env):
                     continue
                 removed = await self._call(
@@ -195,7 +195,7 @@ class OrphanSweepWorkflow:
             _reraise_cancellation(error)
             report.failed[system] = _reason(error)
 
-    async def _removable(self, report: SweepReport, system: str,
+    def _removable(self, report: SweepReport, system: str,
                          found: dict[str, list[str]]) -> list[str]:
         """The orphans to remove. Since "sweep-safety", none past the bounds unless forced,
         and none when their workflows cannot be asked for (each still is, by _runs, right

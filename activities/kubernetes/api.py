@@ -20,6 +20,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -404,3 +405,17 @@ def poll_delays(cap: float, first: float = 0.1, *, brisk: float = 0.25,
         yield delay
         waited += delay
         delay = min(delay * 2, cap if waited >= brisk_for else min(brisk, cap))
+
+
+def wait_while(reason: Callable[[], str], delays: Iterator[float], *, timeout: float,
+               what: str, advice: str) -> None:
+    """Ask `reason()` (why it is not there yet; "" once it is) until it is there, with a
+    heartbeat per answer; after `timeout` seconds a retryable error naming `what`, the
+    last reason and the operator's `advice`."""
+    deadline = time.monotonic() + timeout
+    while why := reason():
+        heartbeat({"waiting": why})
+        if time.monotonic() >= deadline:
+            raise ApplicationError(f"{what}{why} after {timeout:.0f}s. {advice}",
+                                   type=API_ERROR)
+        time.sleep(next(delays))

@@ -9,16 +9,14 @@ the route itself is the only sure sign that the URL on the pull request answers.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from temporalio.exceptions import ApplicationError
 
-from activities.kubernetes.api import API_ERROR
+from activities.kubernetes.api import heartbeat, wait_while
 from domain.naming import DEFAULT_BACKEND_HEADER
 from domain.resources import UrlCheck
 
@@ -83,20 +81,13 @@ def why_not(url: str, check: UrlCheck, baseline: Answer | None) -> str:
 
 
 def wait_until_answering(urls: list[str], check: UrlCheck, delays: Iterator[float],
-                         heartbeat: Callable[[object], None], timeout: float = 120.0) -> None:
+                         timeout: float = 120.0) -> None:
     """Until every URL answers from its application; retryable when one never does."""
-    deadline = time.monotonic() + timeout
     for url in urls:
         heartbeat({"checking": url})
         baseline = no_route(url, check)
-        while True:
-            heartbeat({"checking": url})
-            if not (why := why_not(url, check, baseline)):
-                break
-            heartbeat({"waiting": why})
-            if time.monotonic() >= deadline:
-                raise ApplicationError(
-                    f"{why} after {timeout:.0f}s. Does the ingress route this host, and does "
-                    "the worker reach it (PREVIEW_PREVIEW_URL_CONNECT_TO)? Or turn "
-                    "PREVIEW_PREVIEW_URL_CHECK off", type=API_ERROR)
-            time.sleep(next(delays))
+        # Called within this iteration only, so the loop variables are the right ones.
+        wait_while(lambda: why_not(url, check, baseline), delays,  # noqa: B023
+                   timeout=timeout, what="",
+                   advice="Does the ingress route this host, and does the worker reach it "
+                   "(PREVIEW_PREVIEW_URL_CONNECT_TO)? Or turn PREVIEW_PREVIEW_URL_CHECK off")

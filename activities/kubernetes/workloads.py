@@ -29,6 +29,7 @@ from activities.kubernetes.api import (
     redact,
     remove_owned,
     secret_manifest,
+    wait_while,
 )
 from activities.kubernetes.namespaces import NamespaceActivities
 from activities.kubernetes.pods import (
@@ -379,7 +380,7 @@ class KubernetesActivities(NamespaceActivities):
         urls = {h.host: f"{scheme}://{h.host}{port}" for h in spec.hosts}
         if spec.url_check:
             wait_until_answering(sorted(urls.values()), spec.url_check,
-                                 poll_delays(self.poll_interval), heartbeat)
+                                 poll_delays(self.poll_interval))
         return StepOutput(urls=urls)
 
     def _wait_for_address(self, api: KubeApi, spec: IngressSpec, timeout: float = 120.0,
@@ -390,16 +391,10 @@ class KubernetesActivities(NamespaceActivities):
         moment later), so the URL we post answers. Retryable when it does not come."""
         ref = Ref.of("Ingress", spec.name, spec.namespace)
         services = sorted({h.service for h in spec.hosts})
-        deadline = time.monotonic() + timeout
-        delays = poll_delays(self.poll_interval)
-        while missing := self._not_routed(api, ref, services):
-            heartbeat({"waiting": missing})
-            if time.monotonic() >= deadline:
-                raise ApplicationError(
-                    f"{ref.what}: {missing} after {timeout:.0f}s. Is an ingress controller "
-                    "serving it, and does it publish its address (status.loadBalancer)? Or "
-                    "turn PREVIEW_INGRESS_WAIT_FOR_ADDRESS off", type=API_ERROR)
-            time.sleep(next(delays))
+        wait_while(lambda: self._not_routed(api, ref, services),
+                   poll_delays(self.poll_interval), timeout=timeout, what=f"{ref.what}: ",
+                   advice="Is an ingress controller serving it, and does it publish its "
+                   "address (status.loadBalancer)? Or turn PREVIEW_INGRESS_WAIT_FOR_ADDRESS off")
 
     @staticmethod
     def _not_routed(api: KubeApi, ref: Ref, services: list[str]) -> str:
