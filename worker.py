@@ -38,6 +38,7 @@ from engine.settings import Settings
 if TYPE_CHECKING:
     from activities.aws import AwsClients
     from activities.kubernetes import StoredKubeconfig
+    from activities.postgres.migration import MigrationWatcher
     from store import Store
 
 log = logging.getLogger("preview.worker")
@@ -200,7 +201,21 @@ async def kubernetes_activities(settings: Settings, target: Target, resources: R
     return kubernetes_activities(clusters, sealer, aws,
                                  NamespaceRights(settings.kube_preview_role),
                                  golden_namespace=settings.golden_snapshot_namespace,
-                                 sweep_grace=settings.sweep_grace_minutes * 60)
+                                 sweep_grace=settings.sweep_grace_minutes * 60,
+                                 watcher=migration_watcher(settings, sealer))
+
+
+def migration_watcher(settings: Settings, sealer: Sealer) -> MigrationWatcher | None:
+    """What watches a deploy job's databases (the migration report), where this worker
+    is told the preview PostgreSQL server; a job's deploy never depends on reaching it."""
+    if not settings.preview_database_url:
+        return None
+    from activities.postgres import PostgresAccess
+    from activities.postgres.migration import MigrationWatcher
+
+    return MigrationWatcher(PostgresAccess(
+        settings.preview_database_url, sealer, settings.masking_key.get_secret_value().encode(),
+        app_address=settings.preview_database_app_address))
 
 
 async def control_plane_activities(settings: Settings, resources: Resources) -> list[object]:

@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from domain.links import check_links
+from domain.migration import MigrationLimits
 from domain.naming import DNS_LABEL, HOSTNAME
 
 
@@ -153,6 +154,39 @@ class Cache(Named):
     memory: str = Field("256Mi", pattern=r"^[1-9][0-9]{0,5}(Mi|Gi)$",
                         description="Memory of the server; maxmemory is 90% of it")
     cpu: str = "250m"
+
+
+class JobPhase(StrEnum):
+    deploy = "deploy"  # before the applications roll out, at each new commit: migrations
+    first_deploy = "first_deploy"  # once, after the databases exist: seeds
+    destroy = "destroy"  # first thing in teardown, while everything still exists
+
+
+class Job(Named):
+    """A command run to completion in the preview's namespace, as a Kubernetes Job under
+    the applications' pod security. It gets the project's variables, those scoped to its
+    name, and the connection URLs of what it names in depends_on, as an application does.
+    Lines `KEY=value` it writes to the file $PREVIEW_OUTPUT become variables of every
+    application (through their Secrets)."""
+
+    when: JobPhase = JobPhase.deploy
+    application: str | None = Field(
+        None, description="Run this application's image, at the tag the application runs")
+    image: str | None = Field(None, description="Or an image of its own, with its tag")
+    command: list[str] = Field(min_length=1)
+    depends_on: list[str] = Field(
+        default_factory=list, description="Databases and caches it connects to: it gets "
+        "their connection URLs as an application does (DATABASE_URL, DATABASE_URL_<NAME>, "
+        "REDIS_URL); a deploy job's PostgreSQL databases are watched for the migration report")
+    resources: Resources = Resources()
+    timeout_minutes: int = Field(10, ge=1, le=240)
+
+    @model_validator(mode="after")
+    def _one_image(self) -> Job:
+        if (self.application is None) == (self.image is None):
+            raise ValueError(f"job {self.name}: name either `application` (run its image) or "
+                             "`image` (an image of its own), not both or neither")
+        return self
 
 
 class DatabaseMode(StrEnum):
@@ -359,6 +393,9 @@ class PreviewPolicy(Model):
     image_wait_minutes: int = Field(
         30, ge=1, le=24 * 60, description="How long a preview waits for CI to push an "
         "application's image before it fails (and is undone)")
+    migrations: MigrationLimits = Field(
+        MigrationLimits(), description="Fail the preview when a deploy job's migration holds "
+        "a lock that blocks writes, or rewrites a table, past these limits")
 
     @model_validator(mode="after")
     def _lowered_with_reason(self) -> PreviewPolicy:
@@ -393,6 +430,7 @@ class Blueprint(Model):
     applications: list[Application] = Field(min_length=1)
     databases: list[Database] = Field(default_factory=list)
     caches: list[Cache] = Field(default_factory=list)
+    jobs: list[Job] = Field(default_factory=list)
     network: Network = Network()
     variables: list[Variable] = Field(default_factory=list)
     policy: PreviewPolicy = PreviewPolicy()
@@ -400,35 +438,51 @@ class Blueprint(Model):
     @model_validator(mode="after")
     def _references(self) -> Blueprint:
         elements: set[str] = set()
+        everything: list[str] = []
         for collection in COLLECTIONS:
             names = [item.name for item in collection.items(self)]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {collection.label} names: {', '.join(dupes)}")
-            elements.update(names)
+            everything += names
+            if collection.dependable:
+                elements.update(names)
+        # One name, one element: a job's variables, Secret and steps are known by its name.
+        shared = sorted({n for n in everything if everything.count(n) > 1})
+        if shared:
+            raise ValueError(f"elements of different kinds share the name {shared[0]!r}")
         apps = {a.name for a in self.applications}
         for app in self.applications:
             for dep in app.depends_on:
                 if dep not in elements:
-                    kinds = " or ".join(c.indefinite for c in COLLECTIONS)
+                    kinds = " or ".join(c.indefinite for c in COLLECTIONS if c.dependable)
                     raise ValueError(
                         f"application {app.name!r} depends on {dep!r}, which is not {kinds}"
                     )
+        connectable = {item.name for kind in COLLECTIONS if kind.url_variable
+                       for item in kind.items(self)}
+        for job in self.jobs:
+            if job.application is not None and job.application not in apps:
+                raise ValueError(f"job {job.name!r} runs the image of {job.application!r}, "
+                                 "which is not an application")
+            for dep in job.depends_on:
+                if dep not in connectable:
+                    raise ValueError(f"job {job.name!r} depends on {dep!r}, which is not a "
+                                     "database or a cache")
         cycle = _find_cycle(
             {a.name: [d for d in a.depends_on if d in apps] for a in self.applications}
         )
         if cycle:
             raise ValueError(f"applications depend on each other in a cycle: {' -> '.join(cycle)}")
         public = {a.name for a in self.applications if a.public}
-        connected = {item.name for kind in COLLECTIONS if kind.url_variable
-                     for item in kind.items(self)}
         for var in self.variables:
-            if var.application is not None and var.application not in apps:
+            if var.application is not None and var.application not in (
+                    apps | {j.name for j in self.jobs}):
                 raise ValueError(
-                    f"variable {var.key} names unknown application {var.application!r}"
+                    f"variable {var.key} names unknown application or job {var.application!r}"
                 )
             if var.kind == VariableKind.value:
-                check_links(var.key, var.value, urls=public, connections=connected)
+                check_links(var.key, var.value, urls=public, connections=connectable)
         rooted = [a.name for a in self.applications if a.run_as_root]
         if rooted and self.policy.pod_security == PodSecurityLevel.restricted:
             raise ValueError(
@@ -465,6 +519,7 @@ class BlueprintCollection:
     # as `<url_variable>_<NAME>` (and the first one as `<url_variable>`).
     step_prefix: str | None = None
     url_variable: str | None = None
+    dependable: bool = True  # an application may name one in depends_on (not a job)
 
     def items(self, blueprint: Blueprint) -> list[Named]:
         items: list[Named] = getattr(blueprint, self.field)
@@ -473,7 +528,7 @@ class BlueprintCollection:
     def step_key(self, name: str) -> str:
         return f"{self.step_prefix}/{name}"
 
-    def used_by(self, blueprint: Blueprint, app: Application) -> list[Named]:
+    def used_by(self, blueprint: Blueprint, app: Application | Job) -> list[Named]:
         """The elements of this kind an application connects to, in blueprint order: only
         what it names in depends_on (an application that names no database gets no
         database's credentials)."""
@@ -498,10 +553,12 @@ COLLECTIONS: tuple[BlueprintCollection, ...] = (
                         url_variable="DATABASE_URL"),
     BlueprintCollection(field="caches", model=Cache, label="cache", path="caches",
                         table="caches", step_prefix="cache", url_variable="REDIS_URL"),
+    BlueprintCollection(field="jobs", model=Job, label="job", path="jobs", table="jobs",
+                        step_prefix="job", dependable=False),
 )
 
 
-def connection_urls(blueprint: Blueprint, app: Application) -> dict[str, tuple[str, str]]:
+def connection_urls(blueprint: Blueprint, app: Application | Job) -> dict[str, tuple[str, str]]:
     """The connection URL variables an application gets → (step key, element name): for
     each element it names in depends_on, `<URL_VARIABLE>_<NAME>`, and the first one of
     each kind also as `<URL_VARIABLE>`."""

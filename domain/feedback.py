@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from domain.migration import MigrationReport, render_markdown
 from domain.naming import DNS_LABEL
 
 FeedbackState = Literal[
@@ -89,6 +90,9 @@ class Feedback(BaseModel):
         default_factory=list, max_length=200,
         description="What the preview is made of, one line each (step summaries)")
     message: str = ""
+    migrations: list[MigrationReport] = Field(
+        default_factory=list, max_length=50,
+        description="What each deploy job's migration did to its database, when it last ran")
     receipt: TeardownReceipt | None = Field(None, description="Set when the preview is gone")
     # A DNS label, so it cannot close the HTML comment that holds the marker.
     environment_id: str = Field(pattern=DNS_LABEL.pattern, max_length=63)
@@ -217,6 +221,8 @@ def render_comment(feedback: Feedback) -> str:
         lines += ["<details><summary>Resources</summary>", ""]
         lines += _bullets(feedback.resources, limit=RESOURCES_MAX)
         lines += ["", "</details>", ""]
+    if feedback.migrations and not gone:
+        lines += [render_markdown(feedback.migrations), ""]
     if feedback.receipt is not None:
         lines += _receipt(feedback.receipt)
     lines.append(

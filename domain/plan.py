@@ -23,6 +23,8 @@ from domain.blueprint import (
     Environment,
     ForkBehaviour,
     Isolation,
+    Job,
+    JobPhase,
     TlsMode,
     collection,
     connection_urls,
@@ -52,6 +54,7 @@ from domain.resources import (
     ImageSpec,
     IngressHost,
     IngressSpec,
+    JobSpec,
     NamespaceSpec,
     PostgresCloneSpec,
     PreviewSlotSpec,
@@ -62,6 +65,7 @@ from domain.resources import (
     UpstreamRef,
     UrlCheck,
     VpcSpec,
+    WatchedDatabase,
 )
 from domain.secrets import SealedValue
 from domain.source import SourceEnvironment
@@ -344,7 +348,8 @@ def _caches(ctx: _Context) -> list[Step]:
     ), f"Redis cache {cache.name}", ("namespace",)) for cache in ctx.blueprint.caches]
 
 
-def _connections(ctx: _Context, app: Application) -> tuple[dict[str, UpstreamRef], tuple[str, ...]]:
+def _connections(ctx: _Context, app: Application | Job,
+                 ) -> tuple[dict[str, UpstreamRef], tuple[str, ...]]:
     """Connection URLs of what an application names in depends_on (databases, caches, any
     kind that COLLECTIONS declares with a url_variable), as secret values from those steps."""
     upstream = {variable: UpstreamRef(step=step, output="url")
@@ -352,7 +357,7 @@ def _connections(ctx: _Context, app: Application) -> tuple[dict[str, UpstreamRef
     return upstream, tuple(dict.fromkeys(ref.step for ref in upstream.values()))
 
 
-def _builtins(ctx: _Context, app: Application) -> dict[str, str]:
+def _builtins(ctx: _Context, app: Application | Job) -> dict[str, str]:
     builtins = {
         "PREVIEW": "true",
         "PR_NUMBER": str(ctx.pr.number),
@@ -367,15 +372,19 @@ def _builtins(ctx: _Context, app: Application) -> dict[str, str]:
     return builtins
 
 
-def _application(ctx: _Context, app: Application) -> list[Step]:
+def _settings(ctx: _Context, element: Application | Job,
+              outputs_of: tuple[str, ...] = ()) -> list[Step]:
+    """The ConfigMap and the Secret an application's or a job's containers read their
+    variables from: plain values in the first, sealed ones and connection URLs in the
+    second (with every secret output of the steps `outputs_of`)."""
     bp = ctx.blueprint
     cluster = bp.environment.cluster.name
     resolved = resolve_variables(
         bp.variables,
         ctx.secrets,
         target=Target.preview,
-        application=app.name,
-        builtins=_builtins(ctx, app),
+        application=element.name,
+        builtins=_builtins(ctx, element),
     )
     plain = {k: v for k, v in resolved.items() if isinstance(v, str)}
     sealed: dict[str, SealedValue] = {
@@ -384,7 +393,7 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
     if ctx.pr.is_fork and bp.policy.forks != ForkBehaviour.allow_secrets:
         sealed = {}  # forks get no secrets unless the project allows it
 
-    upstream, connected = _connections(ctx, app)
+    upstream, connected = _connections(ctx, element)
     for key, value in list(plain.items()):
         if (name := connection_of(value)) is not None:
             # A connection URL holds a password: from the Secret, never the ConfigMap.
@@ -396,18 +405,33 @@ def _application(ctx: _Context, app: Application) -> list[Step]:
         else:
             plain[key] = with_urls(value, ctx.urls)
 
+    return [
+        ctx.step(f"config/{element.name}", ConfigMapSpec(
+            owner=ctx.owner, cluster=cluster, namespace=ctx.namespace,
+            name=object_name(f"{element.name}-config"), data=plain,
+        ), f"variables of {element.name}", ("namespace",)),
+        ctx.step(f"secret/{element.name}", SecretSpec(
+            owner=ctx.owner, cluster=cluster, namespace=ctx.namespace,
+            name=object_name(f"{element.name}-secrets"), data=sealed, upstream=upstream,
+            outputs_of=list(outputs_of),
+        ), f"secrets of {element.name}", ("namespace", *connected, *outputs_of)),
+    ]
+
+
+def _jobs_before(bp: Blueprint) -> tuple[str, ...]:
+    """The steps of the jobs every application waits for (and whose outputs it gets)."""
+    return tuple(f"job/{j.name}" for j in bp.jobs if j.when != JobPhase.destroy)
+
+
+def _application(ctx: _Context, app: Application) -> list[Step]:
+    bp = ctx.blueprint
+    cluster = bp.environment.cluster.name
     config = object_name(f"{app.name}-config")
     secret = object_name(f"{app.name}-secrets")
-    steps = [
-        ctx.step(f"config/{app.name}", ConfigMapSpec(
-            owner=ctx.owner, cluster=cluster, namespace=ctx.namespace, name=config, data=plain,
-        ), f"variables of {app.name}", ("namespace",)),
-        ctx.step(f"secret/{app.name}", SecretSpec(
-            owner=ctx.owner, cluster=cluster, namespace=ctx.namespace, name=secret,
-            data=sealed, upstream=upstream,
-        ), f"secrets of {app.name}", ("namespace", *connected)),
-    ]
+    jobs = _jobs_before(bp)
+    steps = _settings(ctx, app, jobs)
     app_deps = [f"app/{d}" for d in app.depends_on if d in {a.name for a in bp.applications}]
+    app_deps += jobs
     tag, built_from = _image_tag(ctx, app)
     if ctx.options.check_images:
         steps.append(ctx.step(f"image/{app.name}", ImageSpec(
@@ -481,6 +505,60 @@ def _applications(ctx: _Context) -> list[Step]:
     return [step for app in ctx.blueprint.applications for step in _application(ctx, app)]
 
 
+def _jobs(ctx: _Context) -> list[Step]:
+    """Deploy jobs one after another in blueprint order (two migrations at once would
+    fight, and each one's report would count the other's work), then first_deploy jobs
+    (a seed needs the migrated schema); destroy jobs: _destroy_jobs_first."""
+    steps: list[Step] = []
+    bp = ctx.blueprint
+    apps = {a.name: a for a in bp.applications}
+    deploys = [f"job/{j.name}" for j in bp.jobs if j.when == JobPhase.deploy]
+    for job in bp.jobs:
+        steps += _settings(ctx, job)
+        deps = [f"config/{job.name}", f"secret/{job.name}"]
+        key = f"job/{job.name}"
+        if job.when == JobPhase.deploy:
+            deps += deploys[:deploys.index(key)][-1:]
+        elif job.when == JobPhase.first_deploy:
+            deps += deploys
+        run_as_non_root = True
+        if job.application is not None:
+            app = apps[job.application]
+            tag, _ = _image_tag(ctx, app)
+            image = f"{app.image}:{tag}"
+            run_as_non_root = app.run_as_root is None
+            if ctx.options.check_images:
+                deps.append(f"image/{app.name}")
+        else:
+            assert job.image is not None  # the model holds one of the two
+            image = job.image
+        # What the migration report watches: the deploy job's databases on the preview
+        # server (a container, RDS or Aurora database is not watched).
+        watch = [WatchedDatabase(name=db.name, database=pg_identifier(ctx.env_id, db.name))
+                 for db in bp.databases if job.when == JobPhase.deploy
+                 and db.name in job.depends_on and db.mode == DatabaseMode.shared]
+        steps.append(ctx.step(key, JobSpec(
+            owner=ctx.owner, cluster=bp.environment.cluster.name, namespace=ctx.namespace,
+            name=job.name, when=job.when, image=image, command=job.command,
+            resources=job.resources, config_map=object_name(f"{job.name}-config"),
+            secret=object_name(f"{job.name}-secrets"), timeout_seconds=job.timeout_minutes * 60,
+            run_as_non_root=run_as_non_root, watch=watch, limits=bp.policy.migrations,
+        ), f"{job.when.value.replace('_', ' ')} job {job.name} ({image.rsplit('/', 1)[-1]})",
+            tuple(deps)))
+    return steps
+
+
+def _destroy_jobs_first(steps: list[Step]) -> list[Step]:
+    """A destroy job depends on every other step, so teardown (dependents first) runs it
+    before anything is removed."""
+    def is_destroy_job(step: Step) -> bool:
+        return isinstance(step.spec, JobSpec) and step.spec.when == JobPhase.destroy
+
+    others = tuple(s.key for s in steps if not is_destroy_job(s))
+    return [s.model_copy(update={"depends_on": tuple(dict.fromkeys((*s.depends_on, *others)))})
+            if is_destroy_job(s) else s for s in steps]
+
+
 def _public_hosts(ctx: _Context) -> list[str]:
     bp = ctx.blueprint
     return [
@@ -530,8 +608,8 @@ def _after_slot(steps: list[Step]) -> list[Step]:
             else s.model_copy(update={"depends_on": ("slot",)}) for s in steps]
 
 
-RULES: Sequence[Rule] = (_slot, _namespace, _network, _databases, _caches, _applications, _tls,
-                         _dns)
+RULES: Sequence[Rule] = (_slot, _namespace, _network, _databases, _caches, _jobs, _applications,
+                         _tls, _dns)
 
 
 def plan_preview(
@@ -564,7 +642,7 @@ def plan_preview(
         urls=urls,
         changed_files=None if changed_files is None else tuple(changed_files),
     )
-    steps = _after_slot([step for rule in RULES for step in rule(ctx)])
+    steps = _destroy_jobs_first(_after_slot([step for rule in RULES for step in rule(ctx)]))
     return Plan(environment_id=env_id, steps=tuple(topological(steps)), urls=urls)
 
 

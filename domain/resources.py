@@ -11,7 +11,15 @@ from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.blueprint import DataPolicy, EgressRule, HealthCheck, MaskingRule, Resources
+from domain.blueprint import (
+    DataPolicy,
+    EgressRule,
+    HealthCheck,
+    JobPhase,
+    MaskingRule,
+    Resources,
+)
+from domain.migration import MigrationLimits
 from domain.naming import Ownership
 from domain.secrets import SealedValue
 from domain.systems import System
@@ -99,6 +107,9 @@ class SecretSpec(KubeSpec):
     name: str
     data: dict[str, SealedValue] = Field(default_factory=dict)
     upstream: dict[str, UpstreamRef] = Field(default_factory=dict)
+    outputs_of: list[str] = Field(
+        default_factory=list, description="Steps (jobs) whose every secret output becomes a "
+        "key of this Secret; keys it sets itself win")
 
 
 class ApplicationSpec(KubeSpec):
@@ -125,6 +136,41 @@ class ApplicationSpec(KubeSpec):
     run_as_non_root: bool = True
     run_as_user: int | None = Field(
         None, description="uid the containers run as; needed for images whose USER is a name")
+
+
+class WatchedDatabase(BaseModel):
+    """A preview database a deploy job reaches, watched around it for the migration report."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str = Field(description="The blueprint's name for it")
+    database: str = Field(description="Its name on the preview server")
+
+
+class JobSpec(KubeSpec):
+    """A command run to completion as a Kubernetes Job (domain.blueprint.Job).
+
+    deploy and first_deploy jobs run when made present; the Job of a commit that already
+    completed is not run again, and a first_deploy job runs once in the namespace's life.
+    A destroy job is made present as nothing: it runs when it is made absent, which the
+    planner orders before every other removal. Output `values["report"]`: the migration
+    report (JSON) of a deploy job with watched databases; `secrets`: what it wrote to
+    $PREVIEW_OUTPUT, sealed."""
+
+    kind: Literal["job"] = "job"
+    present: ClassVar[str] = "run_job"
+    absent: ClassVar[str | None] = "remove_job"
+    namespace: str
+    name: str
+    when: JobPhase = JobPhase.deploy
+    image: str
+    command: list[str]
+    resources: Resources = Resources()
+    config_map: str | None = None
+    secret: str | None = None
+    timeout_seconds: int = 600
+    run_as_non_root: bool = True
+    watch: list[WatchedDatabase] = Field(default_factory=list)
+    limits: MigrationLimits = MigrationLimits()
 
 
 class IngressHost(BaseModel):
@@ -314,6 +360,7 @@ ResourceSpec = Annotated[
     | ConfigMapSpec
     | SecretSpec
     | ApplicationSpec
+    | JobSpec
     | IngressSpec
     | ContainerDatabaseSpec
     | CacheSpec

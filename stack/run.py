@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from temporalio.client import Client, WorkflowHandle
 
+from domain.migration import summary_line
 from domain.naming import workflow_id
 from engine.client import connect
 from engine.settings import Settings, generated_secrets
@@ -281,6 +282,10 @@ async def demo(stack: LocalStack, exit_after: bool) -> None:
     if web:
         page = await first_answer(web)
         console.print(f"  GET {web} → {page.status_code}: {page_summary(page.text)}")
+    for report in status.migrations:  # also a section of the PR's comment
+        console.print(f"  migration report: {summary_line(report)}")
+        for change in report.schema_changes:
+            console.print(f"    {change}", markup=False)
     console.print(f"  Web UI {workflow_page(stack.ui_url, settings.temporal_namespace, handle.id)}")
     console.print(
         f"  destroy it with:\n    temporal workflow signal "

@@ -56,11 +56,13 @@ class VariablesAndSecrets(StoreCore):
             raise Invalid(f"variable {ref.key} names unknown environment {ref.environment!r} "
                           f"of project {row['name']!r}", field="environment")
         if ref.application is not None and not await conn.fetchval(
-            "SELECT true FROM applications WHERE project_id = $1 AND name = $2",
+            "SELECT EXISTS (SELECT 1 FROM applications WHERE project_id = $1 AND name = $2)"
+            " OR EXISTS (SELECT 1 FROM jobs WHERE project_id = $1 AND name = $2)",
             row["id"], ref.application,
         ):
-            raise Invalid(f"variable {ref.key} names unknown application {ref.application!r} "
-                          f"of project {row['name']!r}", field="application")
+            raise Invalid(f"variable {ref.key} names unknown application or job "
+                          f"{ref.application!r} of project {row['name']!r}",
+                          field="application")
         return ref
 
     # -- variables -------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.errors import NON_RETRYABLE
     from domain.feedback import ChangedFilesRequest, Feedback, TeardownReceipt
+    from domain.migration import MigrationReport
     from domain.naming import environment_id
     from domain.plan import PlanRequest, Step
     from domain.policy import filters_paths, skip_reason
@@ -110,6 +112,8 @@ class PreviewStatus(BaseModel):
     resources: list[str] = Field(default_factory=list, description="What exists, one line each")
     waiting: list[str] = Field(default_factory=list, description="Steps waiting, and for what")
     receipt: TeardownReceipt | None = None
+    migrations: list[MigrationReport] = Field(
+        default_factory=list, description="The migration report of each deploy job's last run")
 
 
 _FEEDBACK_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
@@ -213,7 +217,15 @@ class PreviewEnvironmentWorkflow:
             asleep=self._s.state == PreviewState.sleeping,
             resources=self._s.ledger.resources(),
             waiting=list(self._waiting.values()), receipt=self._receipt,
+            migrations=self._migrations(),
         )
+
+    def _migrations(self) -> list[MigrationReport]:
+        """The reports the deploy jobs' steps left in the ledger (jobs.py: values["report"])."""
+        return [MigrationReport.model_validate(report)
+                for entry in self._s.ledger.entries if entry.complete and entry.output
+                and (text := entry.output.values.get("report"))
+                for report in json.loads(text)]
 
     # -- the process --------------------------------------------------------------
 
@@ -545,7 +557,7 @@ class PreviewEnvironmentWorkflow:
             urls=self._s.urls, resources=self._s.ledger.resources(),
             message=message or (self._s.last_error or ""),
             receipt=self._receipt if self._s.state == PreviewState.destroyed else None,
-            environment_id=self._env_id,
+            environment_id=self._env_id, migrations=self._migrations(),
         )
         try:
             await workflow.execute_activity(

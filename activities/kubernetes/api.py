@@ -252,6 +252,23 @@ class KubeApi:
     def get(self, ref: Ref) -> Json | None:
         return self.request("GET", ref.path, what=ref.what, missing_ok=True)
 
+    def log(self, namespace: str, pod: str, *, tail_lines: int) -> str:
+        """The last lines a pod's (only) container wrote; "" when the pod is gone."""
+        serialized = self._api.param_serialize(
+            "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}/log",
+            query_params=[("tailLines", tail_lines)], header_params={"Accept": "*/*"},
+            auth_settings=["BearerToken"])
+        m, url, header_params, payload, post_params = serialized
+        response = self._api.call_api(m, url, header_params=header_params, body=payload,
+                                      post_params=post_params, _request_timeout=self._timeout)
+        raw = response.read() or b""
+        if 200 <= int(response.status) < 300:
+            return raw.decode(errors="replace")
+        if int(response.status) in (400, 404):  # gone, or never started
+            return ""
+        raise _api_error("GET", f"the log of pod {namespace}/{pod}", int(response.status),
+                         response.reason, raw)
+
     def list(
         self, kind: str, namespace: str | None, selector: Mapping[str, str] | None = None,
         *, missing_ok: bool = False,

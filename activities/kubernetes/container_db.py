@@ -23,7 +23,6 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +80,7 @@ from activities.kubernetes.container_db_snapshot import (
     pinned_golden,
     snapshot_manifest,
 )
-from activities.kubernetes.pods import pod_problem
+from activities.kubernetes.pods import job_state, pod_problem
 from activities.kubernetes.rights import NamespaceRights
 from activities.postgres.server import scram_verifier
 from domain import masking
@@ -151,7 +150,7 @@ class ContainerDatabaseActivities:
         job = current[objects.job]
         loaded = False
         if job is not None:
-            state = _job_state(api, job)
+            state = job_state(api, job)
             loaded = state.done
             if state.failed:
                 # An earlier attempt's load failed; both loaders are all-or-nothing, so
@@ -360,7 +359,7 @@ class ContainerDatabaseActivities:
             if job is None:
                 raise ApplicationError(f"{ref.what} disappeared while loading data",
                                        type=API_ERROR)
-            state = _job_state(api, job)
+            state = job_state(api, job)
             heartbeat(state.progress)
             if state.done:
                 return
@@ -463,31 +462,3 @@ def _validate(spec: ContainerDatabaseSpec) -> None:
 def _claimed_by(pv: Json, claim: Ref) -> bool:
     ref = (pv.get("spec") or {}).get("claimRef") or {}
     return bool(ref.get("namespace") == claim.namespace and ref.get("name") == claim.name)
-
-
-@dataclass(frozen=True)
-class JobState:
-    done: bool
-    progress: Json
-    failed: str | None = None  # the Job (or a pod of it) cannot succeed: why
-
-
-def _job_state(api: KubeApi, job: Json) -> JobState:
-    status = job.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or []
-                  if c.get("status") == "True"}
-    progress: Json = {"job": job["metadata"]["name"],
-                      **{k: int(status.get(k) or 0) for k in ("active", "succeeded", "failed")}}
-    if "Complete" in conditions:
-        return JobState(True, progress)
-    failed = conditions.get("Failed")
-    if failed:
-        return JobState(False, progress,
-                        failed=f"{failed.get('reason')}: {failed.get('message')}")
-    problem = pod_problem(api, job["metadata"]["namespace"],
-                          {"batch.kubernetes.io/job-name": job["metadata"]["name"]})
-    if problem:
-        if problem.fatal:
-            return JobState(False, progress, failed=problem.why)
-        progress["reason"] = problem.why
-    return JobState(False, progress)

@@ -110,3 +110,33 @@ def pod_problem(api: KubeApi, namespace: str, selector: Mapping[str, str]) -> Po
                 waiting = waiting or PodProblem(
                     False, f"pod {name}: {cond.get('reason')}: {cond.get('message')}")
     return waiting
+
+
+@dataclass(frozen=True)
+class JobState:
+    done: bool
+    progress: Json
+    failed: str | None = None  # the Job (or a pod of it) cannot succeed: why
+
+
+def job_state(api: KubeApi, job: Json) -> JobState:
+    """Where a Job is: complete, failed (its condition, or a pod stuck for good), or
+    still running (and what its pod waits for)."""
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []
+                  if c.get("status") == "True"}
+    progress: Json = {"job": job["metadata"]["name"],
+                      **{k: int(status.get(k) or 0) for k in ("active", "succeeded", "failed")}}
+    if "Complete" in conditions:
+        return JobState(True, progress)
+    failed = conditions.get("Failed")
+    if failed:
+        return JobState(False, progress,
+                        failed=f"{failed.get('reason')}: {failed.get('message')}")
+    problem = pod_problem(api, job["metadata"]["namespace"],
+                          {"batch.kubernetes.io/job-name": job["metadata"]["name"]})
+    if problem:
+        if problem.fatal:
+            return JobState(False, progress, failed=problem.why)
+        progress["reason"] = problem.why
+    return JobState(False, progress)

@@ -118,7 +118,10 @@ class KubernetesActivities(NamespaceActivities):
     @activity.defn(name=SecretSpec.present)
     def ensure_secret(self, input: StepInput) -> StepOutput:
         spec = input.spec_as(SecretSpec)
-        values = {key: self._unseal(spec, key, sealed) for key, sealed in spec.data.items()}
+        values = {key: self._unseal(spec, key, sealed)
+                  for step in spec.outputs_of if (made := input.upstream.get(step))
+                  for key, sealed in made.secrets.items()}
+        values |= {key: self._unseal(spec, key, sealed) for key, sealed in spec.data.items()}
         for key, ref in spec.upstream.items():
             value = input.resolve(ref)
             values[key] = self._unseal(spec, key, value) if isinstance(value, SealedValue) else (

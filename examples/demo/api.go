@@ -19,8 +19,9 @@ const visitsKey = "demo:visits"
 
 // Customer is the first row of table customers.
 type Customer struct {
-	Name  string `json:"name"`
-	Email string `json:"email"`
+	Name  string  `json:"name"`
+	Email string  `json:"email"`
+	Plan  *string `json:"plan"` // the column `demo migrate` adds; null before it ran
 }
 
 // APIAnswer is what GET / on the api returns (and what the web page reads). A part that
@@ -28,6 +29,8 @@ type Customer struct {
 type APIAnswer struct {
 	Commit        string    `json:"commit"`
 	HeadSHA       string    `json:"head_sha"`
+	SchemaVersion string    `json:"schema_version"` // outputs of the blueprint's jobs
+	SeededAt      string    `json:"seeded_at"`
 	Customer      *Customer `json:"customer"`
 	CustomerError string    `json:"customer_error,omitempty"`
 	Visits        *int64    `json:"visits"`
@@ -96,8 +99,7 @@ func (a *api) customer(ctx context.Context) (*Customer, string) {
 		return nil, a.dbError
 	}
 	var c Customer
-	err := a.db.QueryRow(ctx, "SELECT name, email FROM customers ORDER BY id LIMIT 1").
-		Scan(&c.Name, &c.Email)
+	err := a.db.QueryRow(ctx, customerQuery).Scan(&c.Name, &c.Email, &c.Plan)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, "table customers is empty"
 	}
@@ -121,7 +123,8 @@ func (a *api) visit(ctx context.Context) (*int64, string) {
 func (a *api) root(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	answer := APIAnswer{Commit: commit, HeadSHA: os.Getenv("HEAD_SHA")}
+	answer := APIAnswer{Commit: commit, HeadSHA: os.Getenv("HEAD_SHA"),
+		SchemaVersion: os.Getenv("SCHEMA_VERSION"), SeededAt: os.Getenv("SEEDED_AT")}
 	answer.Customer, answer.CustomerError = a.customer(ctx)
 	answer.Visits, answer.VisitsError = a.visit(ctx)
 	for _, problem := range []string{answer.CustomerError, answer.VisitsError} {

@@ -8,6 +8,7 @@
 //	demo probe HOST:PORT   tries one TCP connection (exit 0 if it opened): what a
 //	                       container may reach, asked from inside it
 //	demo whoami  the uid and gid it runs as, and whether a service account token is mounted
+//	demo migrate | seed | farewell   the blueprint's lifecycle jobs (jobs.go)
 //
 // Settings come from the environment a preview gives every application (DATABASE_URL,
 // REDIS_URL, API_URL, NODE_ENV, HEAD_SHA), plus PORT, SHUTDOWN_DELAY and the worker's
@@ -41,7 +42,7 @@ import (
 var commit = "unknown"
 
 const usage = `usage: demo web|api|worker [-host HOST] [-port PORT] [-drain DURATION]
-       demo version | demo probe HOST:PORT | demo whoami`
+       demo version | demo probe HOST:PORT | demo whoami | demo migrate|seed|farewell`
 
 // tokenPath is where Kubernetes mounts a service account token, when it mounts one.
 const tokenPath = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -63,6 +64,12 @@ func main() {
 	case "whoami":
 		_, err := os.Stat(tokenPath)
 		fmt.Printf("uid=%d gid=%d token=%t\n", os.Getuid(), os.Getgid(), err == nil)
+		return
+	case "migrate", "seed", "farewell":
+		if err := runJob(role); err != nil {
+			log.Printf("demo %s: %v", role, err)
+			os.Exit(1)
+		}
 		return
 	}
 	defaultPort, known := defaults[role]

@@ -305,3 +305,23 @@ def test_skipped_state_has_its_own_headline_and_a_neutral_status() -> None:
     assert "No preview for this pull request" in body
     assert commit_state(feedback(state="skipped", message="only docs changed")) == (
         "success", "No preview: only docs changed")
+
+
+def test_the_migration_report_is_a_section_of_a_live_previews_comment() -> None:
+    from domain.migration import LockHeld, MigrationReport, Rewrite
+
+    report = MigrationReport(
+        job="migrate", database="main", seconds=4.2, data_bytes=150_000_000,
+        schema_changes=["~ column public.orders.amount: integer → bigint"],
+        rewrites=[Rewrite(table="public.orders", bytes_before=120_000_000,
+                          bytes_after=150_000_000)],
+        locks=[LockHeld(table="public.orders", mode="AccessExclusiveLock", seconds=3.9,
+                        blocks="reads and writes")], rows=[])
+    body = render_comment(feedback(migrations=[report]))
+    assert "#### Migrations" in body and "**migrate** on **main**" in body
+    assert "- public.orders: 120 MB → 150 MB" in body
+    assert "AccessExclusiveLock on public.orders for 3.9 s" in body
+    # Before the state line, after the resources; gone with the preview.
+    assert body.index("#### Migrations") < body.index("**State:**")
+    assert "Migrations" not in render_comment(feedback(migrations=[report], state="destroyed"))
+    assert "Migrations" not in render_comment(feedback())

@@ -22,13 +22,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+import yaml
 from pydantic import SecretStr
 from temporalio.client import Client
 
+from domain.blueprint import Blueprint
 from domain.blueprint_file import parse_blueprint
-from domain.naming import environment_id, workflow_id
+from domain.naming import environment_id, pg_identifier, workflow_id
 from domain.pull_request import PullRequest
 from engine.sealing import Sealer
 from engine.settings import Settings
@@ -90,7 +93,7 @@ async def stack(real_cluster: RealCluster, postgres_server: PostgresServer,
         source = postgres_server.url(demo.SOURCE_DATABASE)
         await demo.create_source_database(postgres_server.admin_url, source)
         await demo.refresh_golden_copies(temporal_client, blueprint, source, settings.task_queue)
-        yield {"settings": settings, "http": http}
+        yield {"settings": settings, "http": http, "git_host": git_host_module}
     await resources.close()
     await store.close()
 
@@ -234,6 +237,24 @@ async def opened_closed_and_gone(stack: dict[str, Any], real_cluster: RealCluste
     assert customer["email"] not in originals and "@" in customer["email"]  # masked
     assert customer["name"][0] == demo.CUSTOMERS[0][0][0]  # keep_first 1
 
+    # The blueprint's jobs: the migration ran before the api was served (it reads the new
+    # column), its output and the seed's reached the api's variables, and the migration
+    # report says what the migration did to the cloned data.
+    assert customer["plan"] == "free"
+    assert answers[0]["schema_version"] == "2"
+    seeded_at = answers[0]["seeded_at"]
+    assert seeded_at
+    [report] = status.migrations
+    assert (report.job, report.database) == ("migrate", "main")
+    assert len(report.schema_changes) == 2, report.schema_changes
+    assert report.schema_changes[0].startswith("+ column public.customers.plan text NOT NULL")
+    assert report.schema_changes[1].startswith("+ index public.customers.customers_plan_idx")
+    assert report.rewrites == []  # a constant default adds the column without a rewrite
+    assert report.data_bytes > 0 and report.seconds > 0
+    comment = stack["git_host"].comments(REPOSITORY, number)[-1]["body"]
+    assert "Migrations" in comment and "customers_plan_idx" in comment
+    preview_db = pg_identifier(environment_id(REPOSITORY, number), "main")
+
     # In Chromium, as the person who opens the PR's link sees it (`*.localhost` is
     # loopback to the browser itself).
     shown = await in_browser(chromium, web, tmp_path / "preview.png")
@@ -270,13 +291,21 @@ async def opened_closed_and_gone(stack: dict[str, Any], real_cluster: RealCluste
     assert poller.failures == [], poller.failures[:5]
     assert len(poller.commits) > 20  # it really polled through the rollout
     assert first in poller.commits and second in poller.commits
+    # The new commit's migration ran (nothing left to change); the seed did not run again.
+    after_push = (await get(api)).json()
+    assert after_push["seeded_at"] == seeded_at and after_push["schema_version"] == "2"
+    status = await handle.query(PreviewEnvironmentWorkflow.status)
+    assert [r.schema_changes for r in status.migrations] == [[]]
+    assert await admin_value(stack, preview_db, "SELECT count(*) FROM seed_runs") == 1
 
     # Sleep: no pod is left. Opening the URL wakes it: a page that says so and reloads,
     # then the application again, at the same commit.
     await handle.signal(PreviewEnvironmentWorkflow.sleep)
     await until(handle, lambda s: s.state == "sleeping")
-    await eventually(lambda: real_cluster.kubectl("get", "pods", "-n", env, "-o", "name"),
-                     lambda pods: pods.strip() == "")
+    # (The jobs' completed pods stay, running nothing, for their logs.)
+    await eventually(lambda: real_cluster.kubectl(
+        "get", "pods", "-n", env, "-o", "name", "--field-selector=status.phase!=Succeeded"),
+        lambda pods: pods.strip() == "")
     # In a thread: the starter that answers runs on this event loop.
     waking = await get(web)
     assert waking.status_code == 202, waking.text
@@ -285,13 +314,76 @@ async def opened_closed_and_gone(stack: dict[str, Any], real_cluster: RealCluste
     back = await eventually(lambda: real_cluster.open(api), lambda r: r.status_code == 200)
     assert back.json()["commit"] == second
 
-    # Close: the URL stops answering and the namespace and database are gone.
-    await send(http, "pull_request.closed", number, second, 3)
-    result = await handle.result()
+    # Close: the destroy job runs first (it tells whoever listens on the database, which
+    # is still there); then the URL stops answering and the namespace and database go.
+    farewells: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(stack["settings"].preview_database_url,
+                                     database=preview_db)
+    await listener.add_listener("preview_farewell",
+                                lambda *args: farewells.put_nowait(args[-1]))
+    try:
+        await send(http, "pull_request.closed", number, second, 3)
+        assert await asyncio.wait_for(farewells.get(), CONVERGE_TIMEOUT) == second
+        result = await handle.result()
+    finally:
+        with contextlib.suppress(Exception):  # the teardown ended its session
+            await listener.close(timeout=5)
     assert result.state == "destroyed"
     gone = await get(web)  # no route, no preview either
     assert gone.status_code == 404 and "No preview here" in gone.text
     assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")
+
+
+async def admin_value(stack: dict[str, Any], database: str, query: str) -> Any:
+    conn = await asyncpg.connect(stack["settings"].preview_database_url, database=database)
+    try:
+        return await conn.fetchval(query)
+    finally:
+        await conn.close()
+
+
+async def test_a_failing_migration_fails_the_preview_with_its_log_masked_and_undoes_it(
+        stack: dict[str, Any], real_cluster: RealCluster, temporal_client: Client,
+        postgres_server: PostgresServer) -> None:
+    """The example's migration, told to fail (as a broken one would, printing its
+    connection string first): the preview fails with the job's last log lines, the URL
+    in them masked, on its status and its PR, and everything made is undone."""
+    repository = "Codertocat/Failing-Migration"
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["project"] = {"name": "failing-migration", "repository": repository}
+    data["variables"].append({"key": "MIGRATION_FAIL", "value": "yes",
+                              "scope": "application", "application": "migrate"})
+    store = await Store.connect(stack["settings"].database_url,
+                                Sealer.from_settings(stack["settings"]))
+    try:
+        await store.import_blueprint(Blueprint.model_validate(data), actor="e2e")
+    finally:
+        await store.close()
+    number = uuid.uuid4().int % 10**5 + 1
+    sha = uuid.uuid4().hex + "badc0ffe"
+    images.push_demo_images(real_cluster.registry_host, sha)
+    databases_before = await databases(postgres_server.admin_url)
+    handle = await lifecycle.deploy(
+        temporal_client, PullRequest(repository=repository, number=number, head_sha=sha,
+                                     branch="broken-migration"),
+        task_queue=stack["settings"].task_queue)
+    try:
+        status = await until(handle, lambda s: s.state in ("failed", "ready"))
+        assert status.state == "failed"
+        error = status.last_error or ""
+        assert "job/migrate" in error and "deploy job migrate failed" in error, error
+        # The job printed its DATABASE_URL: the excerpt shows where, never what.
+        assert "applying step 1 on ***" in error and "relation" in error, error
+        assert "postgresql://" not in error and "postgres://" not in error
+        comment = stack["git_host"].comments(repository, number)[-1]["body"]
+        assert "applying step 1 on ***" in comment and "postgresql://" not in comment
+        env = environment_id(repository, number)
+        await eventually(lambda: real_cluster.kubectl("get", "namespaces", "-o", "name"),
+                         lambda names: env not in names)
+        assert await databases(postgres_server.admin_url) == databases_before
+    finally:
+        if await lifecycle.destroy(temporal_client, repository, number, "test over"):
+            await asyncio.wait_for(handle.result(), CONVERGE_TIMEOUT)
 
 
 async def test_a_worker_killed_during_a_create_converges_on_the_real_node(

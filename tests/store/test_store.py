@@ -341,7 +341,7 @@ async def test_variable_crud_and_identity(store: Store, project: str) -> None:
     page = await store.list_variables(project, key="FEATURE")
     assert page.total == 2 and {v.value for v in page.items} == {"off", "x"}
 
-    with pytest.raises(Invalid, match="unknown application 'ghost'"):
+    with pytest.raises(Invalid, match="unknown application or job 'ghost'"):
         await store.create_variable(project, ScopedVariable(
             key="X", scope=VariableScope.application, application="ghost"), "t")
     with pytest.raises(Invalid, match="unknown environment 'staging'"):
@@ -411,7 +411,7 @@ async def test_secrets_are_sealed_versioned_and_never_stored_or_logged_in_clear(
         await store.put_secret(project, "NODE_ENV", SECRET, actor="t")
     with pytest.raises(Conflict, match="is a secret"):
         await store.create_variable(project, ScopedVariable(key="DB_PASSWORD", value="x"), "t")
-    with pytest.raises(Invalid, match="unknown application 'ghost'"):
+    with pytest.raises(Invalid, match="unknown application or job 'ghost'"):
         await store.put_secret(project, "K", SECRET, VariableScope.application, "ghost")
     with pytest.raises(Invalid, match="scope application needs `application`"):
         await store.put_secret(project, "K", SECRET, VariableScope.application, None)
@@ -517,6 +517,40 @@ async def test_reimport_removes_what_the_blueprint_dropped(store: Store, project
     audit = [e.object for e in (await store.audit_entries(project=project)).items]
     assert any("application 'worker'" in o and "not in the imported blueprint" in o
                for o in audit)
+
+
+async def test_variables_and_secrets_scoped_to_a_job_live_and_go_with_it(
+        store: Store, project: str) -> None:
+    """The example's jobs are elements like its applications: a variable or a secret
+    may be scoped to one (checked by the store and by the database itself), and goes
+    when the job goes (a reimport without it, or its deletion)."""
+    blueprint = await store.export_blueprint(project)
+    assert [j.name for j in blueprint.jobs] == ["migrate", "seed", "farewell"]
+    await store.create_variable(project, ScopedVariable(
+        key="LOCK_TIMEOUT", value="5s", scope=VariableScope.application,
+        application="migrate"), "t")
+    await store.put_secret(project, "SEED_TOKEN", SECRET, VariableScope.application, "seed")
+    repository = (await store.get_project(project)).repository
+    source = await store.source_environment(repository)
+    assert source is not None
+    scoped = resolve_variables(source.blueprint.variables, source.secrets,
+                               target=Target.preview, application="migrate")
+    assert scoped["LOCK_TIMEOUT"] == "5s"
+    assert [s.key for s in source.secrets] == ["SEED_TOKEN"]
+    # The database refuses a row scoped to nothing, whoever writes it.
+    async with store.pool.acquire() as conn:
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="no application or job"):
+            await conn.execute(
+                "INSERT INTO variables (project_id, key, scope, application, value, kind,"
+                " applies_to) SELECT id, 'X', 'application', 'ghost', '', 'value', 'both'"
+                " FROM projects WHERE name = $1", project)
+    await store.collections["jobs"].delete(project, "seed", "t")
+    keys = {m.key for m in (await store.secret_metadata(project)).items}
+    assert "SEED_TOKEN" not in keys
+    smaller = (await store.export_blueprint(project)).model_copy(update={
+        "jobs": [], "variables": blueprint.variables})
+    await store.import_blueprint(smaller, "t")
+    assert (await store.list_variables(project, key="LOCK_TIMEOUT")).total == 0
 
 
 async def test_import_refusals(store: Store, project: str) -> None:

@@ -31,6 +31,12 @@ BLUEPRINT: dict[str, Any] = {
         {"name": "worker", "image": "registry.local/shop/worker", "public": False},
     ],
     "databases": [{"name": "main", "mode": "shared"}],
+    "jobs": [
+        {"name": "migrate", "application": "api", "command": ["migrate"], "depends_on": ["main"]},
+        {"name": "seed", "when": "first_deploy", "image": "registry.local/shop/tools:1",
+         "command": ["seed"], "depends_on": ["main"]},
+        {"name": "farewell", "when": "destroy", "application": "api", "command": ["bye"]},
+    ],
     "variables": [{"key": "NODE_ENV", "value": "production"}],
     "policy": {"ttl_hours": 2, "inactivity_hours": 1},
 }

@@ -54,6 +54,14 @@ async def test_create_then_destroy_leaves_nothing(harness: Harness) -> None:
     assert result.state == PreviewState.destroyed
     assert harness.inventory.present == {}
     assert [f.state for f in harness.inventory.feedback][-1] == "destroyed"
+    # The destroy job ran (it is run by its removal) before anything else was removed,
+    # and the deploy and first-deploy jobs before any application rolled out.
+    calls = harness.inventory.calls
+    removals = [c for c in calls if c.startswith("remove_")]
+    assert removals[0] == "remove_job:job:farewell", removals
+    first_app = next(i for i, c in enumerate(calls) if c.startswith("ensure_application"))
+    assert calls.index("run_job:job:migrate") < first_app
+    assert calls.index("run_job:job:seed") < first_app
 
 
 STEP_KEYS = [

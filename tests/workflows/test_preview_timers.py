@@ -105,7 +105,7 @@ async def test_a_resource_removed_behind_its_back_is_reported_and_put_back(
         assert namespace in inventory.present and database in inventory.present
         # What lives in the namespace was applied again, not skipped as unchanged.
         made_after = len([c for c in inventory.calls if c.startswith("ensure_config_map:")])
-        assert made_after == made_before + 3  # web, api, worker
+        assert made_after == made_before + 6  # web, api, worker and the three jobs
         assert status.last_error is None and inventory.feedback[-1].state == "ready"
         await lifecycle.destroy(harness.client, "acme/shop", 604, "done")
         await handle.result()
