@@ -3,7 +3,9 @@ package main
 // The blueprint's lifecycle jobs (examples/preview.yaml `jobs:`), each a one-shot role of
 // the same binary:
 //
-//	demo migrate   the api's schema: column customers.plan and an index on it (idempotent)
+//	demo migrate   the api's schema: column customers.plan and an index on it (idempotent);
+//	               MIGRATION_HOLD_LOCK=1.5s then holds customers locked that long, as a
+//	               migration of a big table would; MIGRATION_FAIL makes it fail
 //	demo seed      once per preview: records the seed in table seed_runs
 //	demo farewell  at teardown: tells whoever listens on the database (NOTIFY)
 //
@@ -57,6 +59,12 @@ func runJob(role string) error {
 				return errors.New(redact(err.Error(), secrets))
 			}
 		}
+		if hold := envDuration("MIGRATION_HOLD_LOCK", 0); hold > 0 {
+			// Plays a migration on a big table: writers (and readers) wait this long.
+			if err := holdLock(ctx, conn, hold); err != nil {
+				return errors.New(redact(err.Error(), secrets))
+			}
+		}
 		log.Printf("migrate: schema version %s", schemaVersion)
 		return writeOutputs(map[string]string{"SCHEMA_VERSION": schemaVersion})
 	case "seed":
@@ -97,3 +105,19 @@ func writeOutputs(outputs map[string]string) error {
 
 // customerQuery reads the column the migration adds: NULL while it is not there yet.
 const customerQuery = "SELECT name, email, to_jsonb(c) ->> 'plan' FROM customers c ORDER BY id LIMIT 1"
+
+// holdLock keeps customers locked against everyone for `hold`, in one transaction.
+func holdLock(ctx context.Context, conn *pgx.Conn, hold time.Duration) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	if _, err := tx.Exec(ctx, "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "SELECT pg_sleep($1)", hold.Seconds()); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}

@@ -1,28 +1,36 @@
 """Lifecycle jobs (activities/kubernetes/jobs.py) as real Kubernetes Jobs on the real node:
-the demo image's roles run, fail, time out and run once, and a failure's log excerpt
-shows no secret. (The example preview's jobs, with a database, outputs and the migration
-report, are in tests/e2e/test_real_preview.py.)"""
+the demo image's roles run, fail, time out and run once, a failure's log excerpt shows
+no secret, and a migration watched on the session's PostgreSQL gets its report and its
+policy limit. (The example preview's jobs through the whole engine, with outputs reaching
+the api, are in tests/e2e/test_real_preview.py.)"""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.kubernetes import ClusterClients, JobActivities, KubernetesActivities
 from activities.kubernetes.api import KubeApi, Ref
+from activities.postgres import PostgresAccess
+from activities.postgres.migration import MigrationWatcher
 from domain.blueprint import JobPhase
+from domain.migration import MigrationLimits, MigrationReport, summary_line
 from domain.naming import Ownership
-from domain.resources import JobSpec, StepInput, StepOutput
+from domain.resources import JobSpec, StepInput, StepOutput, WatchedDatabase
 from engine.keyring import Keyring
 from engine.sealing import Sealer
 from stack import images
+from stack.postgres import PostgresServer
 from tests.plugins.node import RealCluster
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
@@ -155,3 +163,73 @@ async def test_a_job_past_its_time_fails_and_a_destroy_job_runs_when_removed(
     assert warned and "DATABASE_URL is not set" in warned[0], warned
     assert not [j for j in api.list("Job", namespace[0])
                 if j["metadata"]["name"] == "job-farewell"]
+
+
+async def test_the_migration_report_of_a_real_job_and_a_lock_past_the_policys_limit(
+        jobs: JobActivities, namespace: tuple[str, Ownership], image: str,
+        real_cluster: RealCluster, postgres_server: PostgresServer) -> None:
+    """The demo's migration, run as a Job on the node against a database of the session's
+    PostgreSQL, watched from the worker: its report names what it changed and the lock it
+    held (the demo holds customers locked for 1.5 s, as a migration of a big table
+    would); with policy.migrations.max_write_lock_seconds 0.5 the step fails naming the
+    table and the time, from the report recorded on the Job."""
+    database, role, password = f"jobs_{uuid.uuid4().hex[:8]}", f"jobs_{uuid.uuid4().hex[:8]}", \
+        uuid.uuid4().hex
+    admin = await asyncpg.connect(postgres_server.admin_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        await admin.execute(f"CREATE DATABASE {database} OWNER {role}")
+    finally:
+        await admin.close()
+    owner = await asyncpg.connect(postgres_server.url(database), user=role, password=password)
+    try:
+        await owner.execute("CREATE TABLE customers (id serial PRIMARY KEY, name text, "
+                            "email text); INSERT INTO customers (name, email) "
+                            "SELECT 'n' || g, g || '@example.com' FROM generate_series(1, 1000) g")
+    finally:
+        await owner.close()
+    api = jobs.workloads.api("default")
+    url = f"postgresql://{role}:{password}@{real_cluster.gateway}:{postgres_server.port}/{database}"
+    name = secret(api, namespace[0], {"DATABASE_URL": url, "MIGRATION_HOLD_LOCK": "1500ms"})
+    key = base64.b64encode(os.urandom(32)).decode()
+    watcher = MigrationWatcher(PostgresAccess(postgres_server.admin_url,
+                                              Sealer(Keyring.parse(f"t-1:{key}")), b"mask"))
+    watched = JobActivities(jobs.workloads, watcher)
+    migrate = spec(namespace, image, command=["/demo", "migrate"], secret=name,
+                   watch=[WatchedDatabase(name="main", database=database)])
+    try:
+        made: StepOutput = await run(watched.run_job, migrate)
+        [report] = [MigrationReport.model_validate(r) for r in json.loads(made.values["report"])]
+        assert (report.job, report.database, report.note) == ("migrate", "main", None)
+        assert report.schema_changes == [
+            "+ column public.customers.plan text NOT NULL DEFAULT 'free'::text",
+            "+ index public.customers.customers_plan_idx: CREATE INDEX customers_plan_idx "
+            "ON public.customers USING btree (plan)"]
+        assert report.rewrites == []  # a constant default: no rewrite
+        held = {lock.mode: lock for lock in report.locks if lock.table == "public.customers"}
+        assert 1.3 <= held["AccessExclusiveLock"].seconds <= 3.5, report.locks
+        assert held["AccessExclusiveLock"].blocks == "reads and writes"
+        assert report.seconds >= 1.5 and report.data_bytes > 0
+        assert made.detail == summary_line(report)
+        assert made.secrets["SCHEMA_VERSION"]  # its output, sealed
+
+        # The same run under a limit: the step fails from the report recorded on the Job
+        # (the Job is not run again), naming the table and how long it was held.
+        limited = migrate.model_copy(update={
+            "limits": MigrationLimits(max_write_lock_seconds=0.5)})
+        with pytest.raises(ApplicationError) as caught:
+            await run(watched.run_job, limited)
+        assert caught.value.non_retryable
+        assert re.search(r"migration job migrate held AccessExclusiveLock on "
+                         r"public\.customers for [1-3]\.\d+ s, which blocks reads and "
+                         r"writes; the limit is 0\.5 s", caught.value.message), \
+            caught.value.message
+        assert len(api.list("Job", namespace[0])) == 1
+    finally:
+        await run(watched.remove_job, migrate)
+        admin = await asyncpg.connect(postgres_server.admin_url)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await admin.close()
