@@ -6,6 +6,7 @@ no password reaches an answer or a log line."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -210,7 +212,9 @@ def test_api_answers_commit_first_customer_and_counts_visits(
     api = demos.start("api", api_env)
     first, second = get_json(f"{api.url}/"), get_json(f"{api.url}/")
     assert first["commit"] == COMMIT and first["head_sha"] == HEAD_SHA
-    assert first["customer"] == {"name": "Ada Lovelace", "email": "ada@example.com"}
+    # `plan` is the column the demo's migration adds: null before it ran.
+    assert first["customer"] == {"name": "Ada Lovelace", "email": "ada@example.com",
+                                 "plan": None}
     assert "customer_error" not in first and "visits_error" not in first
     assert (first["visits"], second["visits"]) == (1, 2)
     assert httpx.get(f"{api.url}/health", timeout=5).status_code == 200
@@ -300,3 +304,57 @@ async def test_worker_counts_customers(demos: Demos, database: Database) -> None
     report = get_json(f"{worker.url}/")
     assert report["commit"] == COMMIT and report["checks"] >= 2 and "error" not in report
     assert worker.stop() == 0, worker.output()
+
+
+async def test_the_lifecycle_jobs_migrate_seed_and_say_farewell(
+        demo_binary: Path, postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """The roles examples/preview.yaml's jobs run, against a database their role owns:
+    the migration is idempotent and leaves its output, the seed records itself, the
+    farewell notifies whoever listens, and MIGRATION_FAIL fails (printing its URL, as
+    careless migrations do: the engine masks it in the excerpt it shows)."""
+    admin_url = await postgres_server.new_database("demo_jobs")
+    role = f"jobs_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{DB_PASSWORD}'")
+    await admin.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+    await admin.execute("CREATE TABLE customers (id int PRIMARY KEY, name text, email text)")
+    await admin.execute("INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com')")
+    await admin.execute(f"ALTER TABLE customers OWNER TO {role}")
+    url = (f"postgresql://{role}:{DB_PASSWORD}@127.0.0.1:{postgres_server.port}/"
+           f"{admin_url.rsplit('/', 1)[1]}?sslmode=disable")
+    outputs = tmp_path / "outputs"
+
+    def job(name: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(demo_binary), name], capture_output=True, text=True, timeout=60,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": url,
+                 "PREVIEW_OUTPUT": str(outputs), "HEAD_SHA": HEAD_SHA, **env})
+
+    try:
+        for _ in range(2):  # a migration may run again
+            done = job("migrate")
+            assert done.returncode == 0, done.stderr
+            assert outputs.read_text() == "SCHEMA_VERSION=2\n"
+        assert await admin.fetchval("SELECT plan FROM customers") == "free"
+        assert await admin.fetchval(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'customers_plan_idx'") == 1
+
+        done = job("seed")
+        assert done.returncode == 0, done.stderr
+        key, _, value = outputs.read_text().strip().partition("=")
+        assert key == "SEEDED_AT" and value.startswith(str(datetime.now(UTC).year))
+        assert await admin.fetchval("SELECT count(*) FROM seed_runs") == 1
+
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        await admin.add_listener("preview_farewell", lambda *args: heard.put_nowait(args[-1]))
+        done = await asyncio.to_thread(job, "farewell")
+        assert done.returncode == 0, done.stderr
+        assert await asyncio.wait_for(heard.get(), 10) == HEAD_SHA
+
+        failed = job("migrate", MIGRATION_FAIL="yes")
+        assert failed.returncode == 1
+        assert f"applying step 1 on {url}" in failed.stderr
+        assert 'relation "customers_v3" does not exist' in failed.stderr
+    finally:
+        await admin.close()
+

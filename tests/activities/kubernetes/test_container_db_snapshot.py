@@ -249,6 +249,11 @@ def test_the_rekey_command_swaps_the_golden_password_for_the_previews(
     try:
         subprocess.run([*psql_admin, f"CREATE ROLE {role} LOGIN PASSWORD 'the-golden-pw'"],
                        check=True, capture_output=True)
+        # In a container database the role owns its server's database; on this shared
+        # test server, whose `postgres` a preview worker may have closed to PUBLIC
+        # (activities/postgres/server.py), it gets CONNECT of its own.
+        subprocess.run([*psql_admin, f"GRANT CONNECT ON DATABASE postgres TO {role}"],
+                       check=True, capture_output=True)
         rekey = postgres_server.data_dir / f"{role}.sql"
         rekey.write_text(f"ALTER ROLE {role} PASSWORD '{scram_verifier('preview-pw')}';\n")
         for _ in range(2):  # the second pod of a Job finds it done, and succeeds too
@@ -271,6 +276,8 @@ def test_the_rekey_command_swaps_the_golden_password_for_the_previews(
     finally:
         hba.write_text(original)
         subprocess.run([*psql_admin, "SELECT pg_reload_conf()"], check=True,
+                       capture_output=True)
+        subprocess.run([*psql_admin, f"REVOKE CONNECT ON DATABASE postgres FROM {role}"],
                        capture_output=True)
         subprocess.run([*psql_admin, f"DROP ROLE IF EXISTS {role}"], capture_output=True)
 
