@@ -127,6 +127,9 @@ def test_local_stack_reaches_ready_and_ctrl_c_stops_everything() -> None:
         answered = ANSWERED.search(text)
         assert answered, text
         assert answered.group(2) not in {email for _, email in demo.CUSTOMERS}
+        # The example's migration ran before the api rolled out, and its report is shown.
+        assert "migration report: migrate on main:" in text, text
+        assert "+ column public.customers.plan text NOT NULL DEFAULT 'free'::text" in text
         node = re.search(r"node +(preview-node-\d+): pods run for real", text)
         assert node, text
         assert processes_using(str(state)), "the stack should be running now"
