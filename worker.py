@@ -202,7 +202,10 @@ async def kubernetes_activities(settings: Settings, target: Target, resources: R
                                  NamespaceRights(settings.kube_preview_role),
                                  golden_namespace=settings.golden_snapshot_namespace,
                                  sweep_grace=settings.sweep_grace_minutes * 60,
-                                 watcher=migration_watcher(settings, sealer))
+                                 watcher=migration_watcher(settings, sealer),
+                                 helm=settings.helm_binary,
+                                 plain_http=settings.registry_plain_http,
+                                 registry_mirrors=settings.registry_mirrors)
 
 
 def migration_watcher(settings: Settings, sealer: Sealer) -> MigrationWatcher | None:

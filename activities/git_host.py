@@ -22,6 +22,8 @@ Tokens and JWTs are only ever put in a request header: never logged, never in an
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -37,13 +39,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.github_app import GitHubApp
-from domain.contract import LIST_CHANGED_FILES, PUBLISH_FEEDBACK
+from domain.contract import LIST_CHANGED_FILES, PUBLISH_FEEDBACK, READ_REPOSITORY_FILE
 from domain.feedback import (
     STATUS_CONTEXT,
     ChangedFilesRequest,
     CommitState,
     DeploymentState,
     Feedback,
+    RepositoryFileRequest,
     commit_state,
     deployment_environment,
     deployment_state,
@@ -330,17 +333,23 @@ class FeedbackActivities:
             else:
                 await self._publish_as_app(api, feedback)
 
+    def _host_for(self, provider: str, without: str) -> _Host:
+        """The host a request goes to; without its credentials, a non-retryable error:
+        `without` (with `{provider}` in it) and what to set."""
+        host = self._github if provider == "github" else self._gitlab
+        if host is None:
+            raise ApplicationError(
+                f"{without.format(provider=provider)}: set PREVIEW_{provider.upper()}_TOKEN "
+                "(or a GitHub App)", type=GIT_HOST_REJECTED, non_retryable=True)
+        return host
+
     @activity.defn(name=LIST_CHANGED_FILES.name)
     async def list_changed_files(self, request: ChangedFilesRequest) -> list[str]:
         """Every path the PR adds, changes, removes or renames (both names of a rename),
         for the blueprint's path filters."""
-        host = self._github if request.provider == "github" else self._gitlab
-        if host is None:
-            raise ApplicationError(
-                f"the blueprint of {request.repository} filters by path, and the engine has "
-                f"no {request.provider} credentials to list a pull request's files: set "
-                f"PREVIEW_{request.provider.upper()}_TOKEN (or a GitHub App)",
-                type=GIT_HOST_REJECTED, non_retryable=True)
+        host = self._host_for(request.provider, f"the blueprint of {request.repository} "
+                              "filters by path, and the engine has no {provider} credentials "
+                              "to list a pull request's files")
         async with self._client_factory() as client:
             api = _Api(client, host)
             if request.provider == "gitlab":
@@ -356,6 +365,38 @@ class FeedbackActivities:
         paths = {item[name] for item in items for name in names
                  if isinstance(item.get(name), str)}
         return sorted(paths)[: request.max_files]
+
+    @activity.defn(name=READ_REPOSITORY_FILE.name)
+    async def read_repository_file(self, request: RepositoryFileRequest) -> str:
+        """A file's text at a commit: GitHub's contents API, GitLab's repository files
+        API (both answer base64). A file that is not there is a user's error, named."""
+        host = self._host_for(request.provider, f"the blueprint of {request.repository} "
+                              f"reads {request.path} from the repository, and the engine has "
+                              "no {provider} credentials")
+        where = f"{request.path} of {request.repository} at {request.ref[:12]}"
+        async with self._client_factory() as client:
+            api = _Api(client, host)
+            if request.provider == "gitlab":
+                path = (f"/projects/{quote(request.repository, safe='')}/repository/files/"
+                        f"{quote(request.path, safe='')}")
+            else:
+                if self._app is not None:
+                    api = api.with_token(await self._app.token(api, request.repository))
+                path = f"/repos/{request.repository}/contents/{quote(request.path)}"
+            try:
+                answer = (await api.request("GET", path, params={"ref": request.ref})).json()
+            except _Gone:
+                raise ApplicationError(f"there is no file {where}", type=GIT_HOST_REJECTED,
+                                       non_retryable=True) from None
+        if not isinstance(answer, dict) or answer.get("encoding") != "base64" or (
+                answer.get("type", "file") != "file"):
+            raise ApplicationError(f"{where} is not a file", type=GIT_HOST_REJECTED,
+                                   non_retryable=True)
+        try:
+            return base64.b64decode(answer.get("content") or "").decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ApplicationError(f"{where} is not UTF-8 text", type=GIT_HOST_REJECTED,
+                                   non_retryable=True) from None
 
     async def _publish_as_app(self, api: _Api, feedback: Feedback) -> None:
         assert self._app is not None

@@ -10,25 +10,18 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from domain.base import DnsName, Model, Named, Resources
+from domain.charts import Chart, chart_strings
+from domain.jobs import Job
 from domain.links import check_links
 from domain.migration import MigrationLimits
-from domain.naming import DNS_LABEL, HOSTNAME
-
-
-def _dns_label(value: str) -> str:
-    if len(value) > 40 or not DNS_LABEL.match(value):
-        raise ValueError(
-            f"{value!r} is not a DNS-safe name: use lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 40 characters"
-        )
-    return value
+from domain.naming import HOSTNAME
 
 
 def _hostname(value: str) -> str:
@@ -37,7 +30,6 @@ def _hostname(value: str) -> str:
     return value.lower()
 
 
-DnsName = Annotated[str, AfterValidator(_dns_label)]
 def _port(value: int) -> int:
     if not 1 <= value <= 65535:
         raise ValueError(f"port {value} is out of range 1-65535")
@@ -48,17 +40,6 @@ Port = Annotated[int, Field(strict=True, json_schema_extra={"minimum": 1, "maxim
                  AfterValidator(_port)]
 HostName = Annotated[str, AfterValidator(_hostname)]
 VariableKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Named(Model):
-    """A document a project holds several of, each known by its name (environments and
-    the elements of a blueprint's collections)."""
-
-    name: DnsName
 
 
 class EnvironmentKind(StrEnum):
@@ -88,11 +69,6 @@ class CloudAccount(Model):
     role_arn: str | None = Field(None, pattern=r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
     external_id: str | None = Field(None, min_length=2, max_length=1224,
                                     pattern=r"^[\w+=,.@:/-]+$")
-
-
-class Resources(Model):
-    cpu: str = "100m"
-    memory: str = "128Mi"
 
 
 class HealthCheck(Model):
@@ -154,39 +130,6 @@ class Cache(Named):
     memory: str = Field("256Mi", pattern=r"^[1-9][0-9]{0,5}(Mi|Gi)$",
                         description="Memory of the server; maxmemory is 90% of it")
     cpu: str = "250m"
-
-
-class JobPhase(StrEnum):
-    deploy = "deploy"  # before the applications roll out, at each new commit: migrations
-    first_deploy = "first_deploy"  # once, after the databases exist: seeds
-    destroy = "destroy"  # first thing in teardown, while everything still exists
-
-
-class Job(Named):
-    """A command run to completion in the preview's namespace, as a Kubernetes Job under
-    the applications' pod security. It gets the project's variables, those scoped to its
-    name, and the connection URLs of what it names in depends_on, as an application does.
-    Lines `KEY=value` it writes to the file $PREVIEW_OUTPUT become variables of every
-    application (through their Secrets)."""
-
-    when: JobPhase = JobPhase.deploy
-    application: str | None = Field(
-        None, description="Run this application's image, at the tag the application runs")
-    image: str | None = Field(None, description="Or an image of its own, with its tag")
-    command: list[str] = Field(min_length=1)
-    depends_on: list[str] = Field(
-        default_factory=list, description="Databases and caches it connects to: it gets "
-        "their connection URLs as an application does (DATABASE_URL, DATABASE_URL_<NAME>, "
-        "REDIS_URL); a deploy job's PostgreSQL databases are watched for the migration report")
-    resources: Resources = Resources()
-    timeout_minutes: int = Field(10, ge=1, le=240)
-
-    @model_validator(mode="after")
-    def _one_image(self) -> Job:
-        if (self.application is None) == (self.image is None):
-            raise ValueError(f"job {self.name}: name either `application` (run its image) or "
-                             "`image` (an image of its own), not both or neither")
-        return self
 
 
 class DatabaseMode(StrEnum):
@@ -422,22 +365,52 @@ class Environment(Named):
         return self
 
 
+class ComposeSource(Model):
+    """A Compose file of the repository as (part of) the description: read at every
+    deploy from the pull request's head commit, so a PR that changes it previews the
+    change. Its services become applications, databases and caches (domain/compose.py);
+    the blueprint's own entries of the same name replace them."""
+
+    path: str = Field(pattern=r"^[^\s]+$", max_length=300,
+                      description="Path in the repository, e.g. docker-compose.yml")
+
+    @field_validator("path")
+    @classmethod
+    def _in_the_repository(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"compose path {value!r}: a path inside the repository, such as "
+                             "docker-compose.yml or deploy/compose.yaml")
+        return value
+
+
 class Blueprint(Model):
     """One source environment and how its previews are made."""
 
     project: Project
     environment: Environment = Environment()
-    applications: list[Application] = Field(min_length=1)
+    compose: ComposeSource | None = None
+    applications: list[Application] = Field(
+        default_factory=list, validate_default=True,
+        description="At least one, unless `compose` names a file")
     databases: list[Database] = Field(default_factory=list)
     caches: list[Cache] = Field(default_factory=list)
     jobs: list[Job] = Field(default_factory=list)
+    charts: list[Chart] = Field(default_factory=list)
     network: Network = Network()
     variables: list[Variable] = Field(default_factory=list)
     policy: PreviewPolicy = PreviewPolicy()
 
+    @field_validator("applications")
+    @classmethod
+    def _some_application(cls, value: list[Application],
+                          info: ValidationInfo) -> list[Application]:
+        if not value and info.data.get("compose") is None:
+            raise ValueError("a blueprint needs at least one application (or a compose file "
+                             "whose services become applications)")
+        return value
+
     @model_validator(mode="after")
     def _references(self) -> Blueprint:
-        elements: set[str] = set()
         everything: list[str] = []
         for collection in COLLECTIONS:
             names = [item.name for item in collection.items(self)]
@@ -445,44 +418,14 @@ class Blueprint(Model):
             if dupes:
                 raise ValueError(f"duplicate {collection.label} names: {', '.join(dupes)}")
             everything += names
-            if collection.dependable:
-                elements.update(names)
         # One name, one element: a job's variables, Secret and steps are known by its name.
         shared = sorted({n for n in everything if everything.count(n) > 1})
         if shared:
             raise ValueError(f"elements of different kinds share the name {shared[0]!r}")
-        apps = {a.name for a in self.applications}
-        for app in self.applications:
-            for dep in app.depends_on:
-                if dep not in elements:
-                    kinds = " or ".join(c.indefinite for c in COLLECTIONS if c.dependable)
-                    raise ValueError(
-                        f"application {app.name!r} depends on {dep!r}, which is not {kinds}"
-                    )
-        connectable = {item.name for kind in COLLECTIONS if kind.url_variable
-                       for item in kind.items(self)}
-        for job in self.jobs:
-            if job.application is not None and job.application not in apps:
-                raise ValueError(f"job {job.name!r} runs the image of {job.application!r}, "
-                                 "which is not an application")
-            for dep in job.depends_on:
-                if dep not in connectable:
-                    raise ValueError(f"job {job.name!r} depends on {dep!r}, which is not a "
-                                     "database or a cache")
-        cycle = _find_cycle(
-            {a.name: [d for d in a.depends_on if d in apps] for a in self.applications}
-        )
-        if cycle:
-            raise ValueError(f"applications depend on each other in a cycle: {' -> '.join(cycle)}")
-        public = {a.name for a in self.applications if a.public}
-        for var in self.variables:
-            if var.application is not None and var.application not in (
-                    apps | {j.name for j in self.jobs}):
-                raise ValueError(
-                    f"variable {var.key} names unknown application or job {var.application!r}"
-                )
-            if var.kind == VariableKind.value:
-                check_links(var.key, var.value, urls=public, connections=connectable)
+        if self.compose is None:
+            # With a Compose file, names may be its services': checked once merged with
+            # it, at each deploy (domain.compose.merged_blueprint).
+            _check_links_between(self)
         rooted = [a.name for a in self.applications if a.run_as_root]
         if rooted and self.policy.pod_security == PodSecurityLevel.restricted:
             raise ValueError(
@@ -496,6 +439,55 @@ class Blueprint(Model):
         ):
             raise ValueError("isolation account needs environment.cloud_account")
         return self
+
+
+def _check_links_between(blueprint: Blueprint) -> None:
+    """Every name an element gives (depends_on, a job's application, a variable's
+    scope, a link in a value) is an element of the right kind."""
+    elements = {item.name for kind in COLLECTIONS if kind.dependable
+                for item in kind.items(blueprint)}
+    apps = {a.name for a in blueprint.applications}
+    for app in blueprint.applications:
+        for dep in app.depends_on:
+            if dep not in elements:
+                kinds = " or ".join(c.indefinite for c in COLLECTIONS if c.dependable)
+                raise ValueError(
+                    f"application {app.name!r} depends on {dep!r}, which is not {kinds}"
+                )
+    connectable = {item.name for kind in COLLECTIONS if kind.url_variable
+                   for item in kind.items(blueprint)}
+    public = {a.name for a in blueprint.applications if a.public} | {
+        c.name for c in blueprint.charts if c.public}
+    for chart in blueprint.charts:
+        for dep in chart.depends_on:
+            if dep not in connectable:
+                raise ValueError(f"chart {chart.name!r} depends on {dep!r}, which is not "
+                                 "a database or a cache")
+        for path, text in chart_strings(chart.values):
+            check_links(path, text, urls=public, connections=connectable,
+                        hosts={c.name for c in blueprint.charts if c.public},
+                        where=f"chart {chart.name} value {path}")
+    for job in blueprint.jobs:
+        if job.application is not None and job.application not in apps:
+            raise ValueError(f"job {job.name!r} runs the image of {job.application!r}, "
+                             "which is not an application")
+        for dep in job.depends_on:
+            if dep not in connectable:
+                raise ValueError(f"job {job.name!r} depends on {dep!r}, which is not a "
+                                 "database or a cache")
+    cycle = _find_cycle(
+        {a.name: [d for d in a.depends_on if d in apps] for a in blueprint.applications}
+    )
+    if cycle:
+        raise ValueError(f"applications depend on each other in a cycle: {' -> '.join(cycle)}")
+    for var in blueprint.variables:
+        if var.application is not None and var.application not in (
+                apps | {j.name for j in blueprint.jobs}):
+            raise ValueError(
+                f"variable {var.key} names unknown application or job {var.application!r}"
+            )
+        if var.kind == VariableKind.value:
+            check_links(var.key, var.value, urls=public, connections=connectable)
 
 
 @dataclass(frozen=True)
@@ -520,6 +512,7 @@ class BlueprintCollection:
     step_prefix: str | None = None
     url_variable: str | None = None
     dependable: bool = True  # an application may name one in depends_on (not a job)
+    required: bool = False  # a blueprint needs one (unless a Compose file gives them)
 
     def items(self, blueprint: Blueprint) -> list[Named]:
         items: list[Named] = getattr(blueprint, self.field)
@@ -535,11 +528,6 @@ class BlueprintCollection:
         return [item for item in self.items(blueprint) if item.name in app.depends_on]
 
     @property
-    def required(self) -> bool:
-        """A blueprint needs at least one: its field has no default."""
-        return Blueprint.model_fields[self.field].is_required()
-
-    @property
     def indefinite(self) -> str:
         """'an application', 'a database': one element, in a sentence."""
         return f"{'an' if self.label[0] in 'aeiou' else 'a'} {self.label}"
@@ -547,7 +535,7 @@ class BlueprintCollection:
 
 COLLECTIONS: tuple[BlueprintCollection, ...] = (
     BlueprintCollection(field="applications", model=Application, label="application",
-                        path="applications", table="applications"),
+                        path="applications", table="applications", required=True),
     BlueprintCollection(field="databases", model=Database, label="database",
                         path="databases", table="databases", step_prefix="database",
                         url_variable="DATABASE_URL"),
@@ -555,6 +543,8 @@ COLLECTIONS: tuple[BlueprintCollection, ...] = (
                         table="caches", step_prefix="cache", url_variable="REDIS_URL"),
     BlueprintCollection(field="jobs", model=Job, label="job", path="jobs", table="jobs",
                         step_prefix="job", dependable=False),
+    BlueprintCollection(field="charts", model=Chart, label="chart", path="charts",
+                        table="charts", step_prefix="chart"),
 )
 
 

@@ -8,6 +8,9 @@ network, privileged containers, files of the developer's machine) is an error na
 file, line and key: silently dropping it would make a preview that differs from what the
 team runs.
 
+A blueprint may also name its Compose file (`compose: <path>`): at every deploy the
+engine reads it from the pull request's head commit and merges it in (merged_blueprint).
+
 Pure: the caller reads the file and gives its text.
 """
 
@@ -21,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from domain.blueprint import COLLECTIONS, Blueprint
+from domain.blueprint import COLLECTIONS, Blueprint, Variable
 from domain.blueprint_file import BlueprintFileError, Problem, locate, read_yaml
 
 DATABASE_IMAGES = re.compile(r"(^|/)(postgres|postgis)(:|@|$)")
@@ -207,3 +210,35 @@ def _environment(environment: Any) -> dict[str, str]:
         key, _, value = str(item).partition("=")
         found[key] = value
     return found
+
+
+def merged_blueprint(blueprint: Blueprint, text: str) -> Blueprint:
+    """A blueprint that says `compose: <path>`, with that file's services (its text, as
+    of the pull request's head commit) in it: applications, databases and caches from
+    the file, the blueprint's own entries replacing those of the same name, and the
+    file's environment entries as variables unless the blueprint sets the same one.
+    BlueprintFileError names what cannot be mapped (file, line, key) and what the merged
+    blueprint gets wrong (a name nothing defines)."""
+    assert blueprint.compose is not None
+    path = blueprint.compose.path
+    from_file = blueprint_from_compose(text, path, project=blueprint.project.name,
+                                       repository=blueprint.project.repository).blueprint
+    document = blueprint.model_dump(mode="json", exclude={"compose"})
+    for kind in COLLECTIONS:
+        own = {item.name: item.model_dump(mode="json") for item in kind.items(blueprint)}
+        document[kind.field] = [own.pop(item.name, item.model_dump(mode="json"))
+                                for item in kind.items(from_file)] + list(own.values())
+
+    def identity(variable: Variable) -> tuple[str, str, str | None, str]:
+        return (variable.key, variable.scope, variable.application, variable.applies_to)
+
+    own_variables = {identity(v) for v in blueprint.variables}
+    document["variables"] = [v.model_dump(mode="json") for v in from_file.variables
+                             if identity(v) not in own_variables] + document["variables"]
+    try:
+        return Blueprint.model_validate(document)
+    except ValidationError as error:
+        raise BlueprintFileError(path, [
+            Problem(path, None, None, "", f"with the blueprint of {blueprint.project.name}: "
+                                          f"{e['msg'].removeprefix('Value error, ')}")
+            for e in error.errors(include_url=False, include_input=False)]) from None

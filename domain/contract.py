@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from domain.feedback import ChangedFilesRequest, Feedback
+from domain.feedback import ChangedFilesRequest, Feedback, RepositoryFileRequest
 from domain.golden import (
     GoldenDiscardInput,
     GoldenMaskInput,
@@ -59,6 +59,8 @@ PLAN_PREVIEW = ActivityContract(  # a local activity: its result is recorded in 
 PUBLISH_FEEDBACK = ActivityContract("publish_feedback", System.git_host, Feedback, None)
 LIST_CHANGED_FILES = ActivityContract(  # only when the blueprint filters by path
     "list_changed_files", System.git_host, ChangedFilesRequest, list[str])
+READ_REPOSITORY_FILE = ActivityContract(  # only when the blueprint names a Compose file
+    "read_repository_file", System.git_host, RepositoryFileRequest, str)
 
 # -- golden copies (workflows/golden.py) ----------------------------------------------
 

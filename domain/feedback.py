@@ -49,6 +49,17 @@ class ChangedFilesRequest(BaseModel):
     max_files: int = Field(3000, ge=1, le=10_000, description="GitHub lists at most 3000")
 
 
+class RepositoryFileRequest(BaseModel):
+    """One file of a repository at a commit (a blueprint's Compose file at a PR's head)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    provider: Literal["github", "gitlab"] = "github"
+    repository: str
+    path: str = Field(min_length=1, max_length=300)
+    ref: str = Field(pattern=r"^[0-9a-f]{7,64}$", description="The commit")
+
+
 class TeardownReceipt(BaseModel):
     """What a teardown removed, and what a check from outside found left afterwards."""
 

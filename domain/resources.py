@@ -7,7 +7,7 @@ and one planner rule; the worker then refuses to start until it serves the pair.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,10 +15,10 @@ from domain.blueprint import (
     DataPolicy,
     EgressRule,
     HealthCheck,
-    JobPhase,
     MaskingRule,
     Resources,
 )
+from domain.jobs import JobPhase
 from domain.migration import MigrationLimits
 from domain.naming import Ownership
 from domain.secrets import SealedValue
@@ -206,6 +206,29 @@ class IngressSpec(KubeSpec):
     url_check: UrlCheck | None = None  # ready once each URL answers from the application
 
 
+class ChartSpec(KubeSpec):
+    """A Helm chart's render, applied by the engine object by object in the preview's
+    namespace (domain.blueprint.Chart). `values` are final (links resolved); each entry
+    of `connections` is a Secret the activity makes first (key `url`), whose name the
+    values already hold. Output `values["objects"]`: how many objects it applied."""
+
+    kind: Literal["chart"] = "chart"
+    present: ClassVar[str] = "ensure_chart"
+    absent: ClassVar[str | None] = "remove_chart"
+    heartbeat_seconds: ClassVar[float] = 20.0  # `helm template` of a remote chart runs whole
+    namespace: str
+    name: str = Field(description="The release name: the chart element's name")
+    chart: str
+    repository: str | None = None
+    version: str | None = None
+    values: dict[str, Any] = Field(default_factory=dict)
+    connections: dict[str, UpstreamRef] = Field(
+        default_factory=dict, description="Secret name → the connection URL it holds (key url)")
+    rollout_timeout_seconds: int = 600
+    url: str | None = Field(None, description="A public chart's preview URL (its Ingress)")
+    url_check: UrlCheck | None = None  # ready once the URL answers from the chart's pods
+
+
 class ContainerDatabaseSpec(KubeSpec):
     """A PostgreSQL StatefulSet with its claim, credentials and data-loading Job."""
 
@@ -361,6 +384,7 @@ ResourceSpec = Annotated[
     | SecretSpec
     | ApplicationSpec
     | JobSpec
+    | ChartSpec
     | IngressSpec
     | ContainerDatabaseSpec
     | CacheSpec

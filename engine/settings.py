@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     registry_plain_http: list[str] = Field(
         default_factory=list, description="Registry hosts reached over plain HTTP (a registry "
         "on loopback in tests); all others over HTTPS")
+    helm_binary: str = Field(
+        "helm", description="The helm binary the worker renders blueprints' charts with "
+                            "(helm template)")
     check_images: bool = Field(
         True, description="Wait for each application's image to exist in its registry "
                           "before rolling it out")

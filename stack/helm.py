@@ -10,9 +10,12 @@ atomic move into the cache), and only when missing or of another version.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +77,31 @@ def build() -> Path:
     _stamp().write_text(HELM_VERSION)
     _log(f"helm {HELM_VERSION} built in {time.monotonic() - started:.0f}s -> {helm_path()}")
     return helm_path()
+
+
+def private_env(home: Path) -> dict[str, str]:
+    """An environment for helm with a home of its own (no user's repositories or
+    registry logins)."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+            **{f"HELM_{kind}_HOME": str(home / kind.lower())
+               for kind in ("CACHE", "CONFIG", "DATA")}}
+
+
+def push_chart(source: Path, registry_host: str, repository: str = "charts") -> str:
+    """Package the chart folder `source` and push it to the plain-HTTP registry at
+    `registry_host` (as CI publishes a chart); the package lives in a temporary folder
+    only. Returns `oci://<registry_host>/<repository>/<name>`."""
+    helm = build()
+    with tempfile.TemporaryDirectory(prefix="chart-push-") as work:
+        env = private_env(Path(work) / "home")
+        subprocess.run([str(helm), "package", str(source), "-d", work], check=True,
+                       capture_output=True, env=env, timeout=120)
+        [package] = Path(work).glob("*.tgz")
+        subprocess.run([str(helm), "push", str(package), f"oci://{registry_host}/{repository}",
+                        "--plain-http"], check=True, capture_output=True, env=env, timeout=120)
+    name = package.name.rsplit("-", 1)[0]
+    _log(f"pushed chart {name} to oci://{registry_host}/{repository}")
+    return f"oci://{registry_host}/{repository}/{name}"
 
 
 def main(argv: list[str] | None = None) -> int:

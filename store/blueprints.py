@@ -20,7 +20,7 @@ from domain.source import SourceEnvironment
 from store.core import StoreCore
 from store.errors import Invalid, validation_message
 from store.records import ImportResult, ImportSummary, ProjectSpec, VariableRef
-from store.sql import audit, document
+from store.sql import audit, document, optional_document
 from store.variables import REF_WHERE, ref_args
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class Blueprints(StoreCore):
         try:
             spec = ProjectSpec(name=name, repository=blueprint.project.repository,
                                source_environment=environment, network=blueprint.network,
-                               policy=blueprint.policy)
+                               policy=blueprint.policy, compose=blueprint.compose)
         except ValidationError as error:
             message, field = validation_message(error)
             raise Invalid(f"project {name!r}: {message}", field=f"project.{field}") from None
@@ -49,13 +49,14 @@ class Blueprints(StoreCore):
                 "SELECT id FROM projects WHERE name = $1 FOR UPDATE", name)
             row = await conn.fetchrow(
                 "INSERT INTO projects (name, repository, source_environment, document, network,"
-                " policy) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb)"
+                " policy, compose) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb, $7::jsonb)"
                 " ON CONFLICT (name) DO UPDATE SET repository = EXCLUDED.repository,"
                 " source_environment = EXCLUDED.source_environment,"
                 " document = EXCLUDED.document, network = EXCLUDED.network,"
-                " policy = EXCLUDED.policy, updated_at = now() RETURNING *",
+                " policy = EXCLUDED.policy, compose = EXCLUDED.compose, updated_at = now()"
+                " RETURNING *",
                 name, spec.repository, environment, document(blueprint.project),
-                document(spec.network), document(spec.policy),
+                document(spec.network), document(spec.policy), optional_document(spec.compose),
             )
             await self.environments.put(conn, row["id"], blueprint.environment)
             for kind in COLLECTIONS:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from domain.blueprint import (
     COLLECTIONS,
     Blueprint,
+    ComposeSource,
     Named,
     Network,
     PreviewPolicy,
@@ -78,8 +79,10 @@ class StoreCore:
             if environment is None:
                 missing: str | None = f"its source environment {source!r}"
             else:
+                # A Compose file gives the applications a blueprint would otherwise need.
                 missing = next((c.indefinite for c in COLLECTIONS
-                                if c.required and not elements[c.field]), None)
+                                if c.required and not elements[c.field]
+                                and row["compose"] is None), None)
             if missing is not None:
                 if not strict:
                     return None
@@ -97,6 +100,8 @@ class StoreCore:
                 "network": Network.model_validate_json(row["network"]),
                 "variables": [ScopedVariable.from_row(r).as_variable() for r in variables],
                 "policy": PreviewPolicy.model_validate_json(row["policy"]),
+                "compose": (ComposeSource.model_validate_json(row["compose"])
+                            if row["compose"] else None),
             })
         except ValidationError as error:
             message, field = validation_message(error)

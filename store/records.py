@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from domain.blueprint import (
     COLLECTIONS,
     AppliesTo,
+    ComposeSource,
     DnsName,
     Network,
     PreviewPolicy,
@@ -57,6 +58,8 @@ class ProjectSpec(Record):
     )
     network: Network = Network()
     policy: PreviewPolicy = PreviewPolicy()
+    compose: ComposeSource | None = Field(
+        None, description="A Compose file of the repository its services come from")
 
 
 class ProjectRecord(ProjectSpec):
@@ -70,6 +73,7 @@ class ProjectRecord(ProjectSpec):
             source_environment=row["source_environment"],
             network=Network.model_validate_json(row["network"]),
             policy=PreviewPolicy.model_validate_json(row["policy"]),
+            compose=ComposeSource.model_validate_json(row["compose"]) if row["compose"] else None,
             created_at=row["created_at"], updated_at=row["updated_at"],
         )
 

@@ -23,7 +23,7 @@ from store.blueprints import Blueprints
 from store.errors import Conflict, Invalid, MigrationError, NotFound
 from store.operations import Operations
 from store.records import Page, ProjectRecord, ProjectSpec
-from store.sql import audit, document, page_bounds
+from store.sql import audit, document, optional_document, page_bounds
 from store.variables import VariablesAndSecrets
 
 if TYPE_CHECKING:
@@ -101,11 +101,11 @@ class Store(VariablesAndSecrets, Operations, Blueprints):
             await self.refuse_repository_clash(conn, spec.repository, spec.name)
             row = await conn.fetchrow(
                 "INSERT INTO projects (name, repository, source_environment, document, network,"
-                " policy) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb)"
+                " policy, compose) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb, $7::jsonb)"
                 " ON CONFLICT (name) DO NOTHING RETURNING *",
                 spec.name, spec.repository, spec.source_environment,
                 document(Project(name=spec.name, repository=spec.repository)),
-                document(spec.network), document(spec.policy),
+                document(spec.network), document(spec.policy), optional_document(spec.compose),
             )
             if row is None:
                 raise Conflict(f"project {spec.name!r} already exists",
@@ -158,10 +158,11 @@ class Store(VariablesAndSecrets, Operations, Blueprints):
                 )
             row = await conn.fetchrow(
                 "UPDATE projects SET repository = $2, source_environment = $3, document = $4,"
-                " network = $5, policy = $6, updated_at = now() WHERE name = $1 RETURNING *",
+                " network = $5, policy = $6, compose = $7, updated_at = now()"
+                " WHERE name = $1 RETURNING *",
                 name, spec.repository, spec.source_environment,
                 document(Project(name=name, repository=spec.repository)),
-                document(spec.network), document(spec.policy),
+                document(spec.network), document(spec.policy), optional_document(spec.compose),
             )
             await self.check_project(conn, row)
             await audit(conn, actor, "project.update", f"project {name!r}", name)

@@ -16,6 +16,11 @@ def document(model: BaseModel) -> str:
     return json.dumps(model.model_dump(mode="json"))
 
 
+def optional_document(model: BaseModel | None) -> str | None:
+    """...or NULL."""
+    return None if model is None else document(model)
+
+
 def page_bounds(limit: int, offset: int) -> tuple[int, int]:
     """LIMIT and OFFSET of one page: 1 to MAX_PAGE items, never before the first."""
     return max(1, min(limit, MAX_PAGE)), max(0, offset)

@@ -66,6 +66,9 @@ def plans() -> Iterator[Plan]:
                                  {"name": "jobs", "image": "r/jobs", "public": False}],
                 "databases": DATABASES,
                 "caches": [{"name": "sessions"}],
+                "jobs": [{"name": "migrate", "application": "web", "command": ["migrate"],
+                          "depends_on": ["shared"]}],
+                "charts": [{"name": "shop", "chart": "oci://r/charts/shop", "public": True}],
                 "network": network,
             })
             yield plan_preview(blueprint, PR, options=options)

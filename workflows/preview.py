@@ -17,7 +17,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     # Loaded with the workflow, not later by pydantic inside the sandbox (which warns).
@@ -29,9 +29,15 @@ with workflow.unsafe.imports_passed_through():
         LOAD_SOURCE_ENVIRONMENT,
         PLAN_PREVIEW,
         PUBLISH_FEEDBACK,
+        READ_REPOSITORY_FILE,
     )
     from domain.errors import NON_RETRYABLE
-    from domain.feedback import ChangedFilesRequest, Feedback, TeardownReceipt
+    from domain.feedback import (
+        ChangedFilesRequest,
+        Feedback,
+        RepositoryFileRequest,
+        TeardownReceipt,
+    )
     from domain.migration import MigrationReport
     from domain.naming import environment_id
     from domain.plan import PlanRequest, Step
@@ -366,9 +372,14 @@ class PreviewEnvironmentWorkflow:
             if self._s.policy is None or self._s.expires_at is None:
                 self._s.expires_at = workflow.now() + timedelta(hours=policy.ttl_hours)
             self._s.policy = policy
+            compose = None
+            # The PR's own Compose file, so a PR that changes it previews the change.
+            if source.blueprint.compose is not None and workflow.patched("compose-file"):
+                compose = await self._repository_file(pr, source.blueprint.compose.path)
             plan = await workflow.execute_local_activity(
                 PLAN_PREVIEW.name,
-                PlanRequest(source=source, pull_request=pr, changed_files=changed),
+                PlanRequest(source=source, pull_request=pr, changed_files=changed,
+                            compose=compose),
                 result_type=PLAN_PREVIEW.output,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3,
@@ -378,7 +389,9 @@ class PreviewEnvironmentWorkflow:
             await self._saga.apply(plan)
             if asleep:  # a commit wakes a sleeping preview: unchanged steps were skipped
                 await self._scale("wake")
-        except (StepFailed, ActivityError) as error:
+        # A local activity's failure (planning: a blueprint that cannot be planned for
+        # this commit) arrives as the ApplicationError itself, not wrapped.
+        except (StepFailed, ActivityError, ApplicationError) as error:
             message = error.args[0] if isinstance(error, StepFailed) else failure_message(error)
             self._s.last_error = str(message)
             workflow.logger.warning("deploy of %s failed: %s", pr.head_sha, self._s.last_error)
@@ -408,6 +421,18 @@ class PreviewEnvironmentWorkflow:
             summary=f"list the files {pr.repository}#{pr.number} changes",
         )
         return files
+
+    async def _repository_file(self, pr: PullRequest, path: str) -> str:
+        text: str = await workflow.execute_activity(
+            READ_REPOSITORY_FILE.name,
+            RepositoryFileRequest(provider=pr.provider, repository=pr.repository, path=path,
+                                  ref=pr.head_sha),
+            result_type=READ_REPOSITORY_FILE.output,
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE),
+            summary=f"read {path} at {pr.head_sha[:12]}",
+        )
+        return text
 
     async def _on_waiting(self, step: Step, reason: str | None) -> None:
         """A step waits for something outside (an image CI has not pushed): say so on

@@ -19,6 +19,7 @@ from temporalio import activity
 
 from activities.errors import invalid_input
 from domain.blueprint import EgressRule
+from domain.compose import merged_blueprint
 from domain.contract import PLAN_PREVIEW
 from domain.plan import Plan, PlanError, PlanOptions, PlanRequest, plan_preview
 from domain.variables import VariableError
@@ -70,8 +71,14 @@ class PlanningActivities:
 
     @activity.defn(name=PLAN_PREVIEW.name)
     async def plan_preview(self, request: PlanRequest) -> Plan:
+        blueprint = request.source.blueprint
         try:
-            return plan_preview(request.source.blueprint, request.pull_request,
-                                request.source.secrets, self.options, request.changed_files)
+            if blueprint.compose is not None:
+                if request.compose is None:
+                    raise PlanError(f"the blueprint names the Compose file "
+                                    f"{blueprint.compose.path}, and it was not read")
+                blueprint = merged_blueprint(blueprint, request.compose)
+            return plan_preview(blueprint, request.pull_request, request.source.secrets,
+                                self.options, request.changed_files)
         except (PlanError, VariableError, ValueError) as error:
             raise invalid_input(f"cannot plan the preview: {error}") from None

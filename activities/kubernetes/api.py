@@ -16,6 +16,7 @@ run on the worker's thread pool.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -404,6 +406,27 @@ def redact(error: ApplicationError, values: Iterable[str]) -> ApplicationError:
     if message == error.message:
         return error
     return ApplicationError(message, type=error.type, non_retryable=error.non_retryable)
+
+
+def secret_forms(values: Iterable[str]) -> list[str]:
+    """What to mask in a log: each value, and the password inside a URL-shaped one (a
+    job may print the password alone)."""
+    forms: set[str] = set()
+    for value in values:
+        if len(value) < 4:  # masking "1" or "on" everywhere would hide the log, not a secret
+            continue
+        forms.add(value)
+        with contextlib.suppress(ValueError):
+            password = urlsplit(value).password
+            if password and len(password) >= 4:
+                forms.update({password, unquote(password)})
+    return sorted(forms, key=len, reverse=True)  # longest first: a URL before its password
+
+
+def masked(text: str, forms: Iterable[str]) -> str:
+    for form in forms:
+        text = text.replace(form, "***")
+    return text
 
 
 def heartbeat(*details: Any) -> None:

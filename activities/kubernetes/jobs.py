@@ -25,9 +25,8 @@ import gzip
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -41,13 +40,15 @@ from activities.kubernetes.api import (
     ensure_owned,
     get_owned,
     heartbeat,
+    masked,
     poll_delays,
     remove_owned,
+    secret_forms,
     secret_manifest,
 )
 from activities.kubernetes.pods import JobState, hardened, job_state
 from activities.kubernetes.workloads import KubernetesActivities
-from domain.blueprint import JobPhase
+from domain.jobs import JobPhase
 from domain.migration import DatabaseSnapshot, MigrationReport, compare, summary_line, violations
 from domain.naming import stable_hash
 from domain.resources import JobSpec, StepInput, StepOutput
@@ -88,27 +89,6 @@ def parse_outputs(text: str, job: str) -> dict[str, str]:
                                 f"KEY=value with KEY a variable name (letters, digits, _)")
         outputs[key] = value
     return outputs
-
-
-def secret_forms(values: Iterable[str]) -> list[str]:
-    """What to mask in a log: each value, and the password inside a URL-shaped one (a
-    job may print the password alone)."""
-    forms: set[str] = set()
-    for value in values:
-        if len(value) < 4:  # masking "1" or "on" everywhere would hide the log, not a secret
-            continue
-        forms.add(value)
-        with contextlib.suppress(ValueError):
-            password = urlsplit(value).password
-            if password and len(password) >= 4:
-                forms.update({password, unquote(password)})
-    return sorted(forms, key=len, reverse=True)  # longest first: a URL before its password
-
-
-def masked(text: str, forms: Iterable[str]) -> str:
-    for form in forms:
-        text = text.replace(form, "***")
-    return text
 
 
 def unreachable(error: BaseException) -> str:
@@ -394,15 +374,16 @@ class JobActivities:
         api = self.api(spec)
         if spec.when == JobPhase.destroy:
             await self._destroy(api, spec)
-        for job in await self._call(api.list, "Job", spec.namespace, {JOB_LABEL: spec.name}):
-            await self._call(remove_owned, api, Ref.of("Job", job["metadata"]["name"],
-                                                       spec.namespace), spec.owner)
+        runs = {Ref.of("Job", job["metadata"]["name"], spec.namespace) for job in
+                await self._call(api.list, "Job", spec.namespace, {JOB_LABEL: spec.name})}
+        runs.add(job_ref(spec))  # its outputs may outlive a Job deleted by hand
+        for run in sorted(runs, key=lambda ref: ref.name):
+            await self._call(remove_owned, api, run, spec.owner)
+        # Each run's outputs by name: the worker may not list Secrets (deploy/helm RBAC).
         if await self._call(self.workloads.rights.grant, api, spec.cluster, spec.namespace,
                             spec.owner):
-            for secret in await self._call(api.list, "Secret", spec.namespace,
-                                           {JOB_LABEL: spec.name}):
-                await self._call(remove_owned, api, Ref.of(
-                    "Secret", secret["metadata"]["name"], spec.namespace), spec.owner)
+            for run in runs:
+                await self._call(remove_owned, api, outputs_ref(run), spec.owner)
 
     async def _destroy(self, api: KubeApi, spec: JobSpec) -> None:
         """Run the destroy job before the rest goes. Its failure is logged, not raised: a

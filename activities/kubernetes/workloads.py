@@ -279,7 +279,7 @@ class KubernetesActivities(NamespaceActivities):
         deadline = time.monotonic() + spec.rollout_timeout_seconds
         delays = poll_delays(self.poll_interval)
         while True:
-            state = self._rollout_state(api, ref)
+            state = self.rollout_state(api, ref)
             heartbeat(state.progress)
             if state.ready:
                 return
@@ -298,7 +298,7 @@ class KubernetesActivities(NamespaceActivities):
                 )
             time.sleep(next(delays))
 
-    def _rollout_state(self, api: KubeApi, ref: Ref) -> RolloutState:
+    def rollout_state(self, api: KubeApi, ref: Ref) -> RolloutState:
         dep = api.get(ref)
         if dep is None:
             raise ApplicationError(f"{ref.what} disappeared during its rollout", type=API_ERROR)

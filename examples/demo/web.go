@@ -36,6 +36,7 @@ code { background: #f2f4f7; padding: 0 .3rem; border-radius: 4px; }
 <dt>Commit</dt><dd><code id="commit">{{.Commit}}</code></dd>
 <dt>NODE_ENV</dt><dd><code id="node-env">{{.NodeEnv}}</code></dd>
 <dt>HEAD_SHA</dt><dd><code id="head-sha">{{.HeadSHA}}</code></dd>
+<dt>PUBLIC_API</dt><dd><code id="public-api">{{.PublicAPI}}</code></dd>
 </dl>
 <h2>API <code id="api-url">{{.APIURL}}</code></h2>
 <p id="api-status" data-status="{{if .APIError}}failed{{else}}ok{{end}}" class="{{if .APIError}}failed{{else}}ok{{end}}">
@@ -60,6 +61,7 @@ code { background: #f2f4f7; padding: 0 .3rem; border-radius: 4px; }
 
 type pageData struct {
 	Commit, NodeEnv, HeadSHA, APIURL string
+	PublicAPI                        string     // where a browser reaches the api (PUBLIC_API)
 	API                              *APIAnswer // nil when APIError says why
 	APIError                         string
 }
@@ -99,7 +101,7 @@ func (s *web) askAPI(ctx context.Context) (*APIAnswer, string) {
 
 func (s *web) root(w http.ResponseWriter, r *http.Request) {
 	data := pageData{Commit: commit, NodeEnv: os.Getenv("NODE_ENV"),
-		HeadSHA: os.Getenv("HEAD_SHA"), APIURL: s.apiURL}
+		HeadSHA: os.Getenv("HEAD_SHA"), APIURL: s.apiURL, PublicAPI: os.Getenv("PUBLIC_API")}
 	data.API, data.APIError = s.askAPI(r.Context())
 	if data.APIError != "" {
 		log.Printf("web: the api failed: %s", data.APIError)

@@ -27,6 +27,7 @@ itself.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -179,6 +180,11 @@ def rest_violations(
     `path` is the request's raw path below the API root, `body` its parsed JSON (None
     when it has none)."""
     description = rest_description()
+    # The contents API's {path} is a file's path, folders and all ("deploy/compose.yml"),
+    # sent with its slashes as GitHub's own clients do; a template parameter matches one
+    # segment only, so the slashes are encoded for the match.
+    path = re.sub(r"^(/repos/[^/]+/[^/]+/contents/)(.+)$",
+                  lambda m: m[1] + m[2].replace("/", "%2F"), path)
     pairs = list(query.items()) if isinstance(query, Mapping) else list(query)
     request = _Request(
         method=method.lower(),

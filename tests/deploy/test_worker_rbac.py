@@ -50,8 +50,8 @@ PROBE = CHART / "files" / "worker_probe.py"
 
 
 def blueprint() -> dict[str, Any]:
-    """Namespace, config map, secret, application, ingress, a container database and a
-    Redis cache."""
+    """Namespace, config map, secret, application, ingress, a container database, a
+    Redis cache and a lifecycle job."""
     return {
         "project": {"name": "chart-rbac", "repository": REPOSITORY},
         "applications": [{"name": "web", "image": "registry.local/chart/web",
@@ -60,6 +60,8 @@ def blueprint() -> dict[str, Any]:
         "databases": [{"name": "main", "mode": "container", "data_policy": "seed",
                        "seed_sql": "CREATE TABLE hello (x int); INSERT INTO hello VALUES (1);"}],
         "variables": [{"key": "GREETING", "value": "hello from the chart's worker"}],
+        "jobs": [{"name": "migrate", "application": "web", "command": ["/app", "migrate"],
+                  "depends_on": ["main"]}],
     }
 
 
@@ -175,6 +177,7 @@ async def test_the_charts_token_runs_a_whole_preview(
     made = set(kubectl("get", "deploy,sts,job,svc,ingress,configmap,secret,pvc,"
                        "resourcequota,limitrange,networkpolicy", "-n", env, "-o", "name",
                        "-l", f"preview.dev/environment={env}").split())
+    assert any(name.startswith("job.batch/job-migrate-") for name in made), sorted(made)
     for name in ("deployment.apps/web", "deployment.apps/cache-sessions",
                  "secret/cache-sessions-auth", "statefulset.apps/db-main", "job.batch/db-main-load",
                  "service/web", "service/db-main", "ingress.networking.k8s.io/web",

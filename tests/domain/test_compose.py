@@ -1,5 +1,6 @@
 """`preview blueprint import docker-compose.yml`: a team's Compose file as a blueprint,
-once, and what cannot be mapped refused with its file, line and key."""
+once, and what cannot be mapped refused with its file, line and key; and a blueprint
+that names its Compose file, merged with it (what each deploy plans)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import argparse
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from domain.blueprint import Blueprint
 from domain.blueprint_file import BlueprintFileError, parse_blueprint
-from domain.compose import blueprint_from_compose, is_compose_file
+from domain.compose import blueprint_from_compose, is_compose_file, merged_blueprint
 from starter import cli_api
 
 COMPOSE = """\
@@ -106,3 +110,78 @@ def test_the_cli_writes_a_blueprint_that_imports(tmp_path: Path,
     args = parser.parse_args(["blueprint", "import", str(source)])
     assert args.func(args) == 1
     assert "give --repository" in capsys.readouterr().err
+
+
+# -- a blueprint that names its Compose file: merged at each deploy ---------------------
+
+def compose_blueprint(**extra: object) -> Blueprint:
+    return Blueprint.model_validate({
+        "project": {"name": "shop", "repository": "acme/shop"},
+        "compose": {"path": "docker-compose.yml"}, **extra})
+
+
+def test_the_blueprints_own_entries_replace_the_files_by_name() -> None:
+    blueprint = compose_blueprint(
+        databases=[{"name": "db", "source": "shop_production", "data_policy": "masked_clone",
+                    "masking": [{"table": "users", "column": "email", "method": "fake"}]}],
+        applications=[{"name": "api", "image": "ghcr.io/acme/shop-api", "ports": [9000],
+                       "replicas": 2, "depends_on": ["db"]}],
+        variables=[{"key": "NODE_ENV", "value": "preview", "scope": "application",
+                    "application": "web"},
+                   {"key": "PUBLIC_API", "value": "{{ urls.web }}/api"}])
+    merged = merged_blueprint(blueprint, COMPOSE)
+    assert merged.compose is None
+    assert [a.name for a in merged.applications] == ["web", "api"]
+    assert merged.applications[1].replicas == 2  # the blueprint's api, not the file's
+    [db] = merged.databases
+    assert (db.source, db.data_policy.value) == ("shop_production", "masked_clone")
+    assert [c.name for c in merged.caches] == ["cache"]
+    web_env = {v.key: v.value for v in merged.variables if v.application == "web"}
+    assert web_env["NODE_ENV"] == "preview"  # the blueprint's, not the file's development
+    assert web_env["API_URL"] == "http://api:9000"  # the file's own
+    assert ("PUBLIC_API", "http://web-pr-3.preview.localhost/api") in {
+        (k, v) for k, v in plan_config(merged, "api").items()}
+
+
+def plan_config(blueprint: Blueprint, app: str) -> dict[str, str]:
+    from domain.plan import plan_preview
+    from domain.pull_request import PullRequest
+    from domain.resources import ConfigMapSpec
+
+    spec = plan_preview(blueprint, PullRequest(repository="acme/shop", number=3,
+                                               head_sha="abcdef1")).step(f"config/{app}").spec
+    assert isinstance(spec, ConfigMapSpec)
+    return spec.data
+
+
+def test_a_name_neither_the_file_nor_the_blueprint_has_is_named() -> None:
+    blueprint = compose_blueprint(variables=[{"key": "X", "value": "1", "scope": "application",
+                                              "application": "worker"}])
+    with pytest.raises(BlueprintFileError) as raised:
+        merged_blueprint(blueprint, COMPOSE)
+    assert str(raised.value) == ("docker-compose.yml: with the blueprint of shop: variable X "
+                                 "names unknown application or job 'worker'")
+
+
+def test_what_the_file_cannot_map_is_refused_with_its_line() -> None:
+    with pytest.raises(BlueprintFileError, match=r"docker-compose\.yml:4:5: services\.web\."
+                                                 r"network_mode"):
+        merged_blueprint(compose_blueprint(), "services:\n  web:\n    image: r/web\n"
+                                              "    network_mode: host\n")
+
+
+service_names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True), min_size=1,
+                         max_size=5, unique=True)
+
+
+@given(service_names, service_names)
+def test_the_merge_has_every_service_and_every_own_application_once(
+        in_file: list[str], own: list[str]) -> None:
+    text = "services:\n" + "".join(f"  {n}:\n    image: r/{n}\n" for n in in_file)
+    blueprint = compose_blueprint(applications=[{"name": n, "image": f"mine/{n}"}
+                                                for n in own])
+    merged = merged_blueprint(blueprint, text)
+    names = [a.name for a in merged.applications]
+    assert sorted(names) == sorted(set(in_file) | set(own))  # each once
+    for app in merged.applications:
+        assert app.image == (f"mine/{app.name}" if app.name in own else f"r/{app.name}")

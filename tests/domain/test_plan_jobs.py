@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from domain.blueprint import Blueprint, JobPhase
+from domain.blueprint import Blueprint
+from domain.jobs import JobPhase
 from domain.migration import MigrationLimits
 from domain.plan import Plan, plan_preview
 from domain.pull_request import PullRequest

@@ -36,6 +36,7 @@ from domain.pull_request import PullRequest
 from engine.sealing import Sealer
 from engine.settings import Settings
 from stack import demo, images
+from stack import helm as stack_helm
 from stack.postgres import PostgresServer
 from starter import lifecycle
 from starter.app import create_app
@@ -74,6 +75,7 @@ async def stack(real_cluster: RealCluster, postgres_server: PostgresServer,
         "github_token": SecretStr(git_host_module.token),
         "github_webhook_secret": SecretStr(WEBHOOK_SECRET),
         "blueprint_source": "store",
+        "helm_binary": str(stack_helm.build()),
     })
     blueprint = parse_blueprint(EXAMPLE.read_text(), "examples/preview.yaml")
     store = await Store.connect(settings.database_url, Sealer.from_settings(settings))
@@ -193,22 +195,23 @@ async def test_a_pull_request_gets_a_url_that_answers_with_its_commit(
 
 
 @contextlib.asynccontextmanager
-async def destroyed_at_the_end(client: Client, number: int) -> AsyncIterator[None]:
+async def destroyed_at_the_end(client: Client, number: int,
+                               repository: str = REPOSITORY) -> AsyncIterator[None]:
     """Whatever happens in the test, the preview goes: one left running would hold the
     node's CPU and fail the next test for want of it."""
     try:
         yield
     finally:
-        await destroy_quietly(client, number)
+        await destroy_quietly(client, number, repository)
 
 
-async def destroy_quietly(client: Client, number: int) -> None:
+async def destroy_quietly(client: Client, number: int, repository: str = REPOSITORY) -> None:
     """Destroy the preview if it still runs and wait for it to be gone (a failing test's
     cleanup: its own failure is what it reports)."""
     with contextlib.suppress(Exception):
-        if await lifecycle.destroy(client, REPOSITORY, number, "test over"):
+        if await lifecycle.destroy(client, repository, number, "test over"):
             await asyncio.wait_for(client.get_workflow_handle(
-                workflow_id(REPOSITORY, number)).result(), CONVERGE_TIMEOUT)
+                workflow_id(repository, number)).result(), CONVERGE_TIMEOUT)
 
 
 async def opened_closed_and_gone(stack: dict[str, Any], real_cluster: RealCluster,
@@ -367,7 +370,7 @@ async def test_a_failing_migration_fails_the_preview_with_its_log_masked_and_und
         temporal_client, PullRequest(repository=repository, number=number, head_sha=sha,
                                      branch="broken-migration"),
         task_queue=stack["settings"].task_queue)
-    try:
+    async with destroyed_at_the_end(temporal_client, number, repository):
         status = await until(handle, lambda s: s.state in ("failed", "ready"))
         assert status.state == "failed"
         error = status.last_error or ""
@@ -375,15 +378,15 @@ async def test_a_failing_migration_fails_the_preview_with_its_log_masked_and_und
         # The job printed its DATABASE_URL: the excerpt shows where, never what.
         assert "applying step 1 on ***" in error and "relation" in error, error
         assert "postgresql://" not in error and "postgres://" not in error
-        comment = stack["git_host"].comments(repository, number)[-1]["body"]
+        # Told to the PR right after the state changes (eventually, not at once).
+        comment = await eventually(
+            lambda: stack["git_host"].comments(repository, number)[-1]["body"],
+            lambda body: "Preview environment failed" in body)
         assert "applying step 1 on ***" in comment and "postgresql://" not in comment
         env = environment_id(repository, number)
         await eventually(lambda: real_cluster.kubectl("get", "namespaces", "-o", "name"),
                          lambda names: env not in names)
         assert await databases(postgres_server.admin_url) == databases_before
-    finally:
-        if await lifecycle.destroy(temporal_client, repository, number, "test over"):
-            await asyncio.wait_for(handle.result(), CONVERGE_TIMEOUT)
 
 
 async def test_a_worker_killed_during_a_create_converges_on_the_real_node(
@@ -434,3 +437,152 @@ async def test_a_worker_killed_during_a_create_converges_on_the_real_node(
     assert await databases(postgres_server.admin_url) == databases_before
     pods = real_cluster.kubectl("get", "pods", "-A", "-o", "name")
     assert env not in pods
+
+
+async def import_blueprint(stack: dict[str, Any], data: dict[str, Any]) -> None:
+    store = await Store.connect(stack["settings"].database_url,
+                                Sealer.from_settings(stack["settings"]))
+    try:
+        await store.import_blueprint(Blueprint.model_validate(data), actor="e2e")
+    finally:
+        await store.close()
+
+
+def chart_blueprint(extra: bool) -> dict[str, Any]:
+    """The chart of examples/charts/hello beside one blueprint application."""
+    return {
+        "project": {"name": "chart-shop", "repository": "Codertocat/Chart-Shop"},
+        "applications": [{"name": "web", "image": "registry.local/hello/web", "ports": [3000],
+                          "health_check": {"path": "/healthz"}, "resources": {"cpu": "100m"}}],
+        "charts": [{"name": "hello", "chart": "oci://registry.local/charts/hello",
+                    "version": "0.1.0", "public": True, "image_tag_values": ["image.tag"],
+                    "values": {"ingress": {"host": "{{ hosts.hello }}"},
+                               "greeting": "PR {{ pr.number }}",
+                               "extra": {"enabled": extra}}}],
+        "network": {"base_domain": "preview.localhost", "tls": "none"},
+    }
+
+
+async def test_a_chart_beside_an_application_answers_and_a_redeploy_prunes_it(
+        stack: dict[str, Any], real_cluster: RealCluster, temporal_client: Client) -> None:
+    """A preview made of a Helm chart (examples/charts/hello: Deployment, Service, Ingress,
+    ConfigMaps) and a blueprint application: both answer through the ingress with the PR's
+    commit; a redeploy whose chart no longer renders a ConfigMap removes it; teardown
+    leaves nothing, and its receipt says so."""
+    repository = "Codertocat/Chart-Shop"
+    stack_helm.push_chart(ROOT / "examples" / "charts" / "hello", real_cluster.registry_host)
+    await import_blueprint(stack, chart_blueprint(extra=True))
+    number, first, second = uuid.uuid4().int % 10**5 + 1, uuid.uuid4().hex + "c0c0", \
+        uuid.uuid4().hex + "d0d0"
+    for sha in (first, second):
+        images.push_demo_images(real_cluster.registry_host, sha)
+    env = environment_id(repository, number)
+    handle = await lifecycle.deploy(temporal_client, PullRequest(
+        repository=repository, number=number, head_sha=first, branch="chart"),
+        task_queue=stack["settings"].task_queue)
+    async with destroyed_at_the_end(temporal_client, number, repository):
+        status = await until(handle, lambda s: s.state == "ready")
+        assert set(status.urls) == {"web", "hello"}
+        for url in status.urls.values():
+            page = await asyncio.to_thread(real_cluster.open, url)
+            assert page.status_code == 200 and f'id="commit">{first}<' in page.text.replace(
+                " ", ""), (url, page.text[:300])
+        assert any(line.startswith("chart oci://registry.local/charts/hello 0.1.0")
+                   for line in status.resources), status.resources
+        configs = real_cluster.kubectl("get", "configmaps", "-n", env, "-o", "name")
+        assert "configmap/hello-extra" in configs and "configmap/hello-config" in configs
+
+        await import_blueprint(stack, chart_blueprint(extra=False))
+        handle = await lifecycle.deploy(temporal_client, PullRequest(
+            repository=repository, number=number, head_sha=second, branch="chart"),
+            task_queue=stack["settings"].task_queue)
+        status = await until(handle, lambda s: s.state == "ready" and s.head_sha == second)
+        page = await asyncio.to_thread(real_cluster.open, status.urls["hello"])
+        assert f'id="commit">{second}<' in page.text.replace(" ", "")
+        configs = real_cluster.kubectl("get", "configmaps", "-n", env, "-o", "name")
+        assert "configmap/hello-extra" not in configs and "configmap/hello-config" in configs
+
+        assert await lifecycle.destroy(temporal_client, repository, number, "closed")
+        result = await asyncio.wait_for(handle.result(), CONVERGE_TIMEOUT)
+        assert result.state == "destroyed"
+        assert result.receipt is not None and result.receipt.clean, result.receipt
+    assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")
+
+
+COMPOSE = """services:
+  web:
+    image: registry.local/hello/web:dev
+    ports: ["3000:3000"]
+    environment:
+      API_URL: http://api:8080
+      PUBLIC_API: "{{ urls.api }}"
+      NODE_ENV: development
+    depends_on: [api]
+  api:
+    image: registry.local/hello/api:dev
+    ports: ["8080:8080"]
+    depends_on: [main, sessions]
+  main:
+    image: postgres:16
+  sessions:
+    image: registry.local/library/redis:7.0
+"""
+WORKER = """  worker:
+    image: registry.local/hello/worker:dev
+    expose: ["9090"]
+    depends_on: [main]
+"""
+
+
+async def test_a_compose_preview_answers_with_its_database_cloned_and_masked(
+        stack: dict[str, Any], real_cluster: RealCluster, temporal_client: Client,
+        postgres_server: PostgresServer) -> None:
+    """A blueprint that names its Compose file (web, api, postgres, redis) and says how
+    the database is cloned and masked: the preview answers through the ingress, the api
+    reads a masked customer of the clone, the web's PUBLIC_API is the api's preview URL
+    on the page; a push whose Compose file adds a service gets that service."""
+    repository = "Codertocat/Compose-Shop"
+    example = yaml.safe_load(EXAMPLE.read_text())
+    await import_blueprint(stack, {
+        "project": {"name": "compose-shop", "repository": repository},
+        "compose": {"path": "docker-compose.yml"},
+        "databases": example["databases"],  # masked_clone of hello_production
+        "network": example["network"],
+    })
+    number, first, second = uuid.uuid4().int % 10**5 + 1, uuid.uuid4().hex + "c0de", \
+        uuid.uuid4().hex + "c0df"
+    git_host = stack["git_host"]
+    git_host.files.put(repository, first, "docker-compose.yml", COMPOSE)
+    git_host.files.put(repository, second, "docker-compose.yml", COMPOSE + WORKER)
+    for sha in (first, second):
+        images.push_demo_images(real_cluster.registry_host, sha)
+    databases_before = await databases(postgres_server.admin_url)
+    env = environment_id(repository, number)
+    handle = await lifecycle.deploy(temporal_client, PullRequest(
+        repository=repository, number=number, head_sha=first, branch="compose"),
+        task_queue=stack["settings"].task_queue)
+    async with destroyed_at_the_end(temporal_client, number, repository):
+        status = await until(handle, lambda s: s.state == "ready")
+        assert set(status.urls) == {"web", "api"}
+        page = (await asyncio.to_thread(real_cluster.open, status.urls["web"])).text
+        fields = page.replace(" ", "")
+        assert f'id="commit">{first}<' in fields
+        assert f'id="public-api">{status.urls["api"]}<' in fields  # {{ urls.api }}
+        answer = (await asyncio.to_thread(real_cluster.open, status.urls["api"])).json()
+        # Its own Redis counts (the route's check already asked `/` too).
+        assert answer["commit"] == first and answer["visits"] >= 1, answer
+        email = answer["customer"]["email"]
+        assert "@" in email and email not in {e for _, e in demo.CUSTOMERS}  # masked
+        assert any(line.startswith("PostgreSQL clone of hello_production")
+                   for line in status.resources), status.resources
+
+        handle = await lifecycle.deploy(temporal_client, PullRequest(
+            repository=repository, number=number, head_sha=second, branch="compose"),
+            task_queue=stack["settings"].task_queue)
+        status = await until(handle, lambda s: s.state == "ready" and s.head_sha == second)
+        deployments = real_cluster.kubectl("get", "deployments", "-n", env, "-o", "name")
+        assert "deployment.apps/worker" in deployments, deployments
+        assert await lifecycle.destroy(temporal_client, repository, number, "closed")
+        assert (await asyncio.wait_for(handle.result(), CONVERGE_TIMEOUT)).state == "destroyed"
+    assert env not in real_cluster.kubectl("get", "namespaces", "-o", "name")
+    assert await databases(postgres_server.admin_url) == databases_before

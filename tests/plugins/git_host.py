@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from stack.ports import free_port
 from tests.contract.descriptions import rest_description, rest_violations
+from tests.repository_files import RepositoryFiles
 
 Reply = tuple[int, dict[str, str], Any]
 
@@ -128,6 +129,11 @@ class GitHost:
     _environments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # GitLab
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
+    # Files of repositories at commits (a blueprint's Compose file): `files.put(...)`.
+    files: RepositoryFiles = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.files = RepositoryFiles(lambda: self.url)
 
     # --- what tests use -------------------------------------------------------------
     @property
@@ -230,6 +236,7 @@ class GitHost:
             self._deployments.clear()
             self._deployment_statuses.clear()
             self._environments.clear()
+            self.files.clear()
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> GitHost:
@@ -406,6 +413,7 @@ class GitHost:
             (gl + r"/environments/(?P<id>\d+)$", "PUT", self._gl_edit_environment),
             (gl + r"/environments/(?P<id>\d+)$", "DELETE", self._gl_delete_environment),
             (gl + r"/environments/(?P<id>\d+)/stop$", "POST", self._gl_stop_environment),
+            *self.files.routes(gh, gl),
         ]  # fmt: skip
         return [(re.compile(p), verb, h) for p, verb, h in table]
 

@@ -24,6 +24,7 @@ from domain.blueprint import (
     AppliesTo,
     Blueprint,
     BlueprintCollection,
+    Chart,
     ClusterRef,
     Database,
     Environment,
@@ -67,8 +68,15 @@ def key(n: int) -> str:
 SEALER = Sealer(Keyring.parse(f"old:{key(1)}"))
 
 
+# The example runs no chart (its applications are the demo's own): one of the chart in
+# examples/charts/hello, so that every kind of element is stored and round-trips.
+CHART = Chart(name="hello", chart="oci://registry.local/charts/hello", version="0.1.0",
+              values={"greeting": "hi {{ pr.number }}"}, image_tag_values=["image.tag"])
+
+
 def example() -> Blueprint:
-    return parse_blueprint(EXAMPLE.read_text(), str(EXAMPLE))
+    blueprint = parse_blueprint(EXAMPLE.read_text(), str(EXAMPLE))
+    return blueprint.model_copy(update={"charts": [CHART]})
 
 
 @pytest.fixture(scope="module")

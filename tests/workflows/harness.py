@@ -61,7 +61,9 @@ class Harness:
         self.task_queue = f"saga-{uuid.uuid4().hex[:8]}"
         self.files = BlueprintFileActivities(blueprint_dir)
 
-    def worker(self) -> Worker:
+    def worker(self, *real: Callable[..., Any]) -> Worker:
+        """`real`: real activities beside the recorded ones (e.g. reading a repository's
+        file from the Git host stand-in)."""
         return Worker(
             self.client,
             task_queue=self.task_queue,
@@ -69,7 +71,7 @@ class Harness:
             activities=[*self.inventory.activities(), self.files.load_source_environment,
                         PlanningActivities(PlanOptions(
                             task_queue=self.task_queue,
-                            check_images=self.check_images)).plan_preview],
+                            check_images=self.check_images)).plan_preview, *real],
         )
 
     async def deploy(self, pr: PullRequest) -> WorkflowHandle[Any, Any]:

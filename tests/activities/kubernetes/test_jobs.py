@@ -23,7 +23,7 @@ from activities.kubernetes import ClusterClients, JobActivities, KubernetesActiv
 from activities.kubernetes.api import KubeApi, Ref
 from activities.postgres import PostgresAccess
 from activities.postgres.migration import MigrationWatcher
-from domain.blueprint import JobPhase
+from domain.jobs import JobPhase
 from domain.migration import MigrationLimits, MigrationReport, summary_line
 from domain.naming import Ownership
 from domain.resources import JobSpec, StepInput, StepOutput, WatchedDatabase

@@ -16,7 +16,7 @@ async def test_blueprint_import_and_export(client: httpx.AsyncClient, store: Sto
     first = await import_example(client, name, f"acme/{name}")
     assert first.status_code == 201 and first.json() == {
         "project": name, "environment": "production", "created": True, "applications": 3,
-        "databases": 1, "caches": 1, "jobs": 3, "variables": 8,
+        "databases": 1, "caches": 1, "jobs": 3, "charts": 0, "variables": 8,
         # Which application holds which credentials: the public web none.
         "connections": {"web": [], "worker": ["DATABASE_URL", "DATABASE_URL_MAIN"],
                         "api": ["DATABASE_URL", "DATABASE_URL_MAIN", "REDIS_URL",

@@ -60,7 +60,7 @@ async def test_secret_routes_are_write_only(
                  409, "conflict", "plain variable")
     assert_error(await client.put(f"{base}/K", json={"value": SECRET, "scope": "application",
                                                      "application": "ghost"}, headers=auth()),
-                 422, "invalid", "unknown application 'ghost'")
+                 422, "invalid", "unknown application or job 'ghost'")
     assert_error(await client.put("/projects/ghost/secrets/K", json={"value": SECRET},
                                   headers=auth()), 404, "not_found", "project 'ghost'")
 

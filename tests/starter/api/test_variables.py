@@ -32,7 +32,7 @@ async def test_variable_routes(client: httpx.AsyncClient, project: str) -> None:
                  422, "invalid", "path.key")
     assert_error(await client.put(f"{base}/X", json={"value": "x", "scope": "application",
                                                      "application": "ghost"}, headers=auth()),
-                 422, "invalid", "unknown application 'ghost'")
+                 422, "invalid", "unknown application or job 'ghost'")
     assert_error(await client.put(f"{base}/LOOP", headers=auth(), json={
         "value": "LOOP", "kind": "alias"}), 422, "invalid", "cycle: LOOP -> LOOP")
     deleted = await client.delete(f"{base}/FEATURE_X", headers=auth(),
