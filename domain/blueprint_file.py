@@ -157,10 +157,11 @@ def _duplicate_keys(
     return problems
 
 
-def read_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
+def read_yaml(text: str, filename: str, loader_class: type[yaml.SafeLoader] = yaml.SafeLoader,
+              ) -> tuple[yaml.Node | None, Any]:
     """The document's root node (for line numbers) and its data; BlueprintFileError for
     text that is not YAML."""
-    loader = yaml.SafeLoader(text)
+    loader = loader_class(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None

@@ -46,6 +46,19 @@ ENGINE_URLS = {kind.url_variable for kind in COLLECTIONS if kind.url_variable}
 HEALTH_URL = re.compile(r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0)(?::(\d+))?(/[^\s'\"]*)?")
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """YAML as Compose reads it (YAML 1.2): `yes`, `no`, `on` and `off` are words, only
+    true and false are booleans, so a service named `no` stays `no`."""
+
+
+ComposeLoader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ComposeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+
+
 @dataclass
 class ComposeImport:
     """The blueprint, and what a person should know about the mapping."""
@@ -79,7 +92,7 @@ def blueprint_from_compose(text: str, filename: str, *, project: str,
                            repository: str) -> ComposeImport:
     """The blueprint equivalent to a Compose file; BlueprintFileError naming each thing
     that cannot be mapped (file, line, key)."""
-    root, data = read_yaml(text, filename)
+    root, data = read_yaml(text, filename, ComposeLoader)
     if root is None or not isinstance(data, dict) or not isinstance(data.get("services"), dict):
         raise BlueprintFileError(filename, [Problem(filename, 1, None, "",
                                                     "a Compose file has a `services` mapping")])
@@ -89,6 +102,9 @@ def blueprint_from_compose(text: str, filename: str, *, project: str,
     applications, databases, caches, variables = [], [], [], []
     for name, service in services.items():
         where: tuple[int | str, ...] = ("services", name)
+        if not isinstance(name, str):
+            reader.refuse(where, f"service name {name!r} is not a word (quote it)")
+            continue
         if not isinstance(service, dict):
             reader.refuse(where, "a service is a mapping")
             continue

@@ -170,8 +170,19 @@ def test_what_the_file_cannot_map_is_refused_with_its_line() -> None:
                                               "    network_mode: host\n")
 
 
-service_names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True), min_size=1,
-                         max_size=5, unique=True)
+# (`null` is YAML's null in a Compose file too: refused, tested below.)
+service_names = st.lists(st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True).filter(
+    lambda name: name != "null"), min_size=1, max_size=5, unique=True)
+
+
+def test_a_service_named_no_or_on_keeps_its_name_and_null_is_refused() -> None:
+    """Compose reads YAML 1.2: `no`, `on`, `yes` and `off` are words (PyYAML's default,
+    YAML 1.1, would make them booleans)."""
+    text = "services:\n" + "".join(f"  {n}:\n    image: r/{n}\n" for n in ("no", "on", "y"))
+    merged = merged_blueprint(compose_blueprint(), text)
+    assert [a.name for a in merged.applications] == ["no", "on", "y"]
+    with pytest.raises(BlueprintFileError, match=r"service name None is not a word"):
+        merged_blueprint(compose_blueprint(), "services:\n  null:\n    image: r/x\n")
 
 
 @given(service_names, service_names)
