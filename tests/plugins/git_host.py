@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from stack.ports import free_port
 from tests.contract.descriptions import rest_description, rest_violations
+from tests.gitlab_environments import GitLabEnvironments
 from tests.repository_files import RepositoryFiles
 
 Reply = tuple[int, dict[str, str], Any]
@@ -126,14 +127,15 @@ class GitHost:
     _app: _App | None = None
     _deployments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by repo
     _deployment_statuses: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    _environments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # GitLab
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     # Files of repositories at commits (a blueprint's Compose file): `files.put(...)`.
     files: RepositoryFiles = field(init=False)
+    gitlab_environments: GitLabEnvironments = field(init=False)
 
     def __post_init__(self) -> None:
         self.files = RepositoryFiles(lambda: self.url)
+        self.gitlab_environments = GitLabEnvironments(self._ids, self._page)
 
     # --- what tests use -------------------------------------------------------------
     @property
@@ -186,7 +188,7 @@ class GitHost:
     def environments(self, project: str) -> list[dict[str, Any]]:
         """GitLab environments of a project, oldest first."""
         with self._lock:
-            return [dict(e) for e in self._environments.get(project, [])]
+            return self.gitlab_environments.of(project)
 
     def install_app(
         self, app_id: str, public_key: rsa.RSAPublicKey, installations: dict[int, list[str]]
@@ -235,7 +237,7 @@ class GitHost:
             self._failures.clear()
             self._deployments.clear()
             self._deployment_statuses.clear()
-            self._environments.clear()
+            self.gitlab_environments.clear()
             self.files.clear()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -408,11 +410,7 @@ class GitHost:
             (gl + r"/statuses/(?P<sha>[0-9a-f]{7,64})$", "POST", self._gl_create_status),
             (gl + r"/repository/commits/(?P<sha>[0-9a-f]+)/statuses$", "GET",
              self._gl_list_statuses),
-            (gl + r"/environments$", "GET", self._gl_list_environments),
-            (gl + r"/environments$", "POST", self._gl_create_environment),
-            (gl + r"/environments/(?P<id>\d+)$", "PUT", self._gl_edit_environment),
-            (gl + r"/environments/(?P<id>\d+)$", "DELETE", self._gl_delete_environment),
-            (gl + r"/environments/(?P<id>\d+)/stop$", "POST", self._gl_stop_environment),
+            *self.gitlab_environments.routes(gl),
             *self.files.routes(gh, gl),
         ]  # fmt: skip
         return [(re.compile(p), verb, h) for p, verb, h in table]
@@ -639,53 +637,6 @@ class GitHost:
                 latest[status["name"]] = status
             statuses = list(latest.values())
         return self._page(statuses, m, query, 20)
-
-    # GitLab environments
-    def _gl_list_environments(self, m: re.Match[str], query: dict[str, str], _: Any) -> Reply:
-        found = [e for e in self._environments.get(unquote(m["project"]), [])
-                 if query.get("name") in (None, e["name"])
-                 and query.get("states") in (None, e["state"])]
-        return self._page(found, m, query, 20)
-
-    def _gl_create_environment(self, m: re.Match[str], _: dict[str, str], body: Any) -> Reply:
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            return 400, {}, {"message": "400 Bad request - name is missing"}
-        environments = self._environments.setdefault(unquote(m["project"]), [])
-        if any(e["name"] == body["name"] for e in environments):
-            return 400, {}, {"message": {"name": ["has already been taken"]}}
-        environment = {"id": next(self._ids), "name": body["name"], "state": "available",
-                       "external_url": body.get("external_url"),
-                       "tier": body.get("tier", "other")}  # fmt: skip
-        environments.append(environment)
-        return 201, {}, environment
-
-    def _environment(self, m: re.Match[str]) -> dict[str, Any] | None:
-        return next((e for e in self._environments.get(unquote(m["project"]), [])
-                     if e["id"] == int(m["id"])), None)
-
-    def _gl_edit_environment(self, m: re.Match[str], _: dict[str, str], body: Any) -> Reply:
-        environment = self._environment(m)
-        if environment is None:
-            return 404, {}, {"message": "404 Environment Not Found"}
-        if isinstance(body, dict) and "external_url" in body:
-            environment["external_url"] = body["external_url"]
-        return 200, {}, environment
-
-    def _gl_stop_environment(self, m: re.Match[str], _: dict[str, str], __: Any) -> Reply:
-        environment = self._environment(m)
-        if environment is None:
-            return 404, {}, {"message": "404 Environment Not Found"}
-        environment["state"] = "stopped"
-        return 200, {}, environment
-
-    def _gl_delete_environment(self, m: re.Match[str], _: dict[str, str], __: Any) -> Reply:
-        environment = self._environment(m)
-        if environment is None:
-            return 404, {}, {"message": "404 Environment Not Found"}
-        if environment["state"] != "stopped":  # GitLab deletes stopped environments only
-            return 403, {}, {"message": "403 Forbidden"}
-        self._environments[unquote(m["project"])].remove(environment)
-        return 204, {}, None
 
     # shared
     def _add_comment(
