@@ -82,8 +82,14 @@ def secret(api: KubeApi, namespace: str, values: dict[str, str]) -> str:
     return ref.name
 
 
-def job_uids(api: KubeApi, namespace: str) -> list[str]:
-    return sorted(j["metadata"]["uid"] for j in api.list("Job", namespace))
+def job_uids(api: KubeApi, namespace: str, name: str | None = None) -> list[str]:
+    return sorted(j["metadata"]["uid"] for j in api.list("Job", namespace)
+                  if name in (None, j["metadata"]["name"]))
+
+
+def job_names(api: KubeApi, namespace: str) -> list[str]:
+    return sorted(j["metadata"]["name"] for j in api.list("Job", namespace)
+                  if j["metadata"]["name"].startswith("job-migrate-"))
 
 
 async def test_a_failing_job_fails_with_its_last_log_lines_and_no_secret_in_them(
@@ -122,24 +128,24 @@ async def test_a_completed_run_is_not_run_again_and_a_first_deploy_job_runs_once
     assert (await run(jobs.run_job, deploy)).values == made.values  # a retried step
     assert job_uids(api, namespace[0]) == uids
 
-    # Another commit is another run: the older one stays (a failed deploy restores it).
-    other = spec(namespace, image.rsplit(":", 1)[0] + ":" + image.rsplit(":", 1)[1],
-                 command=["/demo", "version", "again"])
-    second: StepOutput = await run(jobs.run_job, other)
+    # Another commit is another run: the one before stays (a failed deploy restores
+    # it), the one before that goes.
+    second: StepOutput = await run(jobs.run_job, spec(namespace, image,
+                                                      command=["/demo", "version", "2"]))
     assert second.values["job"] != made.values["job"]
     assert len(job_uids(api, namespace[0])) == 2
+    third: StepOutput = await run(jobs.run_job, spec(namespace, image,
+                                                     command=["/demo", "version", "3"]))
+    assert job_names(api, namespace[0]) == sorted([second.values["job"], third.values["job"]])
 
     seed = spec(namespace, image, name="seed", when=JobPhase.first_deploy)
     first_run: StepOutput = await run(jobs.run_job, seed)
     assert first_run.values["job"] == "job-seed"
-    seeds = [j["metadata"]["uid"] for j in api.list("Job", namespace[0])
-             if j["metadata"]["name"] == "job-seed"]
+    seeds = job_uids(api, namespace[0], "job-seed")
     later: StepOutput = await run(jobs.run_job, seed.model_copy(update={
         "command": ["/demo", "version", "new-commit"]}))
     assert later.detail == "ran once, at the first deploy"
-    assert [j["metadata"]["uid"] for j in api.list("Job", namespace[0])
-            if j["metadata"]["name"] == "job-seed"] == seeds
-
+    assert job_uids(api, namespace[0], "job-seed") == seeds
 
 async def test_a_job_past_its_time_fails_and_a_destroy_job_runs_when_removed(
         jobs: JobActivities, namespace: tuple[str, Ownership], image: str,
