@@ -150,9 +150,9 @@ async def build_activities(
         resources.closers.append(registry.close)  # its HTTP connection pool
         objects.append(registry)
     if System.git_host in target.systems:
-        from activities.git_host import FeedbackActivities
+        from activities.git_host import FeedbackActivities, RepositoryActivities
 
-        objects.append(FeedbackActivities(settings))
+        objects += [FeedbackActivities(settings), RepositoryActivities(settings)]
     if System.postgres in target.systems:
         from activities.postgres import postgres_activities
 

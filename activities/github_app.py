@@ -10,7 +10,7 @@ before it expires. Concurrent callers wait for one refresh instead of each makin
 `installation` and `installation_repositories` webhooks call `forget`; where they cannot
 reach this process (the starter and the worker are separate processes), a cached
 installation id is looked up again after LOOKUP_TTL, and a token GitHub refuses is
-dropped by the caller (see activities/git_host.py).
+dropped by the caller (see activities/git_host/feedback.py).
 
 Neither the JWT nor a token is ever logged or put in an error: errors name the app id and
 the installation.
@@ -48,7 +48,7 @@ class GitHubAppMisconfigured(ValueError):
 
 
 class AppApi(Protocol):
-    """The slice of the Git host API client this module calls (activities/git_host.py)."""
+    """The slice of the Git host API client this module calls (activities/git_host/api.py)."""
 
     async def request(
         self,

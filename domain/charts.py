@@ -14,7 +14,8 @@ ValuePath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
 
 
 class Chart(Named):
-    """A Helm chart as part of the preview: the engine renders it (helm template) and
+    """A Helm chart as part of the preview, from a registry or from a folder of the PR's
+    repository at its head commit: the engine renders it (helm template) and
     applies what it renders itself, object by object, with its ownership marks, in the
     preview's namespace; a redeploy prunes what the new render no longer has.
 
@@ -23,8 +24,13 @@ class Chart(Named):
     `{{ connections.<database or cache> }}` becomes the name of a Secret whose key `url`
     holds that connection URL (never the URL itself)."""
 
-    chart: str = Field(min_length=1, max_length=500, description="oci://host/path/name, or "
-                       "a chart name in `repository`")
+    chart: str | None = Field(None, min_length=1, max_length=500, description="oci://host/"
+                              "path/name, or a chart name in `repository`")
+    path: str | None = Field(
+        None, min_length=1, max_length=300, pattern=r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$",
+        description="Or a folder of the pull request's repository (deploy/chart), read at "
+                    "each deploy from the PR's head commit: a PR that changes the chart "
+                    "previews the change")
     repository: str | None = Field(None, pattern=r"^https?://\S+$",
                                    description="A chart repository's URL (chart: its name)")
     version: str | None = Field(None, max_length=100)
@@ -40,14 +46,31 @@ class Chart(Named):
 
     @field_validator("chart")
     @classmethod
-    def _chart_source(cls, value: str) -> str:
-        if value.startswith(("http://", "https://", "file:", "/", ".")):
-            raise ValueError(f"chart {value!r}: give oci://host/path/name, or a chart name "
-                             "with `repository`")
+    def _chart_source(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(("http://", "https://", "file:", "/", ".")):
+            raise ValueError(f"chart {value!r}: give oci://host/path/name, a chart name "
+                             "with `repository`, or `path` for a folder of the repository")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value is not None and {".", ".."} & set(value.split("/")):
+            raise ValueError(f"path {value!r}: give the folder's path from the repository's "
+                             "root, without . or .. (deploy/chart)")
         return value
 
     @model_validator(mode="after")
     def _source(self) -> Chart:
+        if self.path is not None:
+            if self.chart is not None or self.repository is not None or self.version:
+                raise ValueError(f"chart {self.name}: `path` names a folder of the repository "
+                                 "(its Chart.yaml says the version); give it without `chart`, "
+                                 "`repository` or `version`")
+            return self
+        if self.chart is None:
+            raise ValueError(f"chart {self.name}: say where the chart is: `chart` (oci:// or "
+                             "a name in `repository`) or `path` (a folder of the repository)")
         if not self.chart.startswith("oci://") and self.repository is None:
             raise ValueError(f"chart {self.name}: {self.chart!r} is neither an oci:// "
                              "reference nor a name in a `repository`")
@@ -65,3 +88,10 @@ def chart_strings(values: Any, path: str = "") -> list[tuple[str, str]]:
         return [found for i, value in enumerate(values)
                 for found in chart_strings(value, f"{path}.{i}" if path else str(i))]
     return []
+
+
+def chart_source(chart: Chart) -> str:
+    """Where the chart comes from, in a few words (step summaries, messages)."""
+    if chart.path is not None:
+        return f"{chart.path} of the repository"
+    return f"{chart.chart}" + (f" {chart.version}" if chart.version else "")

@@ -15,7 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from domain.feedback import ChangedFilesRequest, Feedback, RepositoryFileRequest
+from domain.feedback import (
+    ChangedFilesRequest,
+    Feedback,
+    RepositoryFileRequest,
+    RepositoryFolder,
+    RepositoryFolderRequest,
+)
 from domain.golden import (
     GoldenDiscardInput,
     GoldenMaskInput,
@@ -61,6 +67,8 @@ LIST_CHANGED_FILES = ActivityContract(  # only when the blueprint filters by pat
     "list_changed_files", System.git_host, ChangedFilesRequest, list[str])
 READ_REPOSITORY_FILE = ActivityContract(  # only when the blueprint names a Compose file
     "read_repository_file", System.git_host, RepositoryFileRequest, str)
+READ_REPOSITORY_FOLDER = ActivityContract(  # only for a chart in the PR's repository
+    "read_repository_folder", System.git_host, RepositoryFolderRequest, RepositoryFolder)
 
 # -- golden copies (workflows/golden.py) ----------------------------------------------
 

@@ -1,7 +1,7 @@
 """What a preview tells its pull request: one comment kept up to date, a commit status,
 and a deployment (GitHub) or environment (GitLab).
 
-Pure: the activity in activities/git_host.py sends what these functions render. The
+Pure: the activity in activities/git_host/feedback.py sends what these functions render. The
 comment carries a hidden marker naming the environment, so the activity finds its own
 comment again instead of adding a new one on every update.
 """
@@ -21,7 +21,7 @@ FeedbackState = Literal[
     "creating", "ready", "updating", "failed", "sleeping", "destroying", "destroyed", "skipped",
     "degraded",
 ]
-# GitHub's commit status states; activities/git_host.py maps them to GitLab's.
+# GitHub's commit status states; activities/git_host/feedback.py maps them to GitLab's.
 CommitState = Literal["pending", "success", "failure", "error"]
 # The GitHub deployment status states a preview uses.
 DeploymentState = Literal["in_progress", "success", "failure", "inactive"]
@@ -58,6 +58,33 @@ class RepositoryFileRequest(BaseModel):
     repository: str
     path: str = Field(min_length=1, max_length=300)
     ref: str = Field(pattern=r"^[0-9a-f]{7,64}$", description="The commit")
+
+
+class RepositoryFolderRequest(RepositoryFileRequest):
+    """A folder of a repository at a commit, every file under it (a blueprint's Helm
+    chart at a PR's head). It travels in the preview's history, packed: hence the caps."""
+
+    max_files: int = Field(300, ge=1, le=5000)
+    max_bytes: int = Field(1 << 20, ge=1, description="Its files' sizes added up")
+    max_packed_bytes: int = Field(128 << 10, ge=1, description="The packed folder")
+
+
+class RepositoryFolder(BaseModel):
+    """A folder's files packed as a gzip'd tar (names relative to the folder, sorted,
+    without times or owners, so the same files always pack to the same bytes)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    archive: str = Field(description="base64 of the .tar.gz")
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the .tar.gz")
+    files: int = Field(ge=0)
+    size: int = Field(ge=0, description="Its files' sizes added up, unpacked")
+
+    @property
+    def packed_size(self) -> int:
+        """The .tar.gz's size: base64 gives 3 bytes per 4 characters, less its padding."""
+        return len(self.archive) * 3 // 4 - self.archive[-2:].count("=")
 
 
 class TeardownReceipt(BaseModel):

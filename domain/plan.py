@@ -8,7 +8,7 @@ here and an activity pair in activities/, and the workflow does not change.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +23,7 @@ from domain.blueprint import (
     TlsMode,
     collection,
 )
+from domain.feedback import RepositoryFolder
 from domain.masking import golden_dump_uri
 from domain.naming import (
     Ownership,
@@ -82,6 +83,9 @@ class PlanRequest(BaseModel):
     compose: str | None = Field(
         None, description="The blueprint's Compose file at the PR's head commit, when it "
                           "names one (merged in before planning)")
+    chart_folders: dict[str, RepositoryFolder] = Field(
+        default_factory=dict, description="Chart name → its folder of the PR's repository "
+                                          "at the head commit, for charts given by `path`")
 
 
 def sweep_targets(environments: Iterable[Environment]) -> SweepTargets:
@@ -354,8 +358,10 @@ def plan_preview(
     secrets: Sequence[SecretVariable] = (),
     options: PlanOptions | None = None,
     changed_files: Sequence[str] | None = None,
+    chart_folders: Mapping[str, RepositoryFolder] | None = None,
 ) -> Plan:
-    """The steps that make a preview of `blueprint` for `pr`, in a valid order."""
+    """The steps that make a preview of `blueprint` for `pr`, in a valid order;
+    `chart_folders`: each chart of the PR's repository, read at its head commit."""
     options = options or PlanOptions()
     env_id = environment_id(pr.repository, pr.number)
     domain = blueprint.network.base_domain or options.base_domain
@@ -374,6 +380,7 @@ def plan_preview(
         namespace=env_id,
         urls=urls,
         changed_files=None if changed_files is None else tuple(changed_files),
+        chart_folders=dict(chart_folders or {}),
     )
     steps = destroy_jobs_first(_after_slot([step for rule in RULES for step in rule(ctx)]))
     return Plan(environment_id=env_id, steps=tuple(topological(steps)), urls=urls)

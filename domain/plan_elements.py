@@ -16,7 +16,8 @@ from domain.blueprint import (
     Isolation,
     connection_urls,
 )
-from domain.charts import Chart
+from domain.charts import Chart, chart_source
+from domain.feedback import RepositoryFolder
 from domain.jobs import Job, JobPhase
 from domain.links import connection_of, with_urls
 from domain.naming import hostname, object_name, pg_identifier
@@ -31,7 +32,7 @@ from domain.resources import (
     WatchedDatabase,
 )
 from domain.secrets import SealedValue
-from domain.steps import PlanContext, Step
+from domain.steps import PlanContext, PlanError, Step
 from domain.variables import Target, resolve_variables
 
 
@@ -199,13 +200,26 @@ def chart_steps(ctx: PlanContext) -> list[Step]:
         uses = tuple(connection_step(bp, name) for name in chart.depends_on)
         steps.append(ctx.step(f"chart/{chart.name}", ChartSpec(
             owner=ctx.owner, cluster=bp.environment.cluster.name, namespace=ctx.namespace,
-            name=chart.name, chart=chart.chart, repository=chart.repository,
+            name=chart.name, chart=chart.chart, folder=chart_folder(ctx, chart),
+            repository=chart.repository,
             version=chart.version, values=values, connections=connections,
             rollout_timeout_seconds=chart.rollout_timeout_seconds,
             url=ctx.urls.get(chart.name), url_check=url_check(ctx) if chart.public else None,
-        ), f"chart {chart.chart}" + (f" {chart.version}" if chart.version else ""),
+        ), f"chart {chart_source(chart)}",
             tuple(dict.fromkeys(("namespace", *uses, *(r.step for r in connections.values()))))))
     return steps
+
+
+def chart_folder(ctx: PlanContext, chart: Chart) -> RepositoryFolder | None:
+    """The folder of a chart in the PR's repository, read at the head commit before
+    planning (the workflow reads every `path` of the blueprint's charts)."""
+    if chart.path is None:
+        return None
+    folder = ctx.chart_folders.get(chart.name)
+    if folder is None or folder.path != chart.path:
+        raise PlanError(f"chart {chart.name}: its folder {chart.path} was not read from the "
+                        "repository")
+    return folder
 
 
 def connection_step(bp: Blueprint, name: str) -> str:

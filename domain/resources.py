@@ -18,6 +18,7 @@ from domain.blueprint import (
     MaskingRule,
     Resources,
 )
+from domain.feedback import RepositoryFolder
 from domain.jobs import JobPhase
 from domain.migration import MigrationLimits
 from domain.naming import Ownership
@@ -218,7 +219,10 @@ class ChartSpec(KubeSpec):
     heartbeat_seconds: ClassVar[float] = 20.0  # `helm template` of a remote chart runs whole
     namespace: str
     name: str = Field(description="The release name: the chart element's name")
-    chart: str
+    chart: str | None = Field(None, description="oci:// or a name in `repository`; None: "
+                              "`folder` holds the chart")
+    folder: RepositoryFolder | None = Field(
+        None, description="The chart's folder of the PR's repository at its head, packed")
     repository: str | None = None
     version: str | None = None
     values: dict[str, Any] = Field(default_factory=dict)
@@ -227,6 +231,13 @@ class ChartSpec(KubeSpec):
     rollout_timeout_seconds: int = 600
     url: str | None = Field(None, description="A public chart's preview URL (its Ingress)")
     url_check: UrlCheck | None = None  # ready once the URL answers from the chart's pods
+
+    @property
+    def source(self) -> str:
+        """Where the chart comes from, for messages."""
+        if self.folder is not None:
+            return f"{self.folder.path} of the repository"
+        return self.chart or ""
 
 
 class ContainerDatabaseSpec(KubeSpec):

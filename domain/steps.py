@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.blueprint import Blueprint, EgressRule, Environment, Isolation
+from domain.feedback import RepositoryFolder
 from domain.naming import Ownership
 from domain.pull_request import PullRequest
 from domain.resources import AwsTarget, ResourceSpec
@@ -104,6 +105,7 @@ class PlanContext(BaseModel):
     namespace: str
     urls: dict[str, str]
     changed_files: tuple[str, ...] | None = None
+    chart_folders: dict[str, RepositoryFolder] = Field(default_factory=dict)
 
     @property
     def base_domain(self) -> str:

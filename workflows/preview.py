@@ -13,6 +13,7 @@ import contextlib
 import json
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -30,12 +31,16 @@ with workflow.unsafe.imports_passed_through():
         PLAN_PREVIEW,
         PUBLISH_FEEDBACK,
         READ_REPOSITORY_FILE,
+        READ_REPOSITORY_FOLDER,
+        ActivityContract,
     )
     from domain.errors import NON_RETRYABLE
     from domain.feedback import (
         ChangedFilesRequest,
         Feedback,
         RepositoryFileRequest,
+        RepositoryFolder,
+        RepositoryFolderRequest,
         TeardownReceipt,
     )
     from domain.migration import MigrationReport
@@ -376,10 +381,16 @@ class PreviewEnvironmentWorkflow:
             # The PR's own Compose file, so a PR that changes it previews the change.
             if source.blueprint.compose is not None and workflow.patched("compose-file"):
                 compose = await self._repository_file(pr, source.blueprint.compose.path)
+            # Charts of the PR's repository, at its head: a PR that changes one previews it.
+            folders: dict[str, RepositoryFolder] = {}
+            in_repository = [c for c in source.blueprint.charts if c.path is not None]
+            if in_repository and workflow.patched("chart-folders"):
+                folders = await self._chart_folders(pr, {c.name: c.path for c in in_repository
+                                                         if c.path is not None})
             plan = await workflow.execute_local_activity(
                 PLAN_PREVIEW.name,
                 PlanRequest(source=source, pull_request=pr, changed_files=changed,
-                            compose=compose),
+                            compose=compose, chart_folders=folders),
                 result_type=PLAN_PREVIEW.output,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3,
@@ -411,28 +422,43 @@ class PreviewEnvironmentWorkflow:
         return PreviewState.degraded if self._checks and missing else PreviewState.ready
 
     async def _changed_files(self, pr: PullRequest) -> list[str]:
-        files: list[str] = await workflow.execute_activity(
-            LIST_CHANGED_FILES.name,
-            ChangedFilesRequest(provider=pr.provider, repository=pr.repository,
-                                pr_number=pr.number),
-            result_type=LIST_CHANGED_FILES.output,
-            start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE),
-            summary=f"list the files {pr.repository}#{pr.number} changes",
-        )
+        files: list[str] = await self._ask_git_host(
+            LIST_CHANGED_FILES, ChangedFilesRequest(provider=pr.provider,
+                                                    repository=pr.repository,
+                                                    pr_number=pr.number),
+            timedelta(minutes=2), f"list the files {pr.repository}#{pr.number} changes")
         return files
 
     async def _repository_file(self, pr: PullRequest, path: str) -> str:
-        text: str = await workflow.execute_activity(
-            READ_REPOSITORY_FILE.name,
-            RepositoryFileRequest(provider=pr.provider, repository=pr.repository, path=path,
-                                  ref=pr.head_sha),
-            result_type=READ_REPOSITORY_FILE.output,
-            start_to_close_timeout=timedelta(minutes=1),
-            retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE),
-            summary=f"read {path} at {pr.head_sha[:12]}",
-        )
+        text: str = await self._ask_git_host(
+            READ_REPOSITORY_FILE, RepositoryFileRequest(provider=pr.provider,
+                                                        repository=pr.repository, path=path,
+                                                        ref=pr.head_sha),
+            timedelta(minutes=1), f"read {path} at {pr.head_sha[:12]}")
         return text
+
+    async def _chart_folders(self, pr: PullRequest, paths: dict[str, str],
+                             ) -> dict[str, RepositoryFolder]:
+        """Each chart's folder (chart name → path), read side by side."""
+        read = await asyncio.gather(*(self._ask_git_host(
+            READ_REPOSITORY_FOLDER, RepositoryFolderRequest(provider=pr.provider,
+                                                            repository=pr.repository,
+                                                            path=path, ref=pr.head_sha),
+            timedelta(minutes=5), f"read the chart {name} from {path} at {pr.head_sha[:12]}",
+            heartbeat=timedelta(minutes=1)) for name, path in paths.items()))
+        return dict(zip(paths, read, strict=True))
+
+    async def _ask_git_host(self, contract: ActivityContract, request: BaseModel,
+                            timeout: timedelta, summary: str, *,
+                            heartbeat: timedelta | None = None) -> Any:
+        """One read of the PR's repository through the Git host; a person's error (no
+        such file, no credentials) is not retried."""
+        return await workflow.execute_activity(
+            contract.name, request, result_type=contract.output,
+            start_to_close_timeout=timeout, heartbeat_timeout=heartbeat,
+            retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE),
+            summary=summary,
+        )
 
     async def _on_waiting(self, step: Step, reason: str | None) -> None:
         """A step waits for something outside (an image CI has not pushed): say so on

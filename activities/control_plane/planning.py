@@ -79,6 +79,6 @@ class PlanningActivities:
                                     f"{blueprint.compose.path}, and it was not read")
                 blueprint = merged_blueprint(blueprint, request.compose)
             return plan_preview(blueprint, request.pull_request, request.source.secrets,
-                                self.options, request.changed_files)
+                                self.options, request.changed_files, request.chart_folders)
         except (PlanError, VariableError, ValueError) as error:
             raise invalid_input(f"cannot plan the preview: {error}") from None

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import io
 import json
 import os
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -98,6 +101,25 @@ def chart_reference(chart: str, *, plain_http: Sequence[str],
     return f"oci://{address}/{rest}", host in plain_http or address in plain_http
 
 
+def unpack_chart(spec: ChartSpec, into: str) -> str:
+    """A chart of the PR's repository, as read (RepositoryFolder), unpacked into `into`:
+    only plain files inside it (the data filter), the digest checked first."""
+    assert spec.folder is not None
+    packed = base64.b64decode(spec.folder.archive)
+    if hashlib.sha256(packed).hexdigest() != spec.folder.digest:
+        raise invalid_input(f"chart {spec.name}: its folder's archive does not match its "
+                            "digest")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError) as error:
+        raise invalid_input(f"chart {spec.name}: its folder does not unpack: {error}") from None
+    if not os.path.isfile(os.path.join(into, "Chart.yaml")):
+        raise invalid_input(f"chart {spec.name}: {spec.folder.path} of the repository has no "
+                            "Chart.yaml: give the chart's own folder as `path`")
+    return into
+
+
 class _Loader(yaml.SafeLoader):
     """YAML as the API server reads it: a date-like scalar stays a string."""
 
@@ -168,9 +190,12 @@ class ChartActivities:
     def render(self, spec: ChartSpec) -> str:
         """`helm template` of the chart with the spec's values, heartbeating while helm
         runs; its own cache and config folders, so nothing of the worker's is read."""
-        chart, plain = chart_reference(spec.chart, plain_http=self.plain_http,
-                                       mirrors=self.registry_mirrors)
         with tempfile.TemporaryDirectory(prefix="preview-helm-") as home:
+            if spec.folder is not None:
+                chart, plain = unpack_chart(spec, os.path.join(home, "chart")), False
+            else:
+                chart, plain = chart_reference(spec.chart or "", plain_http=self.plain_http,
+                                               mirrors=self.registry_mirrors)
             values = os.path.join(home, "values.json")
             with open(values, "w") as file:
                 json.dump(spec.values, file)
@@ -178,7 +203,9 @@ class ChartActivities:
                     "--values", values, "--include-crds=false",
                     *(["--version", spec.version] if spec.version else []),
                     *(["--repo", spec.repository] if spec.repository else []),
-                    *(["--plain-http"] if plain else [])]
+                    *(["--plain-http"] if plain else []),
+                    # A folder's dependencies not kept in its charts/ are fetched first.
+                    *(["--dependency-update"] if spec.folder is not None else [])]
             env = {key: value for key, value in os.environ.items()
                    if key in ("PATH", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
                               "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")}
@@ -187,7 +214,7 @@ class ChartActivities:
             out, err, code = self._run(argv, env, spec)
         if code != 0:
             lines = err.replace(home, "…").strip().splitlines()[-STDERR_LINES:]
-            message = f"chart {spec.name} ({spec.chart}) does not render: " + "\n".join(lines)
+            message = f"chart {spec.name} ({spec.source}) does not render: " + "\n".join(lines)
             if any(word in message for word in UNREACHABLE):
                 raise ApplicationError(message, type=API_ERROR)  # the registry may come back
             raise invalid_input(message)
@@ -208,12 +235,12 @@ class ChartActivities:
                     out, err = process.communicate(timeout=2)  # output is kept across waits
                     return out, err, process.returncode
                 except subprocess.TimeoutExpired:
-                    heartbeat({"rendering": spec.chart})
+                    heartbeat({"rendering": spec.source})
                     if time.monotonic() >= deadline:
                         process.kill()
                         process.communicate()
                         raise ApplicationError(
-                            f"chart {spec.name}: helm template of {spec.chart} did not end "
+                            f"chart {spec.name}: helm template of {spec.source} did not end "
                             f"within {self.render_timeout:.0f}s", type=API_ERROR) from None
 
     # -- checks -----------------------------------------------------------------------
@@ -340,7 +367,7 @@ class ChartActivities:
         version = spec.version or _chart_version(spec, [m for _, m in planned])
         return StepOutput(values={"objects": str(len(planned))},
                           urls={spec.name: spec.url} if spec.url else {}, detail=(
-            f"chart {spec.chart} {version}: {len(planned)} objects ("
+            f"chart {spec.source} {version}: {len(planned)} objects ("
             + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")"))
 
     def _connection(self, spec: ChartSpec, input: StepInput, name: str) -> str:
@@ -482,8 +509,11 @@ def _secret_values(manifests: Iterable[Json]) -> list[str]:
 
 def _chart_version(spec: ChartSpec, manifests: list[Json]) -> str:
     """The version helm pulled (no version asked: the newest), from the `helm.sh/chart`
-    label charts put on their objects (`<name>-<version>`)."""
-    name = spec.chart.rstrip("/").rsplit("/", 1)[-1]
+    label charts put on their objects (`<name>-<version>`); for a folder of the PR's
+    repository, which files at which digest."""
+    if spec.folder is not None:
+        return f"({spec.folder.files} files, sha256 {spec.folder.digest[:12]})"
+    name = (spec.chart or "").rstrip("/").rsplit("/", 1)[-1]
     for manifest in manifests:
         label = ((manifest.get("metadata") or {}).get("labels") or {}).get("helm.sh/chart")
         if isinstance(label, str) and label.startswith(f"{name}-"):

@@ -11,7 +11,13 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.git_host import GIT_HOST_REJECTED, GIT_HOST_UNAVAILABLE, FeedbackActivities
+from activities.git_host import (
+    GIT_HOST_REJECTED,
+    GIT_HOST_UNAVAILABLE,
+    FeedbackActivities,
+    GitHostClients,
+    RepositoryActivities,
+)
 from domain.feedback import (
     Feedback,
     TeardownReceipt,
@@ -41,17 +47,24 @@ def feedback(**overrides: Any) -> Feedback:
     return Feedback(**(values | overrides))
 
 
-def make(git_host: GitHost, *, token: str | None = "", gitlab_token: str | None = "") -> Any:
+def make(git_host: GitHost, *, token: str | None = "", gitlab_token: str | None = "",
+         kind: type[GitHostClients] = FeedbackActivities) -> Any:
     """The activities wired to the fake host; token "" means the host's own token."""
     settings = Settings(
         github_api_url=git_host.url,
         github_token=git_host.token if token == "" else token,
     )
-    return FeedbackActivities(
+    return kind(
         settings,
         gitlab_api_url=git_host.gitlab_url,
         gitlab_token=git_host.token if gitlab_token == "" else gitlab_token,
     )
+
+
+def reader(git_host: GitHost, *, token: str | None = "") -> RepositoryActivities:
+    """The reads of the PR's repository, wired to the fake host."""
+    acts: RepositoryActivities = make(git_host, token=token, kind=RepositoryActivities)
+    return acts
 
 
 async def publish(acts: FeedbackActivities, fb: Feedback) -> None:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from domain.blueprint import Blueprint
-from domain.plan import PlanOptions, plan_preview
+from domain.feedback import RepositoryFolder
+from domain.plan import PlanError, PlanOptions, plan_preview
 from domain.plan_elements import set_value
 from domain.pull_request import PullRequest
 from domain.resources import ChartSpec, ConfigMapSpec, UpstreamRef, UrlCheck
@@ -91,6 +92,10 @@ def test_an_application_links_to_a_public_charts_url() -> None:
     ({"values": {"x": "{{ pr.title }}"}}, "pr.number, pr.head_sha"),
     ({"values": {"x": "postgres://{{ connections.main }}"}}, "must be the whole value"),
     ({"image_tag_values": ["image..tag"]}, "image_tag_values"),
+    ({"chart": None, "version": None}, "say where the chart is: `chart`"),
+    ({"path": "deploy/chart"}, "give it without `chart`, `repository` or `version`"),
+    ({"chart": None, "version": None, "path": "deploy/../secrets"}, "without . or .."),
+    ({"chart": None, "version": None, "path": "/etc/chart"}, "path"),
 ])
 def test_what_a_blueprint_may_not_say_about_a_chart(chart: dict[str, Any],
                                                      message: str) -> None:
@@ -101,6 +106,29 @@ def test_what_a_blueprint_may_not_say_about_a_chart(chart: dict[str, Any],
 def test_a_chart_and_an_application_may_not_share_a_name() -> None:
     with pytest.raises(ValidationError, match="elements of different kinds share the name"):
         blueprint([{**SHOP, "name": "api"}])
+
+
+FOLDER = RepositoryFolder(path="deploy/chart", archive="H4sI", digest="0" * 64, files=4,
+                          size=900)
+
+
+def test_a_chart_of_the_repository_is_planned_with_its_folder_as_read() -> None:
+    shop = {**SHOP, "chart": None, "version": None, "path": "deploy/chart"}
+    step = plan_preview(blueprint([shop]), PR, chart_folders={"shop": FOLDER}).step("chart/shop")
+    assert isinstance(step.spec, ChartSpec)
+    assert (step.spec.chart, step.spec.folder) == (None, FOLDER)
+    assert step.summary == "chart deploy/chart of the repository"
+    assert step.spec.values["image"]["tag"] == PR.head_sha  # as for any chart
+    # The workflow reads every chart folder before planning: one missing is a bug, named.
+    with pytest.raises(PlanError, match="chart shop: its folder deploy/chart was not read"):
+        plan_preview(blueprint([shop]), PR)
+    with pytest.raises(PlanError, match="was not read"):
+        plan_preview(blueprint([shop]), PR, chart_folders={
+            "shop": FOLDER.model_copy(update={"path": "other"})})
+    # A registry's chart carries no folder.
+    registry = plan_preview(blueprint([SHOP]), PR, chart_folders={"shop": FOLDER})
+    spec = registry.step("chart/shop").spec
+    assert isinstance(spec, ChartSpec) and spec.folder is None
 
 
 keys = st.text(alphabet="abcxyz_-0", min_size=1, max_size=4)

@@ -448,14 +448,16 @@ async def import_blueprint(stack: dict[str, Any], data: dict[str, Any]) -> None:
         await store.close()
 
 
-def chart_blueprint(extra: bool) -> dict[str, Any]:
-    """The chart of examples/charts/hello beside one blueprint application."""
+def chart_blueprint(extra: bool, path: str | None = None) -> dict[str, Any]:
+    """The chart of examples/charts/hello beside one blueprint application: from the
+    registry, or from `path` in the PR's repository."""
+    source = ({"path": path} if path else
+              {"chart": "oci://registry.local/charts/hello", "version": "0.1.0"})
     return {
         "project": {"name": "chart-shop", "repository": "Codertocat/Chart-Shop"},
         "applications": [{"name": "web", "image": "registry.local/hello/web", "ports": [3000],
                           "health_check": {"path": "/healthz"}, "resources": {"cpu": "100m"}}],
-        "charts": [{"name": "hello", "chart": "oci://registry.local/charts/hello",
-                    "version": "0.1.0", "public": True, "image_tag_values": ["image.tag"],
+        "charts": [{"name": "hello", **source, "public": True, "image_tag_values": ["image.tag"],
                     "values": {"ingress": {"host": "{{ hosts.hello }}"},
                                "greeting": "PR {{ pr.number }}",
                                "extra": {"enabled": extra}}}],
@@ -463,17 +465,29 @@ def chart_blueprint(extra: bool) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("source", ["registry", "repository"])
 async def test_a_chart_beside_an_application_answers_and_a_redeploy_prunes_it(
-        stack: dict[str, Any], real_cluster: RealCluster, temporal_client: Client) -> None:
+        stack: dict[str, Any], real_cluster: RealCluster, temporal_client: Client,
+        source: str) -> None:
     """A preview made of a Helm chart (examples/charts/hello: Deployment, Service, Ingress,
     ConfigMaps) and a blueprint application: both answer through the ingress with the PR's
     commit; a redeploy whose chart no longer renders a ConfigMap removes it; teardown
-    leaves nothing, and its receipt says so."""
+    leaves nothing, and its receipt says so. The chart comes from the OCI registry (the
+    blueprint's values drop the ConfigMap), or from a folder of the PR's repository (the
+    PR's second commit deletes its template)."""
     repository = "Codertocat/Chart-Shop"
-    stack_helm.push_chart(ROOT / "examples" / "charts" / "hello", real_cluster.registry_host)
-    await import_blueprint(stack, chart_blueprint(extra=True))
+    chart = ROOT / "examples" / "charts" / "hello"
     number, first, second = uuid.uuid4().int % 10**5 + 1, uuid.uuid4().hex + "c0c0", \
         uuid.uuid4().hex + "d0d0"
+    if source == "registry":
+        stack_helm.push_chart(chart, real_cluster.registry_host)
+        await import_blueprint(stack, chart_blueprint(extra=True))
+    else:
+        await import_blueprint(stack, chart_blueprint(extra=True, path="deploy/hello"))
+        files = stack["git_host"].files
+        files.put_folder(repository, first, "deploy/hello", chart)
+        files.put_folder(repository, second, "deploy/hello", chart,
+                         without=["templates/extra-configmap.yaml"])
     for sha in (first, second):
         images.push_demo_images(real_cluster.registry_host, sha)
     env = environment_id(repository, number)
@@ -487,12 +501,14 @@ async def test_a_chart_beside_an_application_answers_and_a_redeploy_prunes_it(
             page = await asyncio.to_thread(real_cluster.open, url)
             assert page.status_code == 200 and f'id="commit">{first}<' in page.text.replace(
                 " ", ""), (url, page.text[:300])
-        assert any(line.startswith("chart oci://registry.local/charts/hello 0.1.0")
-                   for line in status.resources), status.resources
+        made = ("chart oci://registry.local/charts/hello 0.1.0" if source == "registry" else
+                "chart deploy/hello of the repository (9 files, sha256 ")
+        assert any(made in line for line in status.resources), status.resources
         configs = real_cluster.kubectl("get", "configmaps", "-n", env, "-o", "name")
         assert "configmap/hello-extra" in configs and "configmap/hello-config" in configs
 
-        await import_blueprint(stack, chart_blueprint(extra=False))
+        if source == "registry":
+            await import_blueprint(stack, chart_blueprint(extra=False))
         handle = await lifecycle.deploy(temporal_client, PullRequest(
             repository=repository, number=number, head_sha=second, branch="chart"),
             task_queue=stack["settings"].task_queue)

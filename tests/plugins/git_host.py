@@ -134,7 +134,7 @@ class GitHost:
     gitlab_environments: GitLabEnvironments = field(init=False)
 
     def __post_init__(self) -> None:
-        self.files = RepositoryFiles(lambda: self.url)
+        self.files = RepositoryFiles(lambda: self.url, self._page)
         self.gitlab_environments = GitLabEnvironments(self._ids, self._page)
 
     # --- what tests use -------------------------------------------------------------

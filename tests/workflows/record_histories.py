@@ -100,8 +100,42 @@ async def record_degraded(client: Client, blueprints: Path) -> None:
             (await handle.fetch_history()).to_json())
 
 
+async def record_repository_files(client: Client, blueprints: Path) -> None:
+    """A blueprint whose services come from the PR's Compose file and whose chart is a
+    folder of the PR's repository: read at each commit (patches compose-file and
+    chart-folders), then destroyed."""
+    from tests.activities.test_git_host import reader
+    from tests.plugins.git_host import GitHost
+
+    chart = Path(__file__).parents[2] / "examples" / "charts" / "hello"
+    git_host = GitHost().start()
+    try:
+        for sha in ("5" * 40, "6" * 40):
+            git_host.files.put("acme/shop", sha, "docker-compose.yml",
+                               "services:\n  web:\n    image: registry.local/shop/web\n"
+                               "    ports: ['3000:3000']\n")
+            git_host.files.put_folder("acme/shop", sha, "deploy/chart", chart,
+                                      without=["templates/extra-configmap.yaml"] * (sha < "6"))
+        harness = Harness(client, blueprints, compose={"path": "docker-compose.yml"},
+                          applications=[], jobs=[], charts=[{"name": "shop",
+                                                             "path": "deploy/chart"}])
+        files = reader(git_host)
+        async with harness.worker(files.read_repository_file, files.read_repository_folder):
+            handle = await harness.deploy(pull_request(5, "5" * 40))
+            await harness.wait_state(handle, lambda s: s.state == PreviewState.ready)
+            await harness.deploy(pull_request(5, "6" * 40))
+            await harness.wait_state(handle, lambda s: s.head_sha == "6" * 40)
+            await lifecycle.destroy(client, "acme/shop", 5, "recorded")
+            await handle.result()
+            (OUT / "repository_files.v4.json").write_text(
+                (await handle.fetch_history()).to_json())
+    finally:
+        git_host.stop()
+
+
 RECORDINGS = {"all": record, "sleep_wake_with_cache": record_sleep_wake,
-              "degraded_and_restored": record_degraded}
+              "degraded_and_restored": record_degraded,
+              "repository_files": record_repository_files}
 
 
 async def main(which: str = "all") -> None:

@@ -23,7 +23,9 @@ def test_histories_are_recorded() -> None:
             "create_redeploy_destroy.v2", "failed_create_compensated.v2",
             "skipped_by_path_filters.v2",
             # Before caches slept with the applications (the `sleep-caches` patch).
-            "sleep_wake_with_cache.v2"} <= names
+            "sleep_wake_with_cache.v2",
+            # A Compose file and a chart folder read from the PR's repository.
+            "repository_files.v4"} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

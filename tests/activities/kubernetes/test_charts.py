@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.errors import INVALID_INPUT, ROLLOUT_FAILED
+from activities.git_host.repository import pack_folder, packed_folder
 from activities.kubernetes import ChartActivities, ClusterClients, KubernetesActivities
 from activities.kubernetes.api import KubeApi, Ref
 from activities.kubernetes.charts import CHART_LABEL, chart_reference, parse_render
@@ -287,6 +288,59 @@ def test_a_second_run_changes_nothing_a_redeploy_prunes_and_removal_leaves_nothi
                 "`jobs:` with `when: deploy`", "first_deploy"]),
     ("elsewhere", ["ConfigMap shop-planted in namespace kube-system"]),
 ])
+def example_files() -> dict[str, bytes]:
+    return {f.relative_to(EXAMPLE).as_posix(): f.read_bytes()
+            for f in EXAMPLE.rglob("*") if f.is_file()}
+
+
+def packaged(name: str, template: str) -> bytes:
+    """A chart as `helm package` makes it: <name>/Chart.yaml and templates, gzip'd."""
+    files = {f"{name}/Chart.yaml": f"apiVersion: v2\nname: {name}\nversion: 1.0.0\n".encode(),
+             f"{name}/templates/all.yaml": template.encode()}
+    return pack_folder(files)
+
+
+def test_a_chart_of_the_repository_renders_from_its_folder_as_read(
+        charts: ChartActivities, namespace: str, sha: str, real_cluster: RealCluster) -> None:
+    api = charts.workloads.api("default")
+    files = example_files()
+    # A PR's own change to the chart, and a subchart kept in its charts/ (bytes).
+    files["values.yaml"] = files["values.yaml"].replace(b"Hello from a chart",
+                                                        b"Hello from the PR's chart")
+    files["charts/sidecar-1.0.0.tgz"] = packaged("sidecar", CONFIG_MAP)
+    folder = packed_folder("deploy/chart", files)
+    spec = chart(namespace, chart=None, folder=folder, values=hello_values(namespace, sha))
+    made: StepOutput = run(charts.ensure_chart, spec)
+    assert made.detail == (
+        f"chart deploy/chart of the repository ({len(files)} files, sha256 "
+        f"{folder.digest[:12]}): 5 objects (2 ConfigMap, 1 Deployment, 1 Ingress, 1 Service)")
+    config = api.get(Ref.of("ConfigMap", "shop-config", namespace)) or {}
+    assert config["data"]["GREETING"] == "Hello from the PR's chart"
+    sidecar = api.get(Ref.of("ConfigMap", "shop-settings", namespace)) or {}
+    assert sidecar["metadata"]["labels"][CHART_LABEL] == "shop"  # the subchart's, ours too
+    url = f"http://shop-{namespace}.preview.localhost:{real_cluster.real_node.ingress_port}/"
+    page = until(lambda: real_cluster.open(url), lambda r: r.status_code == 200)
+    assert f'id="commit">{sha}<' in page.text
+    run(charts.remove_chart, spec)
+    assert {k for k in marked(api, namespace) if k[0] != "Pod"} == set()
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"digest": "0" * 64}, "chart shop: its folder's archive does not match its digest"),
+    ({"files": {"templates/all.yaml": CONFIG_MAP.encode()}},
+     "chart shop: deploy/chart of the repository has no Chart.yaml: give the chart's own "
+     "folder as `path`"),
+])
+def test_a_folder_that_is_not_a_chart_is_refused_before_anything_is_applied(
+        charts: ChartActivities, namespace: str, change: dict[str, Any], says: str) -> None:
+    folder = packed_folder("deploy/chart", change.pop("files", example_files()))
+    spec = chart(namespace, chart=None, folder=folder.model_copy(update=change))
+    error = refused(charts.ensure_chart, spec)
+    assert error.non_retryable and error.type == INVALID_INPUT
+    assert error.message == says
+    assert marked(charts.workloads.api("default"), namespace) == {}
+
+
 def test_a_chart_making_what_a_preview_may_not_is_refused_before_anything_is_applied(
         charts: ChartActivities, namespace: str, sealer: Sealer, tiny: str,
         words: list[str]) -> None:
