@@ -175,6 +175,7 @@ async def build_activities(
 async def kubernetes_activities(settings: Settings, target: Target, resources: Resources,
                                 sealer: Sealer, aws: AwsClients) -> list[object]:
     from activities.kubernetes import ClusterClients, NamespaceRights, kubernetes_activities
+    from activities.registry import parse_credentials
 
     kubeconfigs = {"default": settings.kubeconfig, **settings.kube_contexts}
     stored = None
@@ -205,7 +206,9 @@ async def kubernetes_activities(settings: Settings, target: Target, resources: R
                                  watcher=migration_watcher(settings, sealer),
                                  helm=settings.helm_binary,
                                  plain_http=settings.registry_plain_http,
-                                 registry_mirrors=settings.registry_mirrors)
+                                 registry_mirrors=settings.registry_mirrors,
+                                 registry_credentials=parse_credentials(
+                                     settings.registry_credentials))
 
 
 def migration_watcher(settings: Settings, sealer: Sealer) -> MigrationWatcher | None:

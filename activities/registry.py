@@ -15,8 +15,10 @@ and the saga asks again on a durable timer, woken early by CI's webhooks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +196,14 @@ def _count_check(registry: str, outcome: str) -> None:
             IMAGE_CHECKS, "Image existence checks by registry API (oci, ecr) and outcome "
             "(present, absent)").with_additional_attributes(
                 {"registry": registry, "outcome": outcome}).add(1)
+
+
+def docker_config_json(credentials: Mapping[str, tuple[str, str]]) -> str:
+    """The `config.json` of a Docker-style client (crane, helm's --registry-config)
+    that gives it these credentials per registry host."""
+    return json.dumps({"auths": {host: {"auth": base64.b64encode(
+        f"{user}:{password}".encode()).decode()} for host, (user, password) in
+        credentials.items()}})
 
 
 def parse_credentials(value: SecretStr | None) -> dict[str, tuple[str, str]]:

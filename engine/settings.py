@@ -175,7 +175,8 @@ class Settings(BaseSettings):
         "preview.localhost",
         description="Domain under which previews live, unless the blueprint names its own")
     registry_credentials: SecretStr | None = Field(
-        None, description='Pull credentials per registry host, JSON {"host": "user:password"}')
+        None, description='Pull credentials per registry host, JSON {"host": "user:password"}: '
+        'for image checks and oci:// Helm charts')
     registry_plain_http: list[str] = Field(
         default_factory=list, description="Registry hosts reached over plain HTTP (a registry "
         "on loopback in tests); all others over HTTPS")

@@ -87,9 +87,11 @@ def private_env(home: Path) -> dict[str, str]:
                for kind in ("CACHE", "CONFIG", "DATA")}}
 
 
-def push_chart(source: Path, registry_host: str, repository: str = "charts") -> str:
+def push_chart(source: Path, registry_host: str, repository: str = "charts", *,
+               registry_config: Path | None = None) -> str:
     """Package the chart folder `source` and push it to the plain-HTTP registry at
-    `registry_host` (as CI publishes a chart); the package lives in a temporary folder
+    `registry_host` (as CI publishes a chart; `registry_config`: a Docker-style
+    config.json with the pusher's credentials); the package lives in a temporary folder
     only. Returns `oci://<registry_host>/<repository>/<name>`."""
     helm = build()
     with tempfile.TemporaryDirectory(prefix="chart-push-") as work:
@@ -98,7 +100,9 @@ def push_chart(source: Path, registry_host: str, repository: str = "charts") -> 
                        capture_output=True, env=env, timeout=120)
         [package] = Path(work).glob("*.tgz")
         subprocess.run([str(helm), "push", str(package), f"oci://{registry_host}/{repository}",
-                        "--plain-http"], check=True, capture_output=True, env=env, timeout=120)
+                        "--plain-http", *(["--registry-config", str(registry_config)]
+                                          if registry_config else [])],
+                       check=True, capture_output=True, env=env, timeout=120)
     name = package.name.rsplit("-", 1)[0]
     _log(f"pushed chart {name} to oci://{registry_host}/{repository}")
     return f"oci://{registry_host}/{repository}/{name}"

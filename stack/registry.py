@@ -14,8 +14,6 @@ challenge exactly as with a hosted registry.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import shutil
 import signal
@@ -30,6 +28,7 @@ from typing import Self
 
 import yaml
 
+from activities.registry import docker_config_json
 from stack import kube
 from stack.ports import free_port, stop_group
 from stack.processes import set_pdeathsig
@@ -213,8 +212,7 @@ class Registry:
 def docker_config(folder: Path, host: str, user: str, password: str) -> Path:
     """A DOCKER_CONFIG folder whose config.json gives crane credentials for one host."""
     folder.mkdir(parents=True, exist_ok=True)
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    (folder / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    (folder / "config.json").write_text(docker_config_json({host: (user, password)}))
     return folder
 
 

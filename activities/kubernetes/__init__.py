@@ -33,15 +33,18 @@ def kubernetes_activities(clusters: ClusterClients, sealer: Sealer, aws: AwsClie
                           sweep_grace: float = 0.0, watcher: MigrationWatcher | None = None,
                           helm: str = "helm", plain_http: Sequence[str] = (),
                           registry_mirrors: Mapping[str, str] | None = None,
+                          registry_credentials: Mapping[str, tuple[str, str]] | None = None,
                           ) -> list[object]:
     """watcher: where this worker reaches the preview PostgreSQL server, what watches
-    deploy jobs' databases for the migration report; helm, plain_http, registry_mirrors:
-    how charts are rendered and where their registries are reached."""
+    deploy jobs' databases for the migration report; helm, plain_http, registry_mirrors,
+    registry_credentials: how charts are rendered, where and as whom their registries
+    are reached."""
     workloads = KubernetesActivities(clusters, sealer, rights=rights, sweep_grace=sweep_grace)
     databases = ContainerDatabaseActivities(clusters, sealer, aws, rights=rights,
                                             golden_namespace=golden_namespace)
     charts = ChartActivities(workloads, helm=helm, plain_http=plain_http,
-                             registry_mirrors=registry_mirrors or {})
+                             registry_mirrors=registry_mirrors or {},
+                             registry_credentials=registry_credentials or {})
     return [workloads, databases, CacheActivities(workloads), JobActivities(workloads, watcher),
             charts]
 

@@ -50,6 +50,7 @@ from activities.kubernetes.api import (
 from activities.kubernetes.pods import POD_SECURITY_VIOLATION, pod_problem
 from activities.kubernetes.url_check import wait_until_answering
 from activities.kubernetes.workloads import KubernetesActivities
+from activities.registry import docker_config_json
 from domain.resources import ChartSpec, StepInput, StepOutput
 from domain.secrets import SealedValue
 from engine.sealing import UnsealError
@@ -153,11 +154,18 @@ class ChartActivities:
 
     def __init__(self, workloads: KubernetesActivities, *, helm: str = "helm",
                  plain_http: Sequence[str] = (), registry_mirrors: Mapping[str, str] = {},
+                 registry_credentials: Mapping[str, tuple[str, str]] = {},
                  render_timeout: float = 180.0) -> None:
         self.workloads = workloads
         self.helm = helm
         self.plain_http = tuple(plain_http)
         self.registry_mirrors = dict(registry_mirrors)
+        # host → (user, password): for oci:// charts and a folder's oci:// dependencies,
+        # as for the images (PREVIEW_REGISTRY_CREDENTIALS); a mirror uses its host's.
+        self.registry_credentials = {
+            **dict(registry_credentials),
+            **{mirror: registry_credentials[host] for host, mirror in registry_mirrors.items()
+               if host in registry_credentials}}
         self.render_timeout = render_timeout
         self._lock = threading.Lock()  # activities run on a thread pool
         # (cluster, apiVersion) → kind → (plural, namespaced), from the API's discovery
@@ -199,8 +207,11 @@ class ChartActivities:
             values = os.path.join(home, "values.json")
             with open(values, "w") as file:
                 json.dump(spec.values, file)
+            registries = os.path.join(home, "registries.json")  # gone with `home`
+            with open(os.open(registries, os.O_WRONLY | os.O_CREAT, 0o600), "w") as file:
+                file.write(docker_config_json(self.registry_credentials))
             argv = [self.helm, "template", spec.name, chart, "--namespace", spec.namespace,
-                    "--values", values, "--include-crds=false",
+                    "--values", values, "--include-crds=false", "--registry-config", registries,
                     *(["--version", spec.version] if spec.version else []),
                     *(["--repo", spec.repository] if spec.repository else []),
                     *(["--plain-http"] if plain else []),
@@ -213,6 +224,8 @@ class ChartActivities:
                                      for kind in ("CACHE", "CONFIG", "DATA")}}
             out, err, code = self._run(argv, env, spec)
         if code != 0:
+            for _, password in self.registry_credentials.values():
+                err = err.replace(password, "***")  # helm does not print it; never let it
             lines = err.replace(home, "…").strip().splitlines()[-STDERR_LINES:]
             message = f"chart {spec.name} ({spec.source}) does not render: " + "\n".join(lines)
             if any(word in message for word in UNREACHABLE):
