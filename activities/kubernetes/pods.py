@@ -81,14 +81,18 @@ class PodProblem:
 
 
 def pod_problem(api: KubeApi, namespace: str, selector: Mapping[str, str]) -> PodProblem | None:
-    """The first pod `selector` picks (by name) that is stuck, if any.
+    """The first pod `selector` picks (by name) that is stuck, if any (problem_of)."""
+    return problem_of(api.list("Pod", namespace, selector))
+
+
+def problem_of(pods: list[Json]) -> PodProblem | None:
+    """The first of these pods (by name) that is stuck, if any.
 
     A fatal container state anywhere wins; otherwise the first waiting container (init
     containers first), or else the first pod that cannot be scheduled, which can clear
     (autoscaler, quota freed) and so is never fatal.
     """
     waiting: PodProblem | None = None
-    pods = api.list("Pod", namespace, selector)
     for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
         name = pod["metadata"]["name"]
         status = pod.get("status") or {}
@@ -133,10 +137,35 @@ def job_state(api: KubeApi, job: Json) -> JobState:
     if failed:
         return JobState(False, progress,
                         failed=f"{failed.get('reason')}: {failed.get('message')}")
-    problem = pod_problem(api, job["metadata"]["namespace"],
-                          {"batch.kubernetes.io/job-name": job["metadata"]["name"]})
+    pods = api.list("Pod", job["metadata"]["namespace"],
+                    {"batch.kubernetes.io/job-name": job["metadata"]["name"]})
+    if one_run(job) and "FailureTarget" not in conditions and any(
+            exited_cleanly(pod) for pod in pods):
+        # Its one run is over: the Job controller says Complete only seconds later, once
+        # the kubelet has torn the pod down; a deploy need not wait for that.
+        return JobState(True, {**progress, "succeeded": 1})
+    problem = problem_of(pods)
     if problem:
         if problem.fatal:
             return JobState(False, progress, failed=problem.why)
         progress["reason"] = problem.why
     return JobState(False, progress)
+
+
+def one_run(job: Json) -> bool:
+    """A Job that is complete once one pod succeeds (completions and parallelism 1)."""
+    spec = job.get("spec") or {}
+    return all(int(spec.get(key) or 1) == 1 for key in ("completions", "parallelism"))
+
+
+def exited_cleanly(pod: Json) -> bool:
+    """Every container of the pod ended with exit code 0 on its own, for good: not
+    restarted, and not stopped by a deletion (a Job past its deadline has its pods
+    deleted first, and a process may well exit 0 on that SIGTERM)."""
+    if ((pod.get("spec") or {}).get("restartPolicy") == "Always"
+            or pod["metadata"].get("deletionTimestamp")):
+        return False
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return (pod.get("status") or {}).get("phase") == "Succeeded" or (bool(statuses) and all(
+        ((s.get("state") or {}).get("terminated") or {}).get("exitCode") == 0
+        for s in statuses))
