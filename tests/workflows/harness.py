@@ -49,8 +49,9 @@ def pull_request(number: int, sha: str = "a" * 40, **extra: Any) -> PullRequest:
 class Harness:
     def __init__(self, client: Client, blueprint_dir: Path,
                  policy: dict[str, Any] | None = None, *, check_images: bool = True,
-                 **blueprint: Any) -> None:
+                 resource_check_seconds: float | None = None, **blueprint: Any) -> None:
         self.client = client
+        self.resource_check_seconds = resource_check_seconds  # None: the workflow's default
         if policy is not None or blueprint:  # a blueprint of its own, in a folder of its own
             blueprint_dir = blueprint_dir / uuid.uuid4().hex[:8]
             blueprint_dir.mkdir()
@@ -75,7 +76,8 @@ class Harness:
         )
 
     async def deploy(self, pr: PullRequest) -> WorkflowHandle[Any, Any]:
-        return await lifecycle.deploy(self.client, pr, task_queue=self.task_queue, timeouts=FAST)
+        return await lifecycle.deploy(self.client, pr, task_queue=self.task_queue, timeouts=FAST,
+                                      resource_check_seconds=self.resource_check_seconds)
 
     async def wait_state(
         self, handle: WorkflowHandle[Any, Any], predicate: Callable[[PreviewStatus], bool]
