@@ -210,11 +210,21 @@ def chart_steps(ctx: PlanContext) -> list[Step]:
     return steps
 
 
+# Every chart folder is in the plan, the steps' inputs and the ledger: kept well below
+# Temporal's 2 MB per payload, whatever else the plan holds.
+MAX_CHART_FOLDERS_BYTES = 384 << 10
+
+
 def chart_folder(ctx: PlanContext, chart: Chart) -> RepositoryFolder | None:
     """The folder of a chart in the PR's repository, read at the head commit before
     planning (the workflow reads every `path` of the blueprint's charts)."""
     if chart.path is None:
         return None
+    total = sum(f.packed_size for f in ctx.chart_folders.values())
+    if total > MAX_CHART_FOLDERS_BYTES:  # each is capped when read; together, here
+        raise PlanError(f"the blueprint's chart folders pack to {total} bytes together, past "
+                        f"the {MAX_CHART_FOLDERS_BYTES} a preview carries in its history: "
+                        "publish some to a chart registry and name them by reference")
     folder = ctx.chart_folders.get(chart.name)
     if folder is None or folder.path != chart.path:
         raise PlanError(f"chart {chart.name}: its folder {chart.path} was not read from the "

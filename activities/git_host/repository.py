@@ -30,6 +30,8 @@ from domain.feedback import (
     RepositoryFolderRequest,
 )
 
+_KINDS = {"symlink": "symbolic link", "submodule": "submodule", "dir": "folder"}
+
 
 def _refused(message: str) -> ApplicationError:
     return ApplicationError(message, type=GIT_HOST_REJECTED, non_retryable=True)
@@ -103,10 +105,14 @@ class RepositoryActivities(GitHostClients):
                                 f"the blueprint of {request.repository} reads the folder "
                                 f"{folder} from the repository, and the engine has no "
                                 "{provider} credentials") as api:
-            names = await _folder_files(api, request, folder)
-            if len(names) > request.max_files:
+            listed = await _folder_files(api, request, folder)
+            if len(listed) > request.max_files:
                 raise _refused(f"{_where(request, folder)} has more than {request.max_files} "
                                "files; at most that many are read")
+            if sum(listed.values()) > request.max_bytes:  # as the listing says: read nothing
+                raise _refused(f"{_where(request, folder)} holds more than "
+                               f"{request.max_bytes} bytes; at most that is read")
+            names = list(listed)
             files: dict[str, bytes] = {}
             size = 0
             for name in names:
@@ -141,17 +147,24 @@ async def _file(api: Api, request: RepositoryFileRequest, path: str) -> bytes:
         answer = (await api.request("GET", url, params={"ref": request.ref})).json()
     except Gone:
         raise _refused(f"there is no file {_where(request, path)}") from None
-    if not isinstance(answer, dict) or answer.get("encoding") != "base64" or (
-            answer.get("type", "file") != "file"):
+    if not isinstance(answer, dict):
         raise _refused(f"{_where(request, path)} is not a file")
+    kind = answer.get("type", "file")
+    if kind != "file":  # GitHub lists a submodule as a file in a folder's entries
+        raise _refused(f"{_where(request, path)} is a {_KINDS.get(kind, kind)}, not a file")
+    if answer.get("encoding") != "base64":  # GitHub: "none" past 1 MB
+        raise _refused(f"{_where(request, path)} is larger than the host's API gives "
+                       f"({answer.get('size')} bytes)")
     try:
         return base64.b64decode(answer.get("content") or "")
     except binascii.Error:
         raise _refused(f"{_where(request, path)} is not base64, as the host says") from None
 
 
-async def _folder_files(api: Api, request: RepositoryFolderRequest, folder: str) -> list[str]:
-    """The names of every file under the folder, relative to it."""
+async def _folder_files(api: Api, request: RepositoryFolderRequest, folder: str,
+                        ) -> dict[str, int]:
+    """Every file under the folder (its name relative to it) and its size, as listed
+    (0 where the host's listing does not say)."""
     if request.provider == "gitlab":
         try:
             entries = await api.paginate(
@@ -161,18 +174,18 @@ async def _folder_files(api: Api, request: RepositoryFolderRequest, folder: str)
             entries = []
         if not entries:  # GitLab answers an empty list for a path that is a file
             raise _refused(f"there is no folder {_where(request, folder)}")
-        names = []
+        names: dict[str, int] = {}
         for entry in entries:
             path = str(entry.get("path", ""))
             if entry.get("type") == "tree":
                 continue
             if entry.get("type") != "blob" or entry.get("mode") == "120000":
-                what = "symbolic link" if entry.get("mode") == "120000" else "submodule"
-                raise _refused(f"{_where(request, path)} is a {what}; a chart folder is "
-                               "read as plain files")
-            names.append(path.removeprefix(f"{folder}/"))
+                what = "symlink" if entry.get("mode") == "120000" else "submodule"
+                raise _refused(f"{_where(request, path)} is a {_KINDS[what]}; a chart folder "
+                               "is read as plain files")
+            names[path.removeprefix(f"{folder}/")] = 0  # the tree does not give sizes
         return names
-    names = []
+    names = {}
     pending = [folder]
     while pending:
         current = pending.pop(0)
@@ -189,10 +202,11 @@ async def _folder_files(api: Api, request: RepositoryFolderRequest, folder: str)
             if entry.get("type") == "dir":
                 pending.append(path)
             elif entry.get("type") == "file":
-                names.append(path.removeprefix(f"{folder}/"))
+                names[path.removeprefix(f"{folder}/")] = int(entry.get("size") or 0)
             else:
-                raise _refused(f"{_where(request, path)} is a {entry.get('type')}; a chart "
-                               "folder is read as plain files")
+                kind = str(entry.get("type"))
+                raise _refused(f"{_where(request, path)} is a {_KINDS.get(kind, kind)}; a "
+                               "chart folder is read as plain files")
         if len(names) > request.max_files:
             break
     return names

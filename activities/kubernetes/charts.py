@@ -112,12 +112,30 @@ def unpack_chart(spec: ChartSpec, into: str) -> str:
                             "digest")
     try:
         with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as tar:
-            tar.extractall(into, filter="data")
+            odd = [m.name for m in tar.getmembers() if not (m.isfile() or m.isdir())]
+            if odd:
+                raise invalid_input(f"chart {spec.name}: its folder holds {odd[0]}, which is "
+                                    "not a plain file")
+            tar.extractall(into, filter="data")  # nothing outside `into`
     except (tarfile.TarError, OSError) as error:
         raise invalid_input(f"chart {spec.name}: its folder does not unpack: {error}") from None
-    if not os.path.isfile(os.path.join(into, "Chart.yaml")):
+    manifest = os.path.join(into, "Chart.yaml")
+    if not os.path.isfile(manifest):
         raise invalid_input(f"chart {spec.name}: {spec.folder.path} of the repository has no "
                             "Chart.yaml: give the chart's own folder as `path`")
+    with open(manifest, encoding="utf-8", errors="replace") as file:
+        try:
+            chart = yaml.safe_load(file) or {}
+        except yaml.YAMLError:
+            chart = {}  # helm says what is wrong with it
+    root = os.path.realpath(into)
+    for dependency in (chart.get("dependencies") or []) if isinstance(chart, dict) else []:
+        repository = str((dependency or {}).get("repository") or "")
+        # A PR's Chart.yaml must not make the worker's helm read the worker's own files.
+        target = os.path.realpath(os.path.join(into, repository.removeprefix("file://")))
+        if repository.startswith("file://") and not target.startswith(root + os.sep):
+            raise invalid_input(f"chart {spec.name}: its dependency {repository} is outside "
+                                f"{spec.folder.path}: keep it in the folder (or its charts/)")
     return into
 
 
@@ -225,7 +243,8 @@ class ChartActivities:
             out, err, code = self._run(argv, env, spec)
         if code != 0:
             for _, password in self.registry_credentials.values():
-                err = err.replace(password, "***")  # helm does not print it; never let it
+                if password:  # helm does not print it; never let it
+                    err = err.replace(password, "***")
             lines = err.replace(home, "…").strip().splitlines()[-STDERR_LINES:]
             message = f"chart {spec.name} ({spec.source}) does not render: " + "\n".join(lines)
             if any(word in message for word in UNREACHABLE):

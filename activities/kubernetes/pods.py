@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from activities.kubernetes.api import Json, KubeApi
 
@@ -123,7 +124,7 @@ class JobState:
     failed: str | None = None  # the Job (or a pod of it) cannot succeed: why
 
 
-def job_state(api: KubeApi, job: Json) -> JobState:
+def job_state(api: KubeApi, job: Json, now: datetime | None = None) -> JobState:
     """Where a Job is: complete, failed (its condition, or a pod stuck for good), or
     still running (and what its pod waits for)."""
     status = job.get("status") or {}
@@ -137,10 +138,15 @@ def job_state(api: KubeApi, job: Json) -> JobState:
     if failed:
         return JobState(False, progress,
                         failed=f"{failed.get('reason')}: {failed.get('message')}")
-    pods = api.list("Pod", job["metadata"]["namespace"],
-                    {"batch.kubernetes.io/job-name": job["metadata"]["name"]})
-    if one_run(job) and "FailureTarget" not in conditions and any(
-            exited_cleanly(pod) for pod in pods):
+    uid = job["metadata"].get("uid")
+    pods = [pod for pod in api.list("Pod", job["metadata"]["namespace"],
+                                    {"batch.kubernetes.io/job-name": job["metadata"]["name"]})
+            # Not the pods of an earlier Job of that name, still going away.
+            if uid is None or any(owner.get("uid") == uid for owner in
+                                  pod["metadata"].get("ownerReferences") or [])]
+    if (one_run(job) and "FailureTarget" not in conditions
+            and not near_deadline(job, now or datetime.now(UTC))
+            and any(exited_cleanly(pod) for pod in pods)):
         # Its one run is over: the Job controller says Complete only seconds later, once
         # the kubelet has torn the pod down; a deploy need not wait for that.
         return JobState(True, {**progress, "succeeded": 1})
@@ -158,12 +164,26 @@ def one_run(job: Json) -> bool:
     return all(int(spec.get(key) or 1) == 1 for key in ("completions", "parallelism"))
 
 
+def near_deadline(job: Json, now: datetime, margin: float = 10.0) -> bool:
+    """Within `margin` seconds of the Job's activeDeadlineSeconds (or past it): the Job
+    controller checks the deadline before it counts a run that just ended, so only its
+    own condition says how such a run went."""
+    deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
+    started = (job.get("status") or {}).get("startTime")
+    if not deadline or not started:
+        return False
+    begun = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+    return (now - begun).total_seconds() >= float(deadline) - margin
+
+
 def exited_cleanly(pod: Json) -> bool:
     """Every container of the pod ended with exit code 0 on its own, for good: not
-    restarted, and not stopped by a deletion (a Job past its deadline has its pods
-    deleted first, and a process may well exit 0 on that SIGTERM)."""
+    restarted, not stopped by a deletion (a Job past its deadline has its pods deleted
+    first, and a process may well exit 0 on that SIGTERM), and not a pod the kubelet
+    failed (evicted or shut down with the node: its process may exit 0 too)."""
     if ((pod.get("spec") or {}).get("restartPolicy") == "Always"
-            or pod["metadata"].get("deletionTimestamp")):
+            or pod["metadata"].get("deletionTimestamp")
+            or (pod.get("status") or {}).get("phase") == "Failed"):
         return False
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return (pod.get("status") or {}).get("phase") == "Succeeded" or (bool(statuses) and all(

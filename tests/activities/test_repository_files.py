@@ -172,12 +172,21 @@ async def test_a_symbolic_link_in_the_folder_is_refused_naming_it(
     put_chart(git_host, HEAD, provider)
     git_host.files.put("acme/shop", HEAD, "deploy/chart/templates/secret.yaml",
                        Link("../../../.env"), provider)
-    message = await refusal(git_host, provider)
-    assert message.startswith(f"deploy/chart/templates/secret.yaml of acme/shop at {HEAD[:12]} "
-                              "is a symlink" if provider == "github" else
-                              f"deploy/chart/templates/secret.yaml of acme/shop at {HEAD[:12]} "
-                              "is a symbolic link")
-    assert message.endswith("a chart folder is read as plain files")
+    assert await refusal(git_host, provider) == (
+        f"deploy/chart/templates/secret.yaml of acme/shop at {HEAD[:12]} is a symbolic link; "
+        "a chart folder is read as plain files")
+
+
+async def test_a_folder_too_big_by_its_listing_is_refused_before_any_download(
+        git_host: GitHost) -> None:
+    put_chart(git_host, HEAD)
+    git_host.files.put("acme/shop", HEAD, "deploy/chart/files/dump.sql", b"x" * (2 << 20))
+    assert await refusal(git_host) == (f"deploy/chart of acme/shop at {HEAD[:12]} holds more "
+                                       "than 1048576 bytes; at most that is read")
+    folders = {f"/repos/acme/shop/contents/deploy/chart{sub}" for sub in
+               ("", "/charts", "/files", "/templates", "/templates/tests")}
+    asked = {c.path for c in git_host.calls_to("GET", "/contents/")}
+    assert asked == folders  # the folders' listings, not one file
 
 
 @pytest.mark.parametrize(("caps", "says"), [

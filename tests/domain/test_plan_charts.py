@@ -125,6 +125,13 @@ def test_a_chart_of_the_repository_is_planned_with_its_folder_as_read() -> None:
     with pytest.raises(PlanError, match="was not read"):
         plan_preview(blueprint([shop]), PR, chart_folders={
             "shop": FOLDER.model_copy(update={"path": "other"})})
+    # Folders each under their cap, but too much together for the preview's history.
+    big = FOLDER.model_copy(update={"archive": "A" * (280 << 10)})  # 215040 bytes packed
+    more = {"name": "more", "path": "deploy/more"}
+    with pytest.raises(PlanError, match=r"chart folders pack to 430080 bytes together, past "
+                                        r"the 393216"):
+        plan_preview(blueprint([shop, more]), PR, chart_folders={
+            "shop": big, "more": big.model_copy(update={"path": "deploy/more"})})
     # A registry's chart carries no folder.
     registry = plan_preview(blueprint([SHOP]), PR, chart_folders={"shop": FOLDER})
     spec = registry.step("chart/shop").spec
