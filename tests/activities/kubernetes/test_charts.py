@@ -281,13 +281,6 @@ def test_a_second_run_changes_nothing_a_redeploy_prunes_and_removal_leaves_nothi
     run(charts.remove_chart, chart("charts-nowhere"))  # no namespace: nothing to do
 
 
-@pytest.mark.parametrize(("tiny", "words"), [
-    ("clusterwide", ["chart shop renders ClusterRole shop-reader, which is cluster-scoped: "
-                     "a preview's chart may only make objects in its own namespace"]),
-    ("hooked", ["Job shop-migrate as a Helm hook (pre-install, pre-upgrade)",
-                "`jobs:` with `when: deploy`", "first_deploy"]),
-    ("elsewhere", ["ConfigMap shop-planted in namespace kube-system"]),
-])
 def example_files() -> dict[str, bytes]:
     return {f.relative_to(EXAMPLE).as_posix(): f.read_bytes()
             for f in EXAMPLE.rglob("*") if f.is_file()}
@@ -341,6 +334,13 @@ def test_a_folder_that_is_not_a_chart_is_refused_before_anything_is_applied(
     assert marked(charts.workloads.api("default"), namespace) == {}
 
 
+@pytest.mark.parametrize(("tiny", "words"), [
+    ("clusterwide", ["chart shop renders ClusterRole shop-reader, which is cluster-scoped: "
+                     "a preview's chart may only make objects in its own namespace"]),
+    ("hooked", ["Job shop-migrate as a Helm hook (pre-install, pre-upgrade)",
+                "`jobs:` with `when: deploy`", "first_deploy"]),
+    ("elsewhere", ["ConfigMap shop-planted in namespace kube-system"]),
+])
 def test_a_chart_making_what_a_preview_may_not_is_refused_before_anything_is_applied(
         charts: ChartActivities, namespace: str, sealer: Sealer, tiny: str,
         words: list[str]) -> None:

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -159,6 +160,15 @@ class Env:
         assert obj is not None, f"{kind} {name} does not exist"
         return obj
 
+    def completed_job(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The Job once its controller says Complete: the activity returns as soon as
+        its pod's run is over, which the controller records a moment later."""
+        deadline = time.monotonic() + timeout
+        while not completed(job := self.must_get("job", name)):
+            assert time.monotonic() < deadline, f"job {name} not Complete in {timeout}s: {job}"
+            time.sleep(0.2)  # between polls of the condition, not instead of one
+        return job
+
     def rv(self, kind: str, name: str) -> str:
         return str(self.must_get(kind, name)["metadata"]["resourceVersion"])
 
@@ -293,8 +303,8 @@ def test_seed_runs_as_a_job_that_completes(env: Env) -> None:
     spec = env.spec(data_policy=DataPolicy.seed, seed_sql=SEED)
     env.run(env.dbs.ensure_container_database, spec)
 
-    job = env.must_get("job", "db-main-load")
-    assert completed(job) and job["status"]["succeeded"] == 1
+    job = env.completed_job("db-main-load")
+    assert job["status"]["succeeded"] == 1
     assert job["metadata"]["labels"]["preview.dev/environment"] == env.id
     pod = job["spec"]["template"]["spec"]
     assert_runs_as_postgres(pod)
@@ -329,8 +339,7 @@ def test_restore_runs_fetch_then_pg_restore_and_completes(
                     golden_dump_s3_uri=f"s3://{BUCKET}/{env.id}/shop.dump")
     env.run(env.dbs.ensure_container_database, spec)
 
-    job = env.must_get("job", "db-main-load")
-    assert completed(job)
+    job = env.completed_job("db-main-load")
     pod = job["spec"]["template"]["spec"]
     assert_runs_as_postgres(pod)  # curl's image too: it only writes to the emptyDir
     fetch, restore = pod["initContainers"][0], pod["containers"][0]

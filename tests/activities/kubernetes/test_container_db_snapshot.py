@@ -47,7 +47,6 @@ from tests.activities.kubernetes.test_container_db import (  # noqa: F401 - fixt
     assert_runs_as_postgres,
     aws,
     clusters,
-    completed,
     dbs,
     env,
     kube,
@@ -182,8 +181,7 @@ def test_the_golden_snapshot_is_used_where_the_cluster_has_the_snapshot_api(
                                                     "namespace": env.id}
 
     # No restore: a Job that only gives the role the preview's own password.
-    job = env.must_get("job", "db-main-load")
-    assert completed(job)
+    job = env.completed_job("db-main-load")
     pod = job["spec"]["template"]["spec"]
     assert_runs_as_postgres(pod)
     assert [c["command"] for c in pod["containers"]] == [rekey_command()]
