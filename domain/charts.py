@@ -90,8 +90,9 @@ def chart_strings(values: Any, path: str = "") -> list[tuple[str, str]]:
     return []
 
 
-def chart_source(chart: Chart) -> str:
-    """Where the chart comes from, in a few words (step summaries, messages)."""
-    if chart.path is not None:
-        return f"{chart.path} of the repository"
-    return f"{chart.chart}" + (f" {chart.version}" if chart.version else "")
+def chart_source(path: str | None, chart: str | None, version: str | None = None) -> str:
+    """Where a chart comes from, in a few words (step summaries, messages): a folder of
+    the repository, or a chart with its version when one is asked for."""
+    if path is not None:
+        return f"{path} of the repository"
+    return f"{chart or ''}" + (f" {version}" if version else "")

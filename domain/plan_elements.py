@@ -205,7 +205,7 @@ def chart_steps(ctx: PlanContext) -> list[Step]:
             version=chart.version, values=values, connections=connections,
             rollout_timeout_seconds=chart.rollout_timeout_seconds,
             url=ctx.urls.get(chart.name), url_check=url_check(ctx) if chart.public else None,
-        ), f"chart {chart_source(chart)}",
+        ), f"chart {chart_source(chart.path, chart.chart, chart.version)}",
             tuple(dict.fromkeys(("namespace", *uses, *(r.step for r in connections.values()))))))
     return steps
 

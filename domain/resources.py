@@ -18,6 +18,7 @@ from domain.blueprint import (
     MaskingRule,
     Resources,
 )
+from domain.charts import chart_source
 from domain.feedback import RepositoryFolder
 from domain.jobs import JobPhase
 from domain.migration import MigrationLimits
@@ -234,10 +235,8 @@ class ChartSpec(KubeSpec):
 
     @property
     def source(self) -> str:
-        """Where the chart comes from, for messages."""
-        if self.folder is not None:
-            return f"{self.folder.path} of the repository"
-        return self.chart or ""
+        """Where the chart comes from, for messages (without its version)."""
+        return chart_source(self.folder.path if self.folder else None, self.chart)
 
 
 class ContainerDatabaseSpec(KubeSpec):

@@ -383,10 +383,9 @@ class PreviewEnvironmentWorkflow:
                 compose = await self._repository_file(pr, source.blueprint.compose.path)
             # Charts of the PR's repository, at its head: a PR that changes one previews it.
             folders: dict[str, RepositoryFolder] = {}
-            in_repository = [c for c in source.blueprint.charts if c.path is not None]
-            if in_repository and workflow.patched("chart-folders"):
-                folders = await self._chart_folders(pr, {c.name: c.path for c in in_repository
-                                                         if c.path is not None})
+            paths = {c.name: c.path for c in source.blueprint.charts if c.path is not None}
+            if paths and workflow.patched("chart-folders"):
+                folders = await self._chart_folders(pr, paths)
             plan = await workflow.execute_local_activity(
                 PLAN_PREVIEW.name,
                 PlanRequest(source=source, pull_request=pr, changed_files=changed,

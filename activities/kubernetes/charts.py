@@ -225,11 +225,14 @@ class ChartActivities:
             values = os.path.join(home, "values.json")
             with open(values, "w") as file:
                 json.dump(spec.values, file)
-            registries = os.path.join(home, "registries.json")  # gone with `home`
-            with open(os.open(registries, os.O_WRONLY | os.O_CREAT, 0o600), "w") as file:
-                file.write(docker_config_json(self.registry_credentials))
+            logins: list[str] = []
+            if self.registry_credentials:
+                registries = os.path.join(home, "registries.json")  # gone with `home`
+                with open(os.open(registries, os.O_WRONLY | os.O_CREAT, 0o600), "w") as file:
+                    file.write(docker_config_json(self.registry_credentials))
+                logins = ["--registry-config", registries]
             argv = [self.helm, "template", spec.name, chart, "--namespace", spec.namespace,
-                    "--values", values, "--include-crds=false", "--registry-config", registries,
+                    "--values", values, "--include-crds=false", *logins,
                     *(["--version", spec.version] if spec.version else []),
                     *(["--repo", spec.repository] if spec.repository else []),
                     *(["--plain-http"] if plain else []),
